@@ -1,0 +1,3 @@
+from dwgf.cli import main
+
+main()

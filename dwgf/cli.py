@@ -1,0 +1,99 @@
+"""The ``dwgf`` command: a LightningCLI with fit / validate / test / predict.
+
+``dwgf predict --config C`` builds the solver (``model``), the data (``data``, which owns the
+forward operator) and a Lightning ``Trainer``, then writes results under ``--output``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Imported so that jsonargparse resolves the built-ins' short class names (``class_path: DWGF``).
+import dwgf.data  # noqa: F401
+import dwgf.operators  # noqa: F401
+import dwgf.priors  # noqa: F401
+import dwgf.regularizers  # noqa: F401
+import dwgf.schedules  # noqa: F401
+import dwgf.solver  # noqa: F401
+from dwgf.errors import DWGFError
+from dwgf.writers import PredictionWriter
+
+
+class DWGFCLI(LightningCLI):
+    """LightningCLI with dwgf's defaults: seed 0, gradients on in predict, results in ``--output``."""
+
+    def __init__(self, args: Any = None, run: bool = True):
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=None,
+            trainer_defaults={"inference_mode": False, "logger": False, "enable_checkpointing": False},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--output",
+            type=Optional[str],
+            default="outputs",
+            help="Folder for the results: <output>/<name>/*.png, <output>/metrics.csv, <output>/config.yaml (predict); the trainer's default_root_dir (fit).",
+        )
+
+    def _sub(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self._sub()
+        data = config.get("data")
+        init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        if init_args is not None and "seed" in init_args and init_args.get("seed") is None:
+            init_args["seed"] = int(config["seed_everything"] or 0)
+        if self.subcommand == "predict":
+            config["trainer"]["inference_mode"] = False  # the flow needs autograd
+            config["return_predictions"] = False  # results go to disk, not into memory
+            if not config.get("output"):
+                raise DWGFError("--output is required: the folder where results are written")
+            output = Path(config["output"]).expanduser()
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
+            if not os.access(output, os.W_OK):
+                raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
+        elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
+            config["trainer"]["default_root_dir"] = config["output"]
+
+    def instantiate_trainer(self, **kwargs: Any):
+        if self.subcommand == "predict":
+            config = self._sub()
+            text = self._parser(self.subcommand).dump(config, skip_none=False)
+            writer = PredictionWriter(config["output"], config_text=text)
+            kwargs["callbacks"] = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer]
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: Any = None) -> None:
+    """Entry point of the ``dwgf`` console script."""
+    # Let ``class_path: my_module.MyRegularizer`` find modules in the working directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        DWGFCLI(args=args)
+    except DWGFError as err:
+        print(f"dwgf: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

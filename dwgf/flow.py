@@ -1,0 +1,176 @@
+"""The DWGF iteration (DESIGN.md §1) in plain torch, batched over B items x N particles.
+
+Nothing here knows about Lightning: :class:`dwgf.solver.DWGF` calls :func:`dwgf_flow` from its
+predict step, and a notebook can call it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from dwgf.operators.base import ForwardOperator, Params, repeat_params
+from dwgf.priors.base import LatentPrior
+from dwgf.regularizers.base import Regularizer
+from dwgf.schedules.step_size import StepSizeSchedule
+from dwgf.schedules.timesteps import TimestepSchedule
+
+
+class ItemNoise:
+    """Standard normal draws for a batch, each item's from its own generator.
+
+    ``draw(shape)`` returns ``B x *shape``; row ``b`` comes from ``generators[b]``, so an item's
+    random numbers do not depend on which items share its batch, or on the batch order.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], device: torch.device | str):
+        self.generators = list(generators)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __call__(self, shape: Sequence[int]) -> torch.Tensor:
+        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
+
+
+def item_generators(seeds: Sequence[int] | torch.Tensor, device: torch.device | str) -> list[torch.Generator]:
+    """One generator per item on ``device``, seeded with the item's seed."""
+    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+@dataclass
+class FlowState:
+    """What regularizers see at one iteration. Tensors are detached.
+
+    Attributes:
+        z: particles, ``B x N x c x h x w``.
+        x: decoded particles ``D(z)``, ``B x N x C x H x W``.
+        x_noise: the iteration's decoder noise ``n`` (already scaled by ``decoder_noise``).
+        t: integer timesteps, ``(B,)``; abar: ``abar_t``, ``(B,)`` float32.
+        eps: the noise used to diffuse ``z`` to ``z_t``; z_t: the diffused particles.
+        eps_hat: the network's noise prediction at ``z_t`` (``None`` if no regularizer needs it).
+        iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
+        prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
+    """
+
+    z: torch.Tensor
+    x: torch.Tensor
+    x_noise: torch.Tensor
+    t: torch.Tensor
+    abar: torch.Tensor
+    eps: torch.Tensor
+    z_t: torch.Tensor
+    eps_hat: Optional[torch.Tensor]
+    iteration: int
+    num_iterations: int
+    prior: LatentPrior
+    draw: ItemNoise
+    data_loss: Optional[torch.Tensor] = None
+
+    def abar_view(self, like: torch.Tensor) -> torch.Tensor:
+        """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
+        return self.abar.view(-1, *([1] * (like.dim() - 1)))
+
+
+def dwgf_flow(
+    prior: LatentPrior,
+    operator: ForwardOperator,
+    y: torch.Tensor,
+    params: Params,
+    draw: ItemNoise,
+    *,
+    num_particles: int,
+    num_steps: int,
+    regularizers: Sequence[Regularizer],
+    step_size: StepSizeSchedule,
+    timesteps: TimestepSchedule,
+    betas: tuple[float, float] = (0.9, 0.999),
+    decoder_noise: float = 0.01,
+    callback: Optional[Callable[[FlowState], None]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
+
+    Each iteration: diffuse the particles to ``t`` and evaluate the network once (no gradient),
+    decode once, sum the image-space gradients (data term + image regularizers) and pull them back
+    through the decoder in one vector-Jacobian product, add the latent-space forces, and take one
+    Adam step. Frozen weights never receive gradients.
+
+    Args:
+        prior: the frozen latent prior.
+        operator: the forward operator.
+        y: measurements, ``B x ...``; params: their per-item operator parameters.
+        draw: per-item noise (:class:`ItemNoise`); it supplies the initial particles ``N(0, I)``
+            and every per-iteration draw, in a fixed order.
+        num_particles: ``N``, particles per measurement.
+        num_steps: ``K``, flow iterations.
+        regularizers: latent- and image-space forces (see :class:`~dwgf.regularizers.Regularizer`).
+        step_size: Adam's learning rate per iteration.
+        timesteps: the diffusion time per iteration.
+        betas: Adam's betas. Default ``(0.9, 0.999)``.
+        decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
+            encoder terms, in ``[-1, 1]`` units. Default 0.01.
+        callback: called with the :class:`FlowState` after every iteration's step.
+
+    Returns:
+        Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("dwgf_flow needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
+    with torch.enable_grad():  # Lightning's predict loop runs under no_grad
+        return _flow(
+            prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps,
+            betas, decoder_noise, callback,
+        )
+
+
+def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback):
+    b, n = y.shape[0], num_particles
+    latent = tuple(prior.latent_shape)
+    image = (prior.image_channels, prior.image_size, prior.image_size)
+    device = y.device
+    z = draw((n, *latent)).requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=step_size(0, num_steps), betas=tuple(betas))
+    ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
+    params_n = repeat_params(params, n)
+    y_n = y.repeat_interleave(n, dim=0)
+    needs_eps = any(r.needs_eps for r in regularizers)
+
+    for k in range(num_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = step_size(k, num_steps)
+        t = ts[:, k]
+        abar = prior.abar(t)
+        a = abar.view(b, 1, 1, 1, 1)
+        eps = draw((n, *latent))
+        x_noise = draw((n, *image)) * decoder_noise
+        with torch.no_grad():
+            z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+            eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z) if needs_eps else None
+
+        x = prior.decode(z.flatten(0, 1))  # (B*N, C, H, W), with graph to z
+        x_d = x.detach()
+        g_x, loss = operator.data_grad(x_d + x_noise.flatten(0, 1), y_n, params_n)
+        state = FlowState(
+            z=z.detach(), x=x_d.view(b, n, *image), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t,
+            eps_hat=eps_hat, iteration=k, num_iterations=num_steps, prior=prior, draw=draw, data_loss=loss.view(b, n),
+        )
+        g_z = torch.zeros_like(z)
+        for reg in regularizers:
+            force = reg.force(state)
+            if reg.space == "image":
+                g_x = g_x + force.flatten(0, 1)
+            else:
+                g_z = g_z + force
+        (vjp,) = torch.autograd.grad(x, z, grad_outputs=g_x)
+        z.grad = g_z + vjp
+        optimizer.step()
+        if callback is not None:
+            callback(state)
+
+    with torch.no_grad():
+        particles = prior.decode(z.detach().flatten(0, 1)).view(b, n, *image)
+    return particles, z.detach()

@@ -1,0 +1,26 @@
+"""Forward operators ``A``: the degradations dwgf inverts.
+
+Add your own by subclassing :class:`ForwardOperator` in any module and naming it by
+``class_path`` under ``data.operator`` in a config.
+"""
+
+from dwgf.operators.base import ForwardOperator, Params, repeat_params
+from dwgf.operators.blur import Blur, GaussianBlur, MotionBlur, gaussian_kernel, motion_kernel
+from dwgf.operators.denoising import Denoising
+from dwgf.operators.inpainting import BoxInpainting, RandomInpainting
+from dwgf.operators.super_resolution import SuperResolution
+
+__all__ = [
+    "ForwardOperator",
+    "Params",
+    "repeat_params",
+    "BoxInpainting",
+    "RandomInpainting",
+    "SuperResolution",
+    "Blur",
+    "GaussianBlur",
+    "MotionBlur",
+    "Denoising",
+    "gaussian_kernel",
+    "motion_kernel",
+]

@@ -1,0 +1,19 @@
+"""Latent diffusion priors: :class:`LatentPrior` and its diffusers-backed implementations."""
+
+from dwgf.priors.base import LatentPrior
+from dwgf.priors.diffusers_priors import (
+    DiffusersLatentPrior,
+    StableDiffusionPrior,
+    UnconditionalLatentPrior,
+    load_prior,
+    resolve_pretrained,
+)
+
+__all__ = [
+    "LatentPrior",
+    "DiffusersLatentPrior",
+    "StableDiffusionPrior",
+    "UnconditionalLatentPrior",
+    "load_prior",
+    "resolve_pretrained",
+]

@@ -1,0 +1,225 @@
+"""Latent priors backed by diffusers models, loaded from a local folder or a hub id."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from dwgf.errors import DWGFError
+from dwgf.priors.base import LatentPrior
+
+OPTION = "--model.prior.pretrained"
+
+# What a diffusers pipeline folder must hold for each prior, besides model_index.json.
+_HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.model"]
+_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
+
+
+def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
+    """A local folder for ``pretrained``: the folder itself, or a hub id's snapshot.
+
+    Hub ids are fetched with ``huggingface_hub`` (safetensors and configs only); with
+    ``HF_HUB_OFFLINE=1`` or no network, only an already-cached snapshot works. Every failure is a
+    one-line :class:`~dwgf.errors.DWGFError` naming ``pretrained``.
+    """
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DWGFError(f"{OPTION} {text!r} is a file; expected a diffusers folder (with model_index.json or vae/, unet/, scheduler/ subfolders)")
+        return path
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep != "/" and os.sep in text
+    if looks_like_path:
+        raise DWGFError(f"{OPTION} {text!r}: no such folder (and it is not a hub id of the form 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(text, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE)
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub is unreachable or refused it"
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it where the hub is reachable and pass the local folder") from None
+    return Path(local)
+
+
+def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained: str) -> tuple[str, dict[str, Any]]:
+    for name in names:
+        cfg = root / name / "config.json"
+        if cfg.is_file():
+            return name, json.loads(cfg.read_text())
+    wanted = " or ".join(f"{n}/config.json" for n in names)
+    raise DWGFError(f"{OPTION} {pretrained!r}: the folder lacks the {what} component (expected {wanted})")
+
+
+def _load(cls: Any, root: Path, subfolder: str, pretrained: str) -> Any:
+    try:
+        return cls.from_pretrained(root, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, EnvironmentError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DWGFError(f"{OPTION} {pretrained!r}: could not load {subfolder}/ as {cls.__name__} from safetensors ({reason})") from None
+
+
+class DiffusersLatentPrior(LatentPrior):
+    """Shared loading of a diffusers autoencoder (AutoencoderKL or VQModel) and noise schedule.
+
+    Subclasses load the denoising network. See :class:`StableDiffusionPrior` and
+    :class:`UnconditionalLatentPrior`.
+
+    Args:
+        pretrained: a local diffusers folder, or a hub id (only if reachable or already cached).
+    """
+
+    _unet_class_names: tuple[str, ...] = ()
+
+    def __init__(self, pretrained: str):
+        super().__init__()
+        self.pretrained = str(pretrained)
+        root = resolve_pretrained(pretrained)
+        self._root = root
+        self._load_autoencoder(root)
+        self._load_schedule(root)
+        self._load_denoiser(root)
+        self._set_shapes()
+        self.freeze()
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load_autoencoder(self, root: Path) -> None:
+        from diffusers import AutoencoderKL, VQModel
+
+        sub, cfg = _component_config(root, ("vae", "vqvae"), "autoencoder", self.pretrained)
+        cls_name = cfg.get("_class_name", "AutoencoderKL")
+        classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
+        if cls_name not in classes:
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: {sub}/ is a {cls_name}; expected AutoencoderKL or VQModel")
+        self.vae = _load(classes[cls_name], root, sub, self.pretrained)
+        self.is_vq = cls_name == "VQModel"
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
+
+    def _load_schedule(self, root: Path) -> None:
+        from diffusers import DDPMScheduler
+
+        cfg_path = root / "scheduler" / "scheduler_config.json"
+        if not cfg_path.is_file():
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the scheduler component (expected scheduler/scheduler_config.json)")
+        cfg = json.loads(cfg_path.read_text())
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+        sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg})
+        self._register_schedule(sched.alphas_cumprod)
+        self.prediction_type = cfg.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+
+    def _load_denoiser(self, root: Path) -> None:
+        raise NotImplementedError
+
+    def _set_shapes(self) -> None:
+        size = self.unet.config.sample_size
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_size = size * factor
+        self.image_channels = int(self.vae.config.in_channels)
+        self.latent_shape = (int(self.unet.config.in_channels), size, size)
+
+    # -- maths -----------------------------------------------------------------------------------
+    def _encode(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.is_vq:
+            return self.vae.encode(x).latents * self.scaling_factor
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mean if noise is None else dist.mean + dist.std * noise
+        return z * self.scaling_factor
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample
+
+    def extra_repr(self) -> str:
+        return f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}"
+
+
+class StableDiffusionPrior(DiffusersLatentPrior):
+    """Stable Diffusion 1.x / 2.x as an unconditional prior (null-prompt embedding, no guidance).
+
+    Reads a diffusers Stable Diffusion folder: ``vae/`` (AutoencoderKL), ``unet/``
+    (UNet2DConditionModel), ``text_encoder/`` + ``tokenizer/`` (CLIP) and ``scheduler/``. The prompt
+    embedding is computed once at load and the text encoder is released. Epsilon- and v-prediction
+    checkpoints both work.
+
+    Args:
+        pretrained: a local diffusers folder, or a hub id such as
+            ``stabilityai/stable-diffusion-2-1-base`` (only if reachable or already cached).
+        prompt: the text condition; the method uses the empty prompt (default ``""``).
+
+    Example:
+        >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
+        >>> prior.latent_shape, prior.image_size  # doctest: +SKIP
+        ((4, 64, 64), 512)
+    """
+
+    def __init__(self, pretrained: str, prompt: str = ""):
+        self.prompt = prompt
+        super().__init__(pretrained)
+
+    def _load_denoiser(self, root: Path) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
+        if cfg.get("_class_name") not in (None, "UNet2DConditionModel"):
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a UNet2DConditionModel (use UnconditionalLatentPrior)")
+        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained)
+        _component_config(root, ("text_encoder",), "text_encoder", self.pretrained)
+        if not (root / "tokenizer").is_dir():
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the tokenizer component (expected tokenizer/)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        except (OSError, ValueError) as err:
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
+        text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained)
+        ids = tokenizer(self.prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            embedding = text_encoder(ids)[0].float()
+        del text_encoder, tokenizer
+        self.register_buffer("prompt_embedding", embedding, persistent=False)
+
+    def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond = self.prompt_embedding.expand(z_t.shape[0], -1, -1)
+        return self.unet(z_t, t, encoder_hidden_states=cond).sample
+
+
+class UnconditionalLatentPrior(DiffusersLatentPrior):
+    """An unconditional latent diffusion model: AutoencoderKL or VQModel + UNet2DModel.
+
+    Reads a diffusers folder with ``vae/`` or ``vqvae/``, ``unet/`` (UNet2DModel) and ``scheduler/``,
+    the layout of e.g. ``CompVis/ldm-celebahq-256`` and of the prior that ships with dwgf.
+
+    Args:
+        pretrained: a local diffusers folder, or a hub id (only if reachable or already cached).
+    """
+
+    def _load_denoiser(self, root: Path) -> None:
+        from diffusers import UNet2DModel
+
+        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
+        if cfg.get("_class_name") not in (None, "UNet2DModel"):
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a UNet2DModel (use StableDiffusionPrior)")
+        self.unet = _load(UNet2DModel, root, "unet", self.pretrained)
+
+    def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, t).sample
+
+
+def load_prior(pretrained: str) -> DiffusersLatentPrior:
+    """Loads a prior, choosing the class from the folder's ``unet/config.json``.
+
+    Example:
+        >>> prior = load_prior("path/to/folder")  # doctest: +SKIP
+    """
+    root = resolve_pretrained(pretrained)
+    _, cfg = _component_config(root, ("unet",), "unet", str(pretrained))
+    if cfg.get("_class_name") == "UNet2DConditionModel":
+        return StableDiffusionPrior(str(root))
+    return UnconditionalLatentPrior(str(root))

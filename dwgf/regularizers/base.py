@@ -1,0 +1,40 @@
+"""The regularizer interface: a force (a gradient) on the particles, in latent or image space."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from dwgf.flow import FlowState
+
+
+class Regularizer:
+    """A term of the flow's objective, given by its gradient ("force") on the particles.
+
+    The flow calls :meth:`force` once per iteration with the current :class:`~dwgf.flow.FlowState`.
+    A ``"latent"`` regularizer returns a tensor shaped like ``state.z`` (``B x N x c x h x w``); an
+    ``"image"`` regularizer one shaped like ``state.x`` (``B x N x C x H x W``). The flow sums the
+    image-space forces with the data term's gradient and pulls them back through the decoder in one
+    vector-Jacobian product, so adding regularizers adds no decoder backward pass.
+
+    Forces are gradients of *per-particle normalised* terms: a mean over one particle's elements,
+    summed over particles, so results do not depend on how many items share a batch.
+
+    Set ``needs_eps = True`` to read ``state.eps_hat`` (the network's noise prediction at
+    ``state.z_t``); the flow then evaluates the network once per iteration, shared by all.
+
+    To add one, subclass this in any module and list it by ``class_path`` under
+    ``model.regularizers``.
+    """
+
+    space: Literal["latent", "image"] = "latent"
+    needs_eps: bool = False
+
+    def force(self, state: "FlowState") -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,38 @@
+"""The encoder-consistency (data-prior) term: decoded images should survive a round trip."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from dwgf.regularizers.base import Regularizer
+
+if TYPE_CHECKING:
+    from dwgf.flow import FlowState
+
+
+class EncoderConsistency(Regularizer):
+    """Pulls each decoded particle towards its autoencoder reconstruction (DESIGN.md §1, step 7).
+
+    With ``x^i = D(z^i)`` and the iteration's decoder noise ``n^i``, and no gradient through the
+    autoencoder, ``c^i = x^i - D(E(x^i + n^i))``; the force on ``x^i`` is ``weight * c^i / P`` with
+    ``P`` the number of elements of one image. ``E`` samples the encoder's posterior with noise
+    from the item's generator. Costs one encoder and one decoder forward per iteration.
+
+    Args:
+        weight: ``beta``. Default 0.1 (the reference).
+    """
+
+    space = "image"
+
+    def __init__(self, weight: float = 0.1):
+        self.weight = float(weight)
+
+    def force(self, state: "FlowState") -> torch.Tensor:
+        b, n = state.x.shape[:2]
+        noise = state.draw((n, *state.prior.latent_shape)).flatten(0, 1)
+        with torch.no_grad():
+            rec = state.prior.decode(state.prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
+        c = state.x - rec.view_as(state.x)
+        return self.weight * c / state.x[0, 0].numel()

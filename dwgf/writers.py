@@ -1,0 +1,142 @@
+"""Writes predictions: per-item images and metrics, and ``metrics.csv`` for the run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
+STD_GAIN = 4.0  # std.png shows min(1, 4 * std) of [0, 1] images: white is a std of 0.25 or more
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe item name that cannot leave the output folder."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return cleaned or "item"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary name beside ``path`` and renames it: never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` images to ``[0, 1]``."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def png_bytes(image01: torch.Tensor) -> bytes:
+    """A ``C x H x W`` image in ``[0, 1]`` as PNG bytes (8-bit, gray for ``C = 1``)."""
+    arr = (image01.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    arr = arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str, float]:
+    """PSNR/SSIM of each particle (averaged) and of the particle mean, on ``[0, 1]`` images."""
+    n = particles01.shape[0]
+    target = truth01.expand(n, -1, -1, -1)
+    psnr = peak_signal_noise_ratio(particles01, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(particles01, target, data_range=1.0, reduction="none")
+    mean = particles01.mean(0, keepdim=True)
+    psnr_mean = peak_signal_noise_ratio(mean, truth01, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim_mean = structural_similarity_index_measure(mean, truth01, data_range=1.0, reduction="none")
+    return {
+        "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+        "psnr_mean": float(psnr_mean.mean()), "ssim_mean": float(ssim_mean.mean()),
+    }
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes every predicted item to ``<output>/<name>/`` and collects ``<output>/metrics.csv``.
+
+    Per item: ``particle_<k>.png``, ``mean.png`` (particle mean), ``std.png`` (per-pixel standard
+    deviation across particles of the ``[0, 1]`` images, shown as ``min(1, 4 std)``, averaged over
+    channels), ``measurement.png``, ``ground_truth.png`` (when known) and ``metrics.json``. Every file
+    is written under a temporary name and renamed. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,
+    ssim_mean,seconds``) is assembled from the items' ``metrics.json`` at the end of the run, on
+    rank 0; metrics are empty in measurement-only mode.
+
+    Args:
+        output: the output folder (``--output``).
+        config_text: the resolved config, written to ``<output>/config.yaml`` by rank 0.
+    """
+
+    def __init__(self, output: str | os.PathLike, config_text: Optional[str] = None):
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+        self.config_text = config_text
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        if self.config_text is not None and trainer.is_global_zero:
+            atomic_write_bytes(self.output / "config.yaml", self.config_text.encode())
+
+    def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float) -> dict[str, Any]:
+        """Writes one item's files; ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
+        folder = self.output / safe_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        p01 = to_unit(particles)
+        for k, p in enumerate(p01):
+            atomic_write_bytes(folder / f"particle_{k}.png", png_bytes(p))
+        mean = p01.mean(0)
+        atomic_write_bytes(folder / "mean.png", png_bytes(mean))
+        std = p01.std(0, unbiased=False).mean(0, keepdim=True) if p01.shape[0] > 1 else torch.zeros_like(mean[:1])
+        atomic_write_bytes(folder / "std.png", png_bytes((STD_GAIN * std).clamp(0, 1)))
+        atomic_write_bytes(folder / "measurement.png", png_bytes(to_unit(measurement)))
+        record: dict[str, Any] = {"name": name, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None}
+        if image is not None:
+            truth = to_unit(image)
+            atomic_write_bytes(folder / "ground_truth.png", png_bytes(truth))
+            record.update(image_metrics(p01, truth[None]))
+        record["seconds"] = float(seconds)
+        atomic_write_bytes(folder / "metrics.json", json.dumps(record).encode())
+        return record
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        images = prediction.get("image")
+        for i, name in enumerate(prediction["names"]):
+            self.write_item(
+                name, prediction["particles"][i], prediction["measurement"][i],
+                None if images is None else images[i], prediction["seconds"],
+            )
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            dataset = getattr(trainer.datamodule, "dataset", None)
+            names = list(getattr(dataset, "names", []))
+            self.write_metrics_csv(names)
+        trainer.strategy.barrier()
+
+    def write_metrics_csv(self, names: Sequence[str]) -> None:
+        """``metrics.csv`` from the ``metrics.json`` of ``names`` (in that order) that exist."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(METRICS_HEADER)
+        for name in names:
+            path = self.output / safe_name(name) / "metrics.json"
+            if not path.is_file():
+                continue
+            rec = json.loads(path.read_text())
+            writer.writerow([rec["name"]] + ["" if rec.get(k) is None else f"{rec[k]:.6g}" for k in METRICS_HEADER[1:]])
+        atomic_write_bytes(self.output / "metrics.csv", buf.getvalue().encode())
