@@ -7,7 +7,7 @@ to the diffusion prior. See ``README.md`` and ``DESIGN.md``.
 
 from dwgf.data import MeasurementDataModule
 from dwgf.errors import DWGFError
-from dwgf.flow import FlowState, ItemNoise, dwgf_flow, item_generators
+from dwgf.flow import FlowState, ItemNoise, dwgf_flow, flow_gradient, item_generators
 from dwgf.solver import DWGF, InverseSolver
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "FlowState",
     "ItemNoise",
     "dwgf_flow",
+    "flow_gradient",
     "item_generators",
     "__version__",
 ]

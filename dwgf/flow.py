@@ -127,50 +127,75 @@ def dwgf_flow(
         )
 
 
+def flow_gradient(
+    prior: LatentPrior,
+    operator: ForwardOperator,
+    z: torch.Tensor,
+    y_n: torch.Tensor,
+    params_n: Params,
+    t: torch.Tensor,
+    draw: ItemNoise,
+    regularizers: Sequence[Regularizer],
+    decoder_noise: float,
+    iteration: int = 0,
+    num_iterations: int = 1,
+) -> tuple[torch.Tensor, FlowState]:
+    """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
+
+    ``y_n`` and ``params_n`` are the measurements and parameters repeated per particle
+    (``B*N`` rows). Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then
+    whatever the regularizers draw. Returns the latent gradient and the iteration's state.
+    """
+    b, n = z.shape[:2]
+    abar = prior.abar(t)
+    a = abar.view(b, *([1] * (z.dim() - 1)))
+    eps = draw(z.shape[1:])
+    x_noise = draw((n, prior.image_channels, prior.image_size, prior.image_size)) * decoder_noise
+    z = z.detach()
+    with torch.no_grad():
+        z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+        needs_eps = any(r.needs_eps for r in regularizers)
+        eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z) if needs_eps else None
+
+    leaf = z.flatten(0, 1).requires_grad_(True)
+    x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
+    x_d = x.detach()
+    g_x, loss = operator.data_grad(x_d + x_noise.flatten(0, 1), y_n, params_n)
+    state = FlowState(
+        z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
+        iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
+    )
+    g_z = torch.zeros_like(z)
+    for reg in regularizers:
+        force = reg.force(state)
+        if reg.space == "image":
+            g_x = g_x + force.flatten(0, 1)
+        else:
+            g_z = g_z + force
+    (vjp,) = torch.autograd.grad(x, leaf, grad_outputs=g_x)  # the one vector-Jacobian product
+    return g_z + vjp.view_as(z), state
+
+
 def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback):
     b, n = y.shape[0], num_particles
-    latent = tuple(prior.latent_shape)
-    image = (prior.image_channels, prior.image_size, prior.image_size)
     device = y.device
-    z = draw((n, *latent)).requires_grad_(True)
+    z = draw((n, *prior.latent_shape)).requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=step_size(0, num_steps), betas=tuple(betas))
     ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
     params_n = repeat_params(params, n)
     y_n = y.repeat_interleave(n, dim=0)
-    needs_eps = any(r.needs_eps for r in regularizers)
 
     for k in range(num_steps):
         for group in optimizer.param_groups:
             group["lr"] = step_size(k, num_steps)
-        t = ts[:, k]
-        abar = prior.abar(t)
-        a = abar.view(b, 1, 1, 1, 1)
-        eps = draw((n, *latent))
-        x_noise = draw((n, *image)) * decoder_noise
-        with torch.no_grad():
-            z_t = a.sqrt() * z + (1 - a).sqrt() * eps
-            eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z) if needs_eps else None
-
-        x = prior.decode(z.flatten(0, 1))  # (B*N, C, H, W), with graph to z
-        x_d = x.detach()
-        g_x, loss = operator.data_grad(x_d + x_noise.flatten(0, 1), y_n, params_n)
-        state = FlowState(
-            z=z.detach(), x=x_d.view(b, n, *image), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t,
-            eps_hat=eps_hat, iteration=k, num_iterations=num_steps, prior=prior, draw=draw, data_loss=loss.view(b, n),
+        grad, state = flow_gradient(
+            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps
         )
-        g_z = torch.zeros_like(z)
-        for reg in regularizers:
-            force = reg.force(state)
-            if reg.space == "image":
-                g_x = g_x + force.flatten(0, 1)
-            else:
-                g_z = g_z + force
-        (vjp,) = torch.autograd.grad(x, z, grad_outputs=g_x)
-        z.grad = g_z + vjp
+        z.grad = grad
         optimizer.step()
         if callback is not None:
             callback(state)
 
     with torch.no_grad():
-        particles = prior.decode(z.detach().flatten(0, 1)).view(b, n, *image)
+        particles = prior.decode(z.detach().flatten(0, 1)).view(b, n, prior.image_channels, prior.image_size, prior.image_size)
     return particles, z.detach()

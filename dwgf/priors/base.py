@@ -71,12 +71,13 @@ class LatentPrior(nn.Module):
                 Gaussian), else its mean. Deterministic encoders ignore it.
         """
         with self._full_precision(x.device):
-            return self._encode(x.float(), noise)
+            dtype = self.autoencoder_dtype
+            return self._encode(x.to(dtype), None if noise is None else noise.to(dtype))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images (``B x C x H x W``, nominally in ``[-1, 1]``) from scaled latents ``z``."""
         with self._full_precision(z.device):
-            return self._decode(z.float())
+            return self._decode(z.to(self.autoencoder_dtype))
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Epsilon prediction ``eps_theta(z_t, t)`` for latents ``z_t`` (``B x c x h x w``).
@@ -92,6 +93,11 @@ class LatentPrior(nn.Module):
             abar = self.abar(t).view(-1, *([1] * (z_t.dim() - 1)))
             return abar.sqrt() * out + (1 - abar).sqrt() * z_t.float()
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    @property
+    def autoencoder_dtype(self) -> torch.dtype:
+        """The autoencoder's weight dtype (float32 unless converted); its inputs are cast to it."""
+        return torch.float32
 
     def _encode(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

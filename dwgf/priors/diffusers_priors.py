@@ -125,6 +125,10 @@ class DiffusersLatentPrior(LatentPrior):
         self.image_channels = int(self.vae.config.in_channels)
         self.latent_shape = (int(self.unet.config.in_channels), size, size)
 
+    @property
+    def autoencoder_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
     # -- maths -----------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         if self.is_vq:

@@ -1,0 +1,177 @@
+"""Property checks parametrized over every forward operator."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dwgf.errors import DWGFError
+from dwgf.operators import (
+    BoxInpainting,
+    Denoising,
+    GaussianBlur,
+    MotionBlur,
+    RandomInpainting,
+    SuperResolution,
+    repeat_params,
+)
+
+SHAPE = (3, 24, 24)
+
+OPERATORS = {
+    "box_fixed": lambda: BoxInpainting(size=[300, 200], position=[150, 250], reference_size=512, sigma_y=0.05),
+    "box_random": lambda: BoxInpainting(size=[6, 9], sigma_y=0.05),
+    "random_pixels": lambda: RandomInpainting(missing=0.7, sigma_y=0.05),
+    "sr_box": lambda: SuperResolution(factor=4, kernel="box", sigma_y=0.05),
+    "sr_bicubic": lambda: SuperResolution(factor=3, kernel="bicubic", sigma_y=0.05),
+    "gaussian_blur": lambda: GaussianBlur(kernel_size=9, sigma=2.0, sigma_y=0.05),
+    "motion_blur": lambda: MotionBlur(kernel_size=9, intensity=0.5, sigma_y=0.05),
+    "denoise": lambda: Denoising(sigma_y=0.1),
+}
+
+
+def batch_params(op, n=2, seed=0, shape=SHAPE):
+    items = [op.sample_params(shape, torch.Generator().manual_seed(seed + i)) for i in range(n)]
+    return {k: torch.stack([p[k] for p in items]) for k in items[0]}
+
+
+@pytest.fixture(params=sorted(OPERATORS))
+def op(request):
+    return OPERATORS[request.param]()
+
+
+def test_adjointness(op):
+    """<A x, y> = <x, A^T y> for random x, y, in float64."""
+    params = {k: v.double() for k, v in batch_params(op).items()}
+    x = torch.randn(2, *SHAPE, dtype=torch.float64)
+    y = torch.randn(2, *op.measurement_shape(SHAPE), dtype=torch.float64)
+    if hasattr(op, "_taps"):
+        op._taps = op._taps.double()
+    lhs = (op(x, params) * y).sum()
+    rhs = (x * op.adjoint(y, params)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10), (lhs, rhs)
+
+
+def test_adjoint_is_the_matrix_transpose(op):
+    """The adjoint equals the transpose of A's explicit matrix on a small image."""
+    shape = (1, 12, 12)
+    params = {k: v.double() for k, v in batch_params(op, n=1, shape=shape).items()}
+    if hasattr(op, "_taps"):
+        op._taps = op._taps.double()
+    basis = torch.eye(144, dtype=torch.float64).view(144, *shape)
+    A = op(basis, repeat_params(params, 144)).reshape(144, -1).T  # (m, 144)
+    m_shape = op.measurement_shape(shape)
+    ybasis = torch.eye(A.shape[0], dtype=torch.float64).view(-1, *m_shape)
+    At = op.adjoint(ybasis, repeat_params(params, A.shape[0])).reshape(A.shape[0], -1)  # (m, 144)
+    assert torch.allclose(At, A, atol=1e-12)
+
+
+def test_shapes_and_determinism(op):
+    a, b = batch_params(op, seed=3), batch_params(op, seed=3)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    x = torch.rand(2, *SHAPE) * 2 - 1
+    y = op(x, a)
+    assert y.shape == (2, *op.measurement_shape(SHAPE))
+    assert op.to_image(y, a).shape == y.shape
+
+
+def test_simulated_noise_uses_item_generator(op):
+    x = torch.rand(1, *SHAPE) * 2 - 1
+    p = {k: v[:1] for k, v in batch_params(op).items()}
+    y1 = op.simulate(x, p, torch.Generator().manual_seed(5))
+    y2 = op.simulate(x, p, torch.Generator().manual_seed(5))
+    y3 = op.simulate(x, p, torch.Generator().manual_seed(6))
+    assert torch.equal(y1, y2) and not torch.equal(y1, y3)
+    residual = y1 - op(x, p)
+    mask = op.measured(p)
+    observed = residual if mask is None else residual[mask.expand_as(residual) > 0]
+    assert 0.5 * op.sigma_y < observed.std() < 1.5 * op.sigma_y
+
+
+def test_data_grad_matches_finite_differences(op):
+    torch.manual_seed(0)
+    params = {k: v.double() for k, v in batch_params(op).items()}
+    if hasattr(op, "_taps"):
+        op._taps = op._taps.double()
+    x = torch.randn(2, *SHAPE, dtype=torch.float64)
+    y = op(torch.randn(2, *SHAPE, dtype=torch.float64), params)
+    grad, loss = op.data_grad(x, y, params)
+    assert loss.shape == (2,)
+    d = torch.randn_like(x)
+    h = 1e-6
+    fd = (op.data_loss(x + h * d, y, params).sum() - op.data_loss(x - h * d, y, params).sum()) / (2 * h)
+    assert torch.allclose((grad * d).sum(), fd, rtol=1e-6, atol=1e-9)
+
+
+def test_data_loss_averages_over_measured_entries_only():
+    op = BoxInpainting(size=[2, 2], position=[0, 0])
+    params = batch_params(op, n=1, shape=(1, 4, 4))
+    y = torch.zeros(1, 1, 4, 4)
+    x = torch.ones(1, 1, 4, 4)
+    x[..., :2, :2] = 100.0  # inside the box: unobserved, must not count
+    assert torch.allclose(op.data_loss(x, y, params), torch.tensor([0.5]))
+
+
+def test_paper_box_scales_with_the_image():
+    op = BoxInpainting(size=[300, 200], position=[150, 250], reference_size=512)
+    assert op.box(512, 512) == (150, 250, 300, 200)
+    assert op.box(64, 64) == (19, 31, 38, 25)
+    mask = op.sample_params((3, 64, 64), torch.Generator())["mask"]
+    assert mask.shape == (1, 64, 64) and int((mask == 0).sum()) == 38 * 25
+
+
+def test_random_box_lies_inside_and_varies():
+    op = BoxInpainting(size=[12, 12])
+    tops = set()
+    for s in range(20):
+        top, left, h, w = op.box(32, 32, torch.Generator().manual_seed(s))
+        assert 0 <= top <= 20 and 0 <= left <= 20 and (h, w) == (12, 12)
+        tops.add(top)
+    assert len(tops) > 3
+
+
+def test_random_inpainting_ratio():
+    mask = RandomInpainting(missing=0.7).sample_params((3, 64, 64), torch.Generator().manual_seed(0))["mask"]
+    assert abs(1 - mask.mean().item() - 0.7) < 0.03
+
+
+def test_box_sr_is_block_average_and_bicubic_matches_torch_interior():
+    x = torch.randn(1, 2, 32, 32)
+    assert torch.allclose(SuperResolution(4)(x, {}), F.avg_pool2d(x, 4))
+    for f in (2, 4):
+        ours = SuperResolution(f, "bicubic")(x, {})
+        ref = F.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True, align_corners=False)
+        assert torch.allclose(ours[..., 3:-3, 3:-3], ref[..., 3:-3, 3:-3], atol=1e-5)
+        ones = SuperResolution(f, "bicubic")(torch.ones(1, 1, 16, 16), {})
+        assert torch.allclose(ones, torch.ones_like(ones), atol=1e-6)  # renormalised at the borders
+
+
+def test_blur_kernels_are_normalised():
+    gk = GaussianBlur(9, 2.0).sample_params(SHAPE, torch.Generator())["kernel"]
+    assert gk.shape == (9, 9) and abs(gk.sum().item() - 1) < 1e-6 and torch.allclose(gk, gk.flip(0, 1))
+    mk = MotionBlur(9, 0.5).sample_params(SHAPE, torch.Generator().manual_seed(1))["kernel"]
+    mk2 = MotionBlur(9, 0.5).sample_params(SHAPE, torch.Generator().manual_seed(2))["kernel"]
+    assert abs(mk.sum().item() - 1) < 1e-6 and (mk >= 0).all() and not torch.allclose(mk, mk2)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: SuperResolution(factor=4, sigma_y=-0.1), "sigma_y must be >= 0"),
+        (lambda: BoxInpainting(size=[600, 10], reference_size=512), "does not fit"),
+        (lambda: RandomInpainting(missing=1.0), "missing must be in"),
+        (lambda: GaussianBlur(kernel_size=8), "odd"),
+        (lambda: SuperResolution(factor=0), "positive integer"),
+    ],
+)
+def test_bad_operator_settings_fail_with_one_line(make, match):
+    with pytest.raises(DWGFError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+def test_box_larger_than_image_and_indivisible_factor():
+    with pytest.raises(DWGFError, match="larger than the 8x8 image"):
+        BoxInpainting(size=[12, 12]).sample_params((1, 8, 8), torch.Generator())
+    with pytest.raises(DWGFError, match="does not divide the 30x30"):
+        SuperResolution(4).measurement_shape((3, 30, 30))
