@@ -21,7 +21,7 @@ import dwgf.priors  # noqa: F401
 import dwgf.regularizers  # noqa: F401
 import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, find_dwgf_error
 from dwgf.writers import PredictionWriter
 
 
@@ -88,10 +88,14 @@ def main(args: Any = None) -> None:
     # Let ``class_path: my_module.MyRegularizer`` find modules in the working directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    DWGFError.last = None
     try:
         DWGFCLI(args=args)
-    except DWGFError as err:
-        print(f"dwgf: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else propagates
+        found = find_dwgf_error(err)
+        if found is None:
+            raise
+        print(f"dwgf: error: {found}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -1,0 +1,112 @@
+"""MeasurementDataModule: folders to batches with per-item params and seeds."""
+
+import pytest
+import torch
+from PIL import Image
+
+from dwgf.data import MeasurementDataModule, item_seeds, load_image
+from dwgf.errors import DWGFError
+from dwgf.operators import BoxInpainting, SuperResolution
+from dwgf.testing import make_images
+from dwgf.writers import png_bytes
+
+
+def _dm(op, **kw):
+    kw.setdefault("image_size", 32)
+    kw.setdefault("channels", 3)
+    dm = MeasurementDataModule(op, **kw)
+    dm.setup("predict")
+    return dm
+
+
+def test_item_seeds_are_deterministic_and_distinct():
+    assert item_seeds(0, 5) == item_seeds(0, 5)
+    seeds = {s for i in range(100) for s in item_seeds(0, i)}
+    assert len(seeds) == 200
+    assert item_seeds(1, 5) != item_seeds(0, 5)
+    assert all(0 <= s < 2**63 for s in item_seeds(123, 4))
+
+
+def test_images_are_resized_cropped_and_degraded(image_dir):
+    dm = _dm(BoxInpainting(size=[8, 8], sigma_y=0.01), images=str(image_dir), batch_size=2)
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["measurement"].shape == (2, 3, 32, 32)
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["params"]["mask"].shape == (2, 1, 32, 32)
+    assert batch["name"] == ["img0", "img1"] and batch["index"].tolist() == [0, 1]
+    assert batch["seed"].tolist() == [item_seeds(0, 0)[1], item_seeds(0, 1)[1]]
+
+
+def test_items_do_not_depend_on_batching(image_dir):
+    a = _dm(BoxInpainting(size=[8, 8], sigma_y=0.05), images=str(image_dir), batch_size=3)
+    b = _dm(BoxInpainting(size=[8, 8], sigma_y=0.05), images=str(image_dir), batch_size=1)
+    big = next(iter(a.predict_dataloader()))
+    for i, small in enumerate(b.predict_dataloader()):
+        assert torch.equal(small["measurement"][0], big["measurement"][i])
+        assert torch.equal(small["params"]["mask"][0], big["params"]["mask"][i])
+
+
+def test_channel_conversion(tmp_path):
+    gray = make_images(tmp_path / "gray", count=1, mode="L")
+    rgb = make_images(tmp_path / "rgb", count=1)
+    assert load_image(next(gray.iterdir()), 3, (16, 16)).shape == (3, 16, 16)
+    assert load_image(next(rgb.iterdir()), 1, (16, 16)).shape == (1, 16, 16)
+    x = load_image(next(gray.iterdir()), 3, None)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def test_center_crop_keeps_the_middle(tmp_path):
+    arr = torch.zeros(20, 40, dtype=torch.uint8)
+    arr[:, 10:30] = 255  # a white middle stripe, 20 wide
+    Image.fromarray(arr.numpy()).save(tmp_path / "wide.png")
+    x = load_image(tmp_path / "wide.png", 1, (20, 20))
+    assert x.shape == (1, 20, 20) and x.min() > 0.9
+
+
+def test_measurement_only_mode_with_masks(tmp_path):
+    meas, masks = tmp_path / "meas", tmp_path / "masks"
+    meas.mkdir(), masks.mkdir()
+    y = torch.rand(3, 32, 32) * 2 - 1
+    (meas / "a.png").write_bytes(png_bytes((y + 1) / 2))
+    mask = torch.ones(1, 32, 32)
+    mask[:, 4:10, 4:10] = 0
+    (masks / "a.png").write_bytes(png_bytes(mask))
+    dm = _dm(BoxInpainting(size=[2, 2]), measurements=str(meas), masks=str(masks))
+    batch = next(iter(dm.predict_dataloader()))
+    assert "image" not in batch and not dm.has_ground_truth
+    assert torch.equal(batch["params"]["mask"][0], mask)
+    assert torch.all(batch["measurement"][0][:, 4:10, 4:10] == 0)
+
+
+def test_measurement_only_super_resolution_reads_low_resolution(tmp_path):
+    meas = make_images(tmp_path / "lr", count=1, sizes=((8, 8),))
+    dm = _dm(SuperResolution(4), measurements=str(meas))
+    assert next(iter(dm.predict_dataloader()))["measurement"].shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "no input"),
+        ({"images": "/nonexistent/folder"}, "no such folder"),
+    ],
+)
+def test_bad_inputs(kwargs, match):
+    with pytest.raises(DWGFError, match=match):
+        _dm(BoxInpainting(size=[2, 2]), **kwargs)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(DWGFError, match="no images found"):
+        _dm(BoxInpainting(size=[2, 2]), images=str(tmp_path))
+
+
+def test_super_resolution_factor_must_divide(image_dir):
+    with pytest.raises(DWGFError, match="does not divide"):
+        _dm(SuperResolution(5), images=str(image_dir))
+
+
+def test_images_and_measurements_are_exclusive(image_dir):
+    with pytest.raises(DWGFError, match="not both"):
+        MeasurementDataModule(BoxInpainting(size=[2, 2]), images=str(image_dir), measurements=str(image_dir))
