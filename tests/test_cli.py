@@ -164,3 +164,10 @@ def test_misspelled_option_fails(ldm_path, image_dir, tmp_path):
     with pytest.raises(SystemExit) as exc:
         run("predict", "--config", LDM_CONFIG, "--model.num_stepz", 3, "--output", tmp_path / "x")
     assert exc.value.code != 0
+
+
+def test_mixed_precision_runs_on_cpu(ldm_path, image_dir, tmp_path):
+    out = tmp_path / "bf16"
+    run("predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", image_dir,
+        "--output", out, "--trainer.precision", "bf16-mixed")
+    check_outputs(out, ["img0", "img1", "img2"], particles=2)

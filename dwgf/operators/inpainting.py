@@ -40,7 +40,7 @@ class BoxInpainting(_MaskOperator):
     With ``reference_size`` set, ``size`` and ``position`` are in pixels of a
     ``reference_size x reference_size`` image and scale with the actual image (the paper's box,
     rows 150-449 by columns 250-449 of a 512 image, is ``size=[300, 200], position=[150, 250],
-    reference_size=512``; on a 64 image it becomes rows 19-56 by columns 31-56). Without it they
+    reference_size=512``; on a 64 image it becomes rows 19-56 by columns 31-55). Without it they
     are pixels of the actual image.
 
     Args:

@@ -182,7 +182,15 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
         except (OSError, ValueError) as err:
             raise DWGFError(f"{OPTION} {self.pretrained!r}: could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
-        text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained)
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 1-second load needs no progress bar
+        try:
+            text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         ids = tokenizer(self.prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             embedding = text_encoder(ids)[0].float()
