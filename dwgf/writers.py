@@ -66,12 +66,47 @@ def image_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str,
     }
 
 
+SUMMARY_TILE = 96  # minimum tile side in summary pictures, in pixels (small images are enlarged)
+SHEET_ITEMS = 8  # items on the contact sheet <output>/summary.png
+
+
+def _tile(image01: torch.Tensor, side: int) -> Image.Image:
+    """A ``C x h x w`` image in ``[0, 1]`` as an RGB tile of ``side x side`` (nearest neighbour)."""
+    img = Image.open(io.BytesIO(png_bytes(image01))).convert("RGB")
+    return img.resize((side, side), Image.NEAREST)
+
+
+def summary_picture(tiles: Sequence[torch.Tensor], labels: Sequence[str], label_row: bool = True) -> Image.Image:
+    """Tiles side by side, 2 px apart, with their labels on a strip above (if ``label_row``)."""
+    from PIL import ImageDraw
+
+    h = max(t.shape[-1] for t in tiles)
+    side = max(SUMMARY_TILE, h * max(1, SUMMARY_TILE // h))
+    top = 14 if label_row else 0
+    sheet = Image.new("RGB", (len(tiles) * (side + 2) - 2, side + top), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        x = i * (side + 2)
+        sheet.paste(_tile(tile, side), (x, top))
+        if label_row:
+            draw.text((x + 2, 1), label, fill="black")
+    return sheet
+
+
+def image_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes every predicted item to ``<output>/<name>/`` and collects ``<output>/metrics.csv``.
 
     Per item: ``particle_<k>.png``, ``mean.png`` (particle mean), ``std.png`` (per-pixel standard
     deviation across particles of the ``[0, 1]`` images, shown as ``min(1, 4 std)``, averaged over
-    channels), ``measurement.png``, ``ground_truth.png`` (when known) and ``metrics.json``. Every file
+    channels), ``measurement.png``, ``ground_truth.png`` (when known), ``summary.png`` (all of them
+    side by side, labelled) and ``metrics.json``; ``<output>/summary.png`` stacks the summaries of the
+    first 8 items. Every file
     is written under a temporary name and renamed. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,
     ssim_mean,seconds``) is assembled from the items' ``metrics.json`` at the end of the run, on
     rank 0; metrics are empty in measurement-only mode.
@@ -109,6 +144,12 @@ class PredictionWriter(BasePredictionWriter):
             atomic_write_bytes(folder / "ground_truth.png", png_bytes(truth))
             record.update(image_metrics(p01, truth[None]))
         record["seconds"] = float(seconds)
+        tiles = [to_unit(measurement), *p01, mean, (STD_GAIN * std).clamp(0, 1)]
+        labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
+        if image is not None:
+            tiles.append(truth)
+            labels.append("truth")
+        atomic_write_bytes(folder / "summary.png", image_bytes(summary_picture(tiles, labels)))
         atomic_write_bytes(folder / "metrics.json", json.dumps(record).encode())
         return record
 
@@ -126,7 +167,28 @@ class PredictionWriter(BasePredictionWriter):
             dataset = getattr(trainer.datamodule, "dataset", None)
             names = list(getattr(dataset, "names", []))
             self.write_metrics_csv(names)
+            self.write_contact_sheet(names)
         trainer.strategy.barrier()
+
+    def write_contact_sheet(self, names: Sequence[str]) -> None:
+        """``<output>/summary.png``: the summaries of the first items, one per row, names on the left."""
+        from PIL import ImageDraw
+
+        rows = [(n, self.output / safe_name(n) / "summary.png") for n in names]
+        rows = [(n, p) for n, p in rows if p.is_file()][:SHEET_ITEMS]
+        if not rows:
+            return
+        pictures = [Image.open(p).convert("RGB") for _, p in rows]
+        margin = 90
+        width = margin + max(p.width for p in pictures)
+        sheet = Image.new("RGB", (width, sum(p.height + 4 for p in pictures)), "white")
+        draw = ImageDraw.Draw(sheet)
+        y = 0
+        for (name, _), pic in zip(rows, pictures):
+            sheet.paste(pic, (margin, y))
+            draw.text((2, y + pic.height // 2), name[:14], fill="black")
+            y += pic.height + 4
+        atomic_write_bytes(self.output / "summary.png", image_bytes(sheet))
 
     def write_metrics_csv(self, names: Sequence[str]) -> None:
         """``metrics.csv`` from the ``metrics.json`` of ``names`` (in that order) that exist."""

@@ -19,7 +19,7 @@ from dwgf.writers import png_bytes
 ROOT = Path(__file__).resolve().parents[1]
 SD_CONFIGS = [ROOT / "configs/sd21/ffhq_box_inpaint.yaml", ROOT / "configs/sd21/ffhq_sr8.yaml"]
 LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
-ITEM_FILES = {"mean.png", "std.png", "measurement.png", "ground_truth.png", "metrics.json"}
+ITEM_FILES = {"mean.png", "std.png", "measurement.png", "ground_truth.png", "metrics.json", "summary.png"}
 
 
 def run(*args):
@@ -45,6 +45,11 @@ def check_outputs(out: Path, names, particles, with_truth=True):
         else:
             assert r[1:5] == ["", "", "", ""]
     assert (out / "config.yaml").is_file()
+    sheet = Image.open(out / "summary.png")
+    item = Image.open(out / names[0] / "summary.png")
+    # one row per item (up to 8), and per item: measurement, N particles, mean, std (+ truth)
+    assert sheet.height == sum(item.height + 4 for _ in names[:8])
+    assert item.width == (particles + 3 + with_truth) * (96 + 2) - 2
     return rows
 
 

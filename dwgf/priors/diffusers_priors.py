@@ -19,14 +19,37 @@ _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "
 _HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
 
 
+SHIPPED_PREFIX = "dwgf:"
+
+
+def shipped_priors() -> list[str]:
+    """Names of the priors that ship inside the package (``dwgf:<name>``)."""
+    from importlib.resources import files
+
+    assets = files("dwgf") / "assets"
+    if not assets.is_dir():
+        return []
+    return sorted(p.name for p in assets.iterdir() if p.is_dir() and (p / "model_index.json").is_file())
+
+
 def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
-    """A local folder for ``pretrained``: the folder itself, or a hub id's snapshot.
+    """A local folder for ``pretrained``: a shipped prior, the folder itself, or a hub id's snapshot.
+
+    ``dwgf:<name>`` names a prior that ships with the package (``dwgf:mnist-ldm``).
 
     Hub ids are fetched with ``huggingface_hub`` (safetensors and configs only); with
     ``HF_HUB_OFFLINE=1`` or no network, only an already-cached snapshot works. Every failure is a
     one-line :class:`~dwgf.errors.DWGFError` naming ``pretrained``.
     """
     text = str(pretrained)
+    if text.startswith(SHIPPED_PREFIX):
+        from importlib.resources import files
+
+        name = text[len(SHIPPED_PREFIX) :]
+        shipped = shipped_priors()
+        if name not in shipped:
+            raise DWGFError(f"{OPTION} {text!r}: no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})")
+        return Path(str(files("dwgf") / "assets" / name))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
