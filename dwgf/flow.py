@@ -6,6 +6,7 @@ predict step, and a notebook can call it directly.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -120,10 +121,14 @@ def dwgf_flow(
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError("dwgf_flow needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
-    with torch.enable_grad():  # Lightning's predict loop runs under no_grad
+    device_type = y.device.type
+    unet_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    # Lightning's predict loop runs under no_grad; under mixed precision only the network call
+    # runs in the low precision (flow_gradient re-enables autocast around it), the rest in float32.
+    with torch.enable_grad(), torch.autocast(device_type, enabled=False):
         return _flow(
             prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps,
-            betas, decoder_noise, callback,
+            betas, decoder_noise, callback, unet_dtype,
         )
 
 
@@ -139,12 +144,15 @@ def flow_gradient(
     decoder_noise: float,
     iteration: int = 0,
     num_iterations: int = 1,
+    unet_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, FlowState]:
     """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
 
     ``y_n`` and ``params_n`` are the measurements and parameters repeated per particle
     (``B*N`` rows). Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then
-    whatever the regularizers draw. Returns the latent gradient and the iteration's state.
+    whatever the regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs
+    under autocast to that dtype; everything else runs in the caller's precision. Returns the latent
+    gradient and the iteration's state.
     """
     b, n = z.shape[:2]
     abar = prior.abar(t)
@@ -154,8 +162,11 @@ def flow_gradient(
     z = z.detach()
     with torch.no_grad():
         z_t = a.sqrt() * z + (1 - a).sqrt() * eps
-        needs_eps = any(r.needs_eps for r in regularizers)
-        eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z) if needs_eps else None
+        eps_hat = None
+        if any(r.needs_eps for r in regularizers):
+            low = torch.autocast(z.device.type, dtype=unet_dtype) if unet_dtype is not None else contextlib.nullcontext()
+            with low:
+                eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z)
 
     leaf = z.flatten(0, 1).requires_grad_(True)
     x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
@@ -176,7 +187,7 @@ def flow_gradient(
     return g_z + vjp.view_as(z), state
 
 
-def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback):
+def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback, unet_dtype):
     b, n = y.shape[0], num_particles
     device = y.device
     z = draw((n, *prior.latent_shape)).requires_grad_(True)
@@ -189,7 +200,7 @@ def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularize
         for group in optimizer.param_groups:
             group["lr"] = step_size(k, num_steps)
         grad, state = flow_gradient(
-            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps
+            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype
         )
         z.grad = grad
         optimizer.step()

@@ -214,3 +214,25 @@ def test_encoder_consistency_force_formula(ldm_prior):
     noise = ItemNoise(item_generators([3], "cpu"), "cpu")((2, 4, 16, 16)).flatten(0, 1)
     rec = ldm_prior.decode(ldm_prior.encode(x.flatten(0, 1), noise)).view_as(x)
     assert torch.allclose(force, 0.1 * (x - rec) / (32 * 32), atol=1e-7)
+
+
+def test_under_autocast_only_the_network_runs_in_low_precision(ldm_prior, monkeypatch):
+    seen = {}
+    original_eps, original_score = ldm_prior._eps, __import__("dwgf.regularizers.kl_prior", fromlist=["x"]).particle_score
+
+    def eps(z_t, t):
+        seen["unet_autocast"] = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return original_eps(z_t, t)
+
+    def score(*args):
+        seen["score_autocast"] = torch.is_autocast_enabled("cpu")
+        return original_score(*args)
+
+    monkeypatch.setattr(ldm_prior, "_eps", eps)
+    monkeypatch.setattr("dwgf.regularizers.kl_prior.particle_score", score)
+    op, y, params = _setup(ldm_prior)
+    solver = DWGF(ldm_prior, num_steps=2, num_particles=2, regularizers=[KLPrior()]).set_operator(op)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = solver.solve(y, params, [0, 1])
+    assert seen == {"unet_autocast": True, "score_autocast": False}
+    assert out.dtype == torch.float32
