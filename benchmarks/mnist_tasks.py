@@ -23,7 +23,7 @@ from PIL import Image
 from dwgf.cli import main as dwgf_main
 from dwgf.training.mnist import write_pngs
 
-SPLITS = {"tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune50": ("tune", 5)}
+SPLITS = {"tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune50": ("tune", 5), "tune100": ("tune", 10)}
 
 
 def digits_folder(split: str) -> Path:
