@@ -7,6 +7,7 @@ from dwgf.priors.diffusers_priors import (
     UnconditionalLatentPrior,
     load_prior,
     resolve_pretrained,
+    shipped_priors,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "UnconditionalLatentPrior",
     "load_prior",
     "resolve_pretrained",
+    "shipped_priors",
 ]

@@ -94,20 +94,26 @@ class DiffusersLatentPrior(LatentPrior):
     :class:`UnconditionalLatentPrior`.
 
     Args:
-        pretrained: a local diffusers folder, or a hub id (only if reachable or already cached).
+        pretrained: a local diffusers folder, a hub id (only if reachable or already cached), or
+            ``dwgf:<name>`` for a prior that ships with dwgf.
+        channels_last: store the autoencoder's weights channels-last (default ``True``). On the
+            2-core CPU, for 200 MNIST latents, decode + VJP took 0.77 s instead of 1.13 s and encode
+            0.23 s instead of 0.30 s, with results equal to float rounding (4e-6); the UNet gained
+            nothing, so it stays as it is.
     """
 
-    _unet_class_names: tuple[str, ...] = ()
-
-    def __init__(self, pretrained: str):
+    def __init__(self, pretrained: str, channels_last: bool = True):
         super().__init__()
         self.pretrained = str(pretrained)
+        self.channels_last = bool(channels_last)
         root = resolve_pretrained(pretrained)
         self._root = root
         self._load_autoencoder(root)
         self._load_schedule(root)
         self._load_denoiser(root)
         self._set_shapes()
+        if self.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
         self.freeze()
 
     # -- loading -------------------------------------------------------------------------------
@@ -179,6 +185,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         pretrained: a local diffusers folder, or a hub id such as
             ``stabilityai/stable-diffusion-2-1-base`` (only if reachable or already cached).
         prompt: the text condition; the method uses the empty prompt (default ``""``).
+        channels_last: see :class:`DiffusersLatentPrior`.
 
     Example:
         >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
@@ -186,9 +193,9 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         ((4, 64, 64), 512)
     """
 
-    def __init__(self, pretrained: str, prompt: str = ""):
+    def __init__(self, pretrained: str, prompt: str = "", channels_last: bool = True):
         self.prompt = prompt
-        super().__init__(pretrained)
+        super().__init__(pretrained, channels_last)
 
     def _load_denoiser(self, root: Path) -> None:
         from diffusers import UNet2DConditionModel
@@ -232,7 +239,9 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
     the layout of e.g. ``CompVis/ldm-celebahq-256`` and of the prior that ships with dwgf.
 
     Args:
-        pretrained: a local diffusers folder, or a hub id (only if reachable or already cached).
+        pretrained: a local diffusers folder, a hub id (only if reachable or already cached), or
+            ``dwgf:<name>`` for a prior that ships with dwgf (``dwgf:mnist-ldm``).
+        channels_last: see :class:`DiffusersLatentPrior`.
     """
 
     def _load_denoiser(self, root: Path) -> None:
