@@ -66,8 +66,8 @@ def report(tasks, inversion) -> None:
         row = f"| {task} | {r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['naive']:.2f} | {inv} | {r['wall']:.0f} |"
         print("REPORT", row, flush=True)
         lines.append(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mnist_tasks.md").write_text("\n".join(lines) + "\n")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "mnist_tasks.md").write_text("\n".join(lines) + "\n")  # after every task: nothing lost
 
 
 def main() -> None:
