@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,8 +56,7 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
         if not path.is_dir():
             raise DWGFError(f"{OPTION} {text!r} is a file; expected a diffusers folder (with model_index.json or vae/, unet/, scheduler/ subfolders)")
         return path
-    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep != "/" and os.sep in text
-    if looks_like_path:
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is None:  # hub ids are "org/name"
         raise DWGFError(f"{OPTION} {text!r}: no such folder (and it is not a hub id of the form 'org/name')")
     from huggingface_hub import snapshot_download
 
