@@ -5,6 +5,7 @@ particles per measurement along a Wasserstein gradient flow of a data term plus 
 to the diffusion prior. See ``README.md`` and ``DESIGN.md``.
 """
 
+from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
 from dwgf.data import MeasurementDataModule
 from dwgf.errors import DWGFError
 from dwgf.flow import FlowState, ItemNoise, dwgf_flow, flow_gradient, item_generators
@@ -14,6 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DWGF",
+    "LatentDPS",
+    "PSLD",
+    "DecoderInversion",
     "InverseSolver",
     "MeasurementDataModule",
     "DWGFError",

@@ -44,13 +44,17 @@ class InverseSolver(LightningModule):
         self.operator: Optional[ForwardOperator] = None
 
     def set_operator(self, operator: ForwardOperator) -> "InverseSolver":
+        self.check_operator(operator)
         self.operator = operator
         return self
 
+    def check_operator(self, operator: ForwardOperator) -> None:
+        """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.operator is None and datamodule is not None:
-            self.operator = getattr(datamodule, "operator", None)
+        if self.operator is None and datamodule is not None and getattr(datamodule, "operator", None) is not None:
+            self.set_operator(datamodule.operator)
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
         """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``."""

@@ -104,6 +104,28 @@ class ForwardOperator:
         mask = mask.expand_as(r)
         return 0.5 * (r * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
 
+    def residual_norm(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """Per-item Euclidean norm of ``y - A(x)`` over the measured entries, shape ``(B,)``.
+
+        Guidance of DPS-type solvers uses this norm item by item, never over the whole batch.
+        """
+        r = self.forward(x, params) - y
+        mask = self.measured(params)
+        if mask is not None:
+            r = r * mask
+        return r.flatten(1).square().sum(1).clamp_min(1e-24).sqrt()
+
+    def project(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """``x + A^T (y - A x) = A^T y + (I - A^T A) x``: ``x`` made consistent with ``y``.
+
+        PSLD's "gluing" target. It is the exact projection onto ``{x : A x = y}`` when ``A A^T =
+        I`` (inpainting, denoising); operators whose pseudo-inverse is cheap override it (box
+        super-resolution); otherwise it is PSLD's formula with ``A^T``. Linear operators only.
+        """
+        if not self.linear:
+            raise DWGFError(f"{type(self).__name__} is not linear: it has no adjoint for the projection")
+        return x + self.adjoint(y - self.forward(x, params), params)
+
     def data_grad(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient of ``sum_b data_loss_b`` with respect to ``x``, and the per-item losses."""
         with torch.enable_grad():

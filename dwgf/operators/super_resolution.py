@@ -113,3 +113,9 @@ class SuperResolution(ForwardOperator):
         h, w = y.shape[-2] * f, y.shape[-1] * f
         full = self._bicubic(y / self._norm(h, w, y), True)
         return full[..., :h, :w]
+
+    def project(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """Exact projection onto ``{x : A x = y}`` for block averaging (``A^+ = factor^2 A^T``)."""
+        if self.kernel == "box":
+            return x + self.factor**2 * self.adjoint(y - self.forward(x, params), params)
+        return super().project(x, y, params)

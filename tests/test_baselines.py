@@ -1,0 +1,177 @@
+"""Baseline solvers: Latent DPS, PSLD, decoder inversion and the RED-diff config."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
+from dwgf.cli import main
+from dwgf.errors import DWGFError
+from dwgf.operators import BoxInpainting, GaussianBlur, RandomInpainting, SuperResolution
+from dwgf.operators.base import ForwardOperator
+from dwgf.regularizers import KLPrior
+from dwgf.sampling import ddim_sample
+from dwgf.solver import DWGF
+
+ROOT = Path(__file__).resolve().parents[1]
+LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
+METHODS = ROOT / "configs/methods"
+
+
+def params_for(op, b, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ps = [op.sample_params((1, size, size), g) for _ in range(b)]
+    return {k: torch.stack([p[k] for p in ps]) for k in ps[0]} if ps[0] else {}
+
+
+def measurement(op, prior, b=2, seed=0):
+    x = torch.rand(b, 1, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    params = params_for(op, b, seed=seed)
+    return op(x, params), params
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_dps_without_guidance_is_ddim_sampling(ldm_prior, eta):
+    """guidance = 0: the same seed and timesteps give exactly the prior's DDIM samples."""
+    op = SuperResolution(2)
+    y, params = measurement(op, ldm_prior)
+    dps = LatentDPS(ldm_prior, num_steps=5, num_particles=3, guidance=0.0, eta=eta).set_operator(op)
+    out = dps.solve(y, params, [11, 12])
+    for b, seed in enumerate([11, 12]):
+        ref = ddim_sample(ldm_prior, 3, num_steps=5, eta=eta, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(out[b], ref, rtol=0, atol=1e-5)  # batch composition: float rounding only
+
+
+def test_dps_guidance_moves_towards_the_measurement(ldm_prior):
+    op = RandomInpainting(0.5)
+    y, params = measurement(op, ldm_prior)
+    free = LatentDPS(ldm_prior, num_steps=6, num_particles=2, guidance=0.0).set_operator(op).solve(y, params, [1, 2])
+    guided = LatentDPS(ldm_prior, num_steps=6, num_particles=2, guidance=2.0).set_operator(op).solve(y, params, [1, 2])
+    y2 = y.repeat_interleave(2, 0)
+    p2 = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
+    assert op.residual_norm(guided.flatten(0, 1), y2, p2).mean() < op.residual_norm(free.flatten(0, 1), y2, p2).mean()
+
+
+@pytest.mark.parametrize("cls", [LatentDPS, PSLD])
+def test_guided_sampling_is_per_item(ldm_prior, cls):
+    """Norms are per item: an item alone and inside a batch give the same samples."""
+    op = BoxInpainting(size=[10, 10])
+    y, params = measurement(op, ldm_prior, b=3)
+    solver = cls(ldm_prior, num_steps=4, num_particles=2, guidance=1.5).set_operator(op)
+    batch = solver.solve(y, params, [5, 6, 7])
+    alone = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, [6])
+    torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-5)
+
+
+def test_residual_norm_counts_measured_entries_only():
+    op = BoxInpainting(size=[2, 2], position=[0, 0])
+    params = params_for(op, 2, size=4)
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.zeros(2, 1, 4, 4)
+    x[0, 0, 0, 0] = 100.0  # inside the box: not measured
+    x[1, 0, 3, 3] = 3.0
+    torch.testing.assert_close(op.residual_norm(x, y, params), torch.tensor([0.0, 3.0]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("op", [BoxInpainting(size=[8, 8]), RandomInpainting(0.7), SuperResolution(4)], ids=repr)
+def test_project_makes_the_image_consistent(op):
+    params = params_for(op, 2)
+    x, target = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    y = op(target, params)
+    torch.testing.assert_close(op(op.project(x, y, params), params), y, atol=1e-5, rtol=0)
+
+
+def test_project_is_psld_formula_for_blur():
+    op = GaussianBlur(9, 2.0)
+    p = params_for(op, 1)
+    x, y = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(op.project(x, y, p), op.adjoint(y, p) + x - op.adjoint(op(x, p), p), atol=1e-5, rtol=0)
+
+
+def test_psld_refuses_a_nonlinear_operator(ldm_prior):
+    class Square(ForwardOperator):
+        def forward(self, x, params):
+            return x * x
+
+    with pytest.raises(DWGFError, match="PSLD needs a linear operator.*Square"):
+        PSLD(ldm_prior).set_operator(Square())
+    LatentDPS(ldm_prior).set_operator(Square())  # DPS only needs A's gradient
+
+
+def test_psld_gluing_changes_the_samples(ldm_prior):
+    op = BoxInpainting(size=[10, 10])
+    y, params = measurement(op, ldm_prior)
+    a = PSLD(ldm_prior, num_steps=3, num_particles=1, gluing=0.0).set_operator(op).solve(y, params, [1, 2])
+    b = LatentDPS(ldm_prior, num_steps=3, num_particles=1).set_operator(op).solve(y, params, [1, 2])
+    c = PSLD(ldm_prior, num_steps=3, num_particles=1, gluing=1.0).set_operator(op).solve(y, params, [1, 2])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # gluing 0 is Latent DPS
+    assert (a - c).abs().max() > 1e-4
+
+
+def test_decoder_inversion_is_dwgf_without_regularizers(ldm_prior):
+    op = SuperResolution(2)
+    y, params = measurement(op, ldm_prior)
+    a = DecoderInversion(ldm_prior, num_steps=4, num_particles=2).set_operator(op).solve(y, params, [3, 4])
+    b = DWGF(ldm_prior, num_steps=4, num_particles=2, regularizers=[]).set_operator(op).solve(y, params, [3, 4])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_frozen_weights_get_no_grad(ldm_prior):
+    op = BoxInpainting(size=[10, 10])
+    y, params = measurement(op, ldm_prior)
+    PSLD(ldm_prior, num_steps=2, num_particles=1).set_operator(op).solve(y, params, [1, 2])
+    assert all(p.grad is None for p in ldm_prior.parameters())
+
+
+def test_bad_hyperparameters_fail_clearly(ldm_prior):
+    with pytest.raises(DWGFError, match="--model.guidance must be >= 0"):
+        LatentDPS(ldm_prior, guidance=-1)
+    with pytest.raises(DWGFError, match="--model.eta must be in"):
+        LatentDPS(ldm_prior, eta=2)
+    with pytest.raises(DWGFError, match="--model.num_steps must be <= the prior's 1000"):
+        LatentDPS(ldm_prior, num_steps=5000)
+    with pytest.raises(DWGFError, match="--model.gluing must be >= 0"):
+        PSLD(ldm_prior, gluing=-0.1)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+@pytest.mark.parametrize("method", ["dps", "psld", "reddiff", "inversion"])
+def test_each_method_runs_through_the_cli(method, ldm_path, image_dir, tmp_path):
+    out = tmp_path / method
+    main(["predict", "--config", str(LDM_CONFIG), "--config", str(METHODS / f"{method}.yaml"), "--model.prior.pretrained", str(ldm_path),
+          "--model.num_steps", "3", "--data.images", str(image_dir), "--output", str(out)])
+    config = (out / "config.yaml").read_text()
+    particles = 1 if method == "reddiff" else 4
+    for item in ("img0", "img1", "img2"):
+        assert sorted(p.name for p in (out / item).glob("particle_*.png")) == [f"particle_{k}.png" for k in range(particles)]
+        assert (out / item / "mean.png").is_file()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
+    model = config.split("\nmodel:\n")[1].split("\ndata:")[0]
+    expected = {"dps": "baselines.LatentDPS", "psld": "baselines.PSLD", "reddiff": "solver.DWGF", "inversion": "baselines.DecoderInversion"}
+    assert model.splitlines()[0] == f"  class_path: dwgf.{expected[method]}"
+    assert ("guidance: 1.0" in model) == (method in ("dps", "psld"))  # the task config's DWGF arguments are dropped
+
+
+def test_reddiff_config_is_dwgf_with_one_particle(ldm_path, image_dir, tmp_path):
+    """The RED-diff config and DWGF with N = 1 and no encoder term give identical particles."""
+    common = ["--model.prior.pretrained", str(ldm_path), "--model.num_steps", "4", "--data.images", str(image_dir)]
+    main(["predict", "--config", str(LDM_CONFIG), "--config", str(METHODS / "reddiff.yaml"), *common, "--output", str(tmp_path / "r")])
+    main(["predict", "--config", str(LDM_CONFIG), *common, "--output", str(tmp_path / "d"), "--model.num_particles", "1",
+          "--model.regularizers", "[{class_path: KLPrior, init_args: {weight: 0.25, weighting: DWGFWeighting}}]"])
+    for item in ("img0", "img1", "img2"):
+        assert (pixels(tmp_path / "r" / item / "particle_0.png") == pixels(tmp_path / "d" / item / "particle_0.png")).all()
+    # and N = 1 is score distillation: the particle term and independent SDS coincide
+    op = SuperResolution(2)
+    from dwgf.priors import UnconditionalLatentPrior
+
+    prior = UnconditionalLatentPrior(str(ldm_path))
+    y, params = measurement(op, prior)
+    a = DWGF(prior, num_steps=4, num_particles=1, regularizers=[KLPrior(0.25)]).set_operator(op).solve(y, params, [1, 2])
+    b = DWGF(prior, num_steps=4, num_particles=1, regularizers=[KLPrior(0.25, particle_term=False)]).set_operator(op).solve(y, params, [1, 2])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
