@@ -23,7 +23,10 @@ from PIL import Image
 from dwgf.cli import main as dwgf_main
 from dwgf.training.mnist import write_pngs
 
-SPLITS = {"tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune50": ("tune", 5), "tune100": ("tune", 10)}
+SPLITS = {
+    "tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune20": ("tune", 2), "tune50": ("tune", 5),
+    "tune100": ("tune", 10), "report100": ("report", 10),
+}
 
 
 def digits_folder(split: str) -> Path:
@@ -54,7 +57,7 @@ def run(config: str, split: str, output: str, overrides: list[str]) -> dict[str,
     with open(Path(output) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     names = [r["name"] for r in rows]
-    result = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("psnr_mean", "ssim_mean", "psnr", "ssim")}
+    result = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("psnr_mean", "ssim_mean", "psnr", "ssim", "seconds")}
     result.update(naive=naive_psnr(Path(output), names), items=len(rows), wall=wall)
     return result
 

@@ -1,0 +1,195 @@
+"""Every method x every MNIST task on the shipped prior, at an equal network budget.
+
+    python benchmarks/quality.py tune  [--methods ...] [--tasks ...]   # grids on held-out *tune* digits
+    python benchmarks/quality.py run   [--methods ...] [--tasks ...]   # winners on 100 *report* digits
+    python benchmarks/quality.py sweep [--tasks ...]                   # DWGF: iterations and particles
+    python benchmarks/quality.py table                                  # rewrite the Markdown from the cache
+
+Budget: 200 network (UNet) evaluations per particle for every method that uses the prior (DWGF and
+RED-diff: 200 flow iterations; Latent DPS and PSLD: 200 DDIM steps; decoder inversion: 200 Adam
+iterations and no network call) and 4 particles per digit (RED-diff: 1, by definition). Latent DPS
+and PSLD also back-propagate through the network at every step; the seconds column shows that cost.
+
+``tune`` runs each method's grid (below) on ``--tune-split`` (default ``tune20``: 2 digits per class
+of the held-out tune digits), records the winner by particle-mean PSNR per (method, task) in
+``benchmarks/results/quality_tuned.json``; ``run`` runs the winners on ``report100`` (the first 10
+report digits of each class, fixed seeds from the configs), and ``sweep`` runs DWGF at 1000, 500,
+250 and 100 iterations and with 1, 2, 4 and 8 particles there. Every run goes through
+``dwgf predict`` (benchmarks/mnist_tasks.py) and is cached in ``benchmarks/results/quality_runs.json``
+so that an interrupted benchmark resumes; the tables are rewritten to
+``benchmarks/results/quality.md`` after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from mnist_tasks import run
+
+RESULTS = Path("benchmarks/results")
+CACHE = RESULTS / "quality_runs.json"
+TUNED = RESULTS / "quality_tuned.json"
+TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur", "motion_deblur", "denoise"]
+DEFAULT_TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur"]
+STEPS = 200
+PARTICLES = 4
+
+
+def kl(weight: float) -> list[str]:
+    return ["--model.regularizers", f"[{{class_path: KLPrior, init_args: {{weight: {weight}, weighting: DWGFWeighting}}}}]"]
+
+
+# method -> (overlay config or None, fixed overrides, {grid label: overrides})
+METHODS: dict[str, tuple[str | None, list[str], dict[str, list[str]]]] = {
+    "DWGF": (None, ["--model.num_particles", str(PARTICLES)], {f"w={w}": kl(w) for w in (0.1, 0.25, 0.5)}),
+    "RED-diff-latent": ("configs/methods/reddiff.yaml", [], {f"w={w}": kl(w) for w in (0.1, 0.25, 0.5, 1.0)}),
+    "Latent DPS": ("configs/methods/dps.yaml", [], {f"zeta={g}": ["--model.guidance", str(g)] for g in (0.1, 0.3, 1.0, 3.0)}),
+    "PSLD": (
+        "configs/methods/psld.yaml", [],
+        {f"zeta={g},gamma={c}": ["--model.guidance", str(g), "--model.gluing", str(c)] for g in (0.3, 1.0, 3.0) for c in (0.1, 1.0)},
+    ),
+    "decoder inversion": ("configs/methods/inversion.yaml", [], {f"lr={lr}": ["--model.step_size.lr", str(lr)] for lr in (0.1, 0.3, 1.0)}),
+}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save(path: Path, data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def method_args(method: str, task: str, extra: list[str]) -> list[str]:
+    overlay, fixed, _ = METHODS[method]
+    args = ["--config", overlay] if overlay else []
+    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra]
+
+
+def cached_run(key: str, task: str, split: str, args: list[str]) -> dict:
+    cache = load(CACHE)
+    if key not in cache:
+        out = "outputs/quality/" + key.replace(" ", "_").replace("/", "_").replace("|", "__")
+        result = run(f"configs/mnist/{task}.yaml", split, out, args)
+        result["args"] = args
+        result["date"] = str(datetime.date.today())
+        cache = load(CACHE)
+        cache[key] = result
+        save(CACHE, cache)
+        print(f"RUN {key}: mean PSNR {result['psnr_mean']:.2f} particle PSNR {result['psnr']:.2f} "
+              f"naive {result['naive']:.2f} {result['seconds']:.2f} s/image", flush=True)
+    return load(CACHE)[key]
+
+
+def tune(methods: list[str], tasks: list[str], split: str) -> None:
+    for task in tasks:
+        for method in methods:
+            for label, extra in METHODS[method][2].items():
+                cached_run(f"tune|{split}|{method}|{task}|{label}", task, split, method_args(method, task, extra))
+            cache = load(CACHE)
+            scores = {label: cache[f"tune|{split}|{method}|{task}|{label}"]["psnr_mean"] for label in METHODS[method][2]}
+            tuned = load(TUNED)
+            tuned.setdefault(method, {})[task] = {"winner": max(scores, key=scores.get), "split": split}
+            save(TUNED, tuned)
+            write_tables()
+
+
+def winner(method: str, task: str) -> str:
+    entry = load(TUNED).get(method, {}).get(task)
+    if entry is None:
+        raise SystemExit(f"quality.py: no tuned setting for {method} on {task}: run `python benchmarks/quality.py tune --methods '{method}' --tasks {task}` first")
+    return entry["winner"]
+
+
+def evaluate(methods: list[str], tasks: list[str]) -> None:
+    for task in tasks:
+        for method in methods:
+            label = winner(method, task)
+            cached_run(f"run|report100|{method}|{task}|{label}", task, "report100", method_args(method, task, METHODS[method][2][label]))
+            write_tables()
+
+
+def sweep(tasks: list[str]) -> None:
+    for task in tasks:
+        label = winner("DWGF", task)
+        base = METHODS["DWGF"][2][label]
+        for steps in (1000, 500, 250, 100):
+            args = ["--model.num_steps", str(steps), "--model.num_particles", str(PARTICLES), *base]
+            cached_run(f"sweep|report100|DWGF|{task}|{label}|K={steps}", task, "report100", args)
+            write_tables()
+        for n in (1, 2, 4, 8):
+            args = ["--model.num_steps", str(STEPS), "--model.num_particles", str(n), *base]
+            cached_run(f"sweep|report100|DWGF|{task}|{label}|N={n}", task, "report100", args)
+            write_tables()
+
+
+def write_tables() -> None:
+    cache, tuned = load(CACHE), load(TUNED)
+    lines = [
+        "# Methods compared on the shipped MNIST prior",
+        "",
+        "Produced by `python benchmarks/quality.py tune`, then `python benchmarks/quality.py run` and",
+        "`python benchmarks/quality.py sweep` (see the script's docstring); each row gives the date of its run.",
+        f"Budget: {STEPS} network evaluations per particle for every method that uses the prior, {PARTICLES} particles per",
+        "digit (RED-diff: 1). PSNR/SSIM on [0, 1] images over the first 10 *report* digits of each class (100",
+        "digits); *mean*: the particle mean, *particle*: averaged over particles; s/image: solver time per digit on",
+        "the 2-core CPU, batches of 50 digits. Hyperparameters: winners of the grids on the *tune* digits (below).",
+        "",
+    ]
+    runs = {k: v for k, v in cache.items() if k.startswith("run|")}
+    tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
+    if tasks:
+        lines += ["| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | s/image | naive PSNR | date |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for task in tasks:
+            rows = [(k.split("|")[2], k.split("|")[4], v) for k, v in runs.items() if k.split("|")[3] == task]
+            best = max(v["psnr_mean"] for _, _, v in rows)
+            for method, label, v in sorted(rows, key=lambda r: list(METHODS).index(r[0])):
+                psnr = f"**{v['psnr_mean']:.2f}**" if v["psnr_mean"] == best else f"{v['psnr_mean']:.2f}"
+                lines.append(f"| {task} | {method} | {label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
+                             f"{v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
+    sweeps = {k: v for k, v in cache.items() if k.startswith("sweep|")}
+    if sweeps:
+        lines += ["", "## DWGF: quality against cost (report digits as above)", "",
+                  "| task | setting | iterations K | particles N | mean PSNR | particle PSNR | s/image |", "|---|---|---|---|---|---|---|"]
+        for k, v in sweeps.items():
+            _, _, _, task, label, knob = k.split("|")
+            steps, n = (knob[2:], PARTICLES) if knob.startswith("K=") else (STEPS, knob[2:])
+            lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['psnr']:.2f} | {v['seconds']:.2f} |")
+    tunes = {k: v for k, v in cache.items() if k.startswith("tune|")}
+    if tunes:
+        lines += ["", "## Tuning grids (particle-mean PSNR on the tune digits; winner in bold)", "",
+                  "| task | method | split | setting | mean PSNR | particle PSNR | s/image |", "|---|---|---|---|---|---|---|"]
+        for k, v in sorted(tunes.items(), key=lambda kv: (kv[0].split("|")[3], list(METHODS).index(kv[0].split("|")[2]))):
+            _, split, method, task, label = k.split("|")
+            won = tuned.get(method, {}).get(task, {}).get("winner") == label
+            setting = f"**{label}**" if won else label
+            lines.append(f"| {task} | {method} | {split} | {setting} | {v['psnr_mean']:.2f} | {v['psnr']:.2f} | {v['seconds']:.2f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["tune", "run", "sweep", "table"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
+    parser.add_argument("--tune-split", default="tune20", choices=["tune10", "tune20", "tune50"])
+    args = parser.parse_args()
+    if args.mode == "tune":
+        tune(args.methods, args.tasks, args.tune_split)
+    elif args.mode == "run":
+        evaluate(args.methods, args.tasks)
+    elif args.mode == "sweep":
+        sweep(args.tasks)
+    write_tables()
+
+
+if __name__ == "__main__":
+    main()
