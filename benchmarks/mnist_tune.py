@@ -50,12 +50,20 @@ def tune(tasks, split, weights, encs, lrs) -> None:
 
 
 def report(tasks, inversion) -> None:
-    lines = [f"# DWGF on the shipped MNIST prior: the 250 report digits ({datetime.date.today()})\n",
-             f"Produced by `python benchmarks/mnist_tune.py report --tasks {' '.join(tasks)} --inversion {' '.join(inversion)}`.",
-             "PSNR/SSIM on [0, 1] images; *mean*: the particle mean; *particle*: averaged over particles; *naive*: the measurement shown as an image",
-             "(masked image with gray holes, nearest-neighbour upsampling, blurred or noisy image); *inversion*: the same flow with every regularizer removed.\n",
-             "| task | DWGF mean PSNR | DWGF mean SSIM | particle PSNR | particle SSIM | naive PSNR | inversion mean PSNR | wall s (250 digits) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Runs the given tasks on the report split; rows of other tasks already in the table are kept."""
+    path = RESULTS / "mnist_tasks.md"
+    rows = {}
+    if path.is_file():  # earlier rows: "| task | ... | date |"
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("| ") and cells[0] in TASKS:
+                rows[cells[0]] = line
+    header = [f"# DWGF on the shipped MNIST prior: the 250 report digits\n",
+              "Produced by `python benchmarks/mnist_tune.py report --tasks TASK... --inversion TASK...` (each row: its date).",
+              "PSNR/SSIM on [0, 1] images; *mean*: the particle mean; *particle*: averaged over particles; *naive*: the measurement shown as an image",
+              "(masked image with gray holes, nearest-neighbour upsampling, blurred or noisy image); *inversion*: the same flow with every regularizer removed.\n",
+              "| task | DWGF mean PSNR | DWGF mean SSIM | particle PSNR | particle SSIM | naive PSNR | inversion mean PSNR | wall s (250 digits) | date |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         config = f"configs/mnist/{task}.yaml"
         r = run(config, "report", f"outputs/mnist_report/{task}", [])
@@ -63,11 +71,12 @@ def report(tasks, inversion) -> None:
         if task in inversion:
             ri = run(config, "report", f"outputs/mnist_report/{task}_inversion", ["--model.regularizers", "[]"])
             inv = f"{ri['psnr_mean']:.2f}"
-        row = f"| {task} | {r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['naive']:.2f} | {inv} | {r['wall']:.0f} |"
-        print("REPORT", row, flush=True)
-        lines.append(row)
+        rows[task] = (f"| {task} | {r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['naive']:.2f} | "
+                      f"{inv} | {r['wall']:.0f} | {datetime.date.today()} |")
+        print("REPORT", rows[task], flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "mnist_tasks.md").write_text("\n".join(lines) + "\n")  # after every task: nothing lost
+        ordered = [rows[t] for t in TASKS if t in rows]
+        path.write_text("\n".join(header + ordered) + "\n")  # after every task: nothing lost
 
 
 def main() -> None:
