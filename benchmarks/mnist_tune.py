@@ -67,7 +67,9 @@ def report(tasks, inversion) -> None:
     for task in tasks:
         config = f"configs/mnist/{task}.yaml"
         r = run(config, "report", f"outputs/mnist_report/{task}", [])
-        inv = ""
+        inv = ""  # without --inversion TASK, the inversion figure of an earlier row is kept
+        if task in rows:
+            inv = [c.strip() for c in rows[task].strip("|").split("|")][6]
         if task in inversion:
             ri = run(config, "report", f"outputs/mnist_report/{task}_inversion", ["--model.regularizers", "[]"])
             inv = f"{ri['psnr_mean']:.2f}"

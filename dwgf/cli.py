@@ -6,10 +6,13 @@ forward operator) and a Lightning ``Trainer``, then writes results under ``--out
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
+
+import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -49,6 +52,12 @@ class DWGFCLI(LightningCLI):
             default="outputs",
             help="Folder for the results: <output>/<name>/*.png, <output>/metrics.csv, <output>/config.yaml (predict); the trainer's default_root_dir (fit).",
         )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="predict: recompute every item. By default a run into an --output that holds complete items of the same configuration skips them (resume).",
+        )
 
     def _sub(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -61,6 +70,7 @@ class DWGFCLI(LightningCLI):
             init_args["seed"] = int(config["seed_everything"] or 0)
         if self.subcommand == "predict":
             config["trainer"]["inference_mode"] = False  # the flow needs autograd
+            config["trainer"]["use_distributed_sampler"] = False  # the data module shards whole batches itself
             config["return_predictions"] = False  # results go to disk, not into memory
             if not config.get("output"):
                 raise DWGFError("--output is required: the folder where results are written")
@@ -78,9 +88,27 @@ class DWGFCLI(LightningCLI):
         if self.subcommand == "predict":
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
-            writer = PredictionWriter(config["output"], config_text=text)
+            writer = PredictionWriter(config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite")))
             kwargs["callbacks"] = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer]
         return super().instantiate_trainer(**kwargs)
+
+
+    def _fingerprint(self, config: Any) -> str:
+        """A hash of everything that determines an item's result (not devices or workers): resume key."""
+        import hashlib
+
+        parser = self._parser(self.subcommand)
+        full = yaml.safe_load(parser.dump(config, skip_none=False))
+        data = dict(full.get("data") or {})
+        init = dict(data.get("init_args") or {})
+        init.pop("num_workers", None)
+        for key in ("images", "measurements", "masks"):
+            if init.get(key):
+                init[key] = str(Path(init[key]).expanduser().resolve())
+        data["init_args"] = init
+        key = {"model": full.get("model"), "data": data, "seed": full.get("seed_everything"),
+               "precision": (full.get("trainer") or {}).get("precision")}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def main(args: Any = None) -> None:
@@ -90,13 +118,19 @@ def main(args: Any = None) -> None:
         sys.path.insert(0, os.getcwd())
     DWGFError.last = None
     try:
-        DWGFCLI(args=args)
+        cli = DWGFCLI(args=args)
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else propagates
         found = find_dwgf_error(err)
         if found is None:
             raise
         print(f"dwgf: error: {found}", file=sys.stderr)
         raise SystemExit(2) from None
+    writers = [cb for cb in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(cb, PredictionWriter)]
+    failures = sum(w.num_failures for w in writers)
+    if failures:
+        output = writers[0].output
+        print(f"dwgf: error: {failures} item(s) failed and were skipped; see {output / 'failures.csv'}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

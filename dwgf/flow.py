@@ -92,6 +92,7 @@ def dwgf_flow(
     betas: tuple[float, float] = (0.9, 0.999),
     decoder_noise: float = 0.01,
     callback: Optional[Callable[[FlowState], None]] = None,
+    failures: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
 
@@ -115,6 +116,9 @@ def dwgf_flow(
         decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
             encoder terms, in ``[-1, 1]`` units. Default 0.01.
         callback: called with the :class:`FlowState` after every iteration's step.
+        failures: optional ``(B,)`` long tensor, filled with the first iteration at which each item's
+            particles were not finite (``-1``: never). Such an item is frozen at zero from then on
+            (items never affect each other), and its particles must not be used.
 
     Returns:
         Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
@@ -128,7 +132,7 @@ def dwgf_flow(
     with torch.enable_grad(), torch.autocast(device_type, enabled=False):
         return _flow(
             prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps,
-            betas, decoder_noise, callback, unet_dtype,
+            betas, decoder_noise, callback, unet_dtype, failures,
         )
 
 
@@ -187,10 +191,11 @@ def flow_gradient(
     return g_z + vjp.view_as(z), state
 
 
-def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback, unet_dtype):
+def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback, unet_dtype, failures):
     b, n = y.shape[0], num_particles
     device = y.device
     z = draw((n, *prior.latent_shape)).requires_grad_(True)
+    failed_at = torch.full((b,), -1, dtype=torch.long, device=device)  # first non-finite iteration per item
     optimizer = torch.optim.Adam([z], lr=step_size(0, num_steps), betas=tuple(betas))
     ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
     params_n = repeat_params(params, n)
@@ -204,9 +209,15 @@ def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularize
         )
         z.grad = grad
         optimizer.step()
+        with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
+            bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)
+            failed_at = torch.where(bad & (failed_at < 0), k, failed_at)
+            z.masked_fill_(bad.view(b, *([1] * (z.dim() - 1))), 0.0)
         if callback is not None:
             callback(state)
 
     with torch.no_grad():
         particles = prior.decode(z.detach().flatten(0, 1)).view(b, n, prior.image_channels, prior.image_size, prior.image_size)
+    if failures is not None:
+        failures.copy_(failed_at)
     return particles, z.detach()

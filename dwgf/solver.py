@@ -27,7 +27,10 @@ class InverseSolver(LightningModule):
 
     ``predict_step`` returns, for a batch, a dict with ``names``, ``indices``, ``particles``
     (``B x N x C x H x W`` in ``[-1, 1]``), ``measurement`` (the measurement as an image),
-    ``image`` (the ground truth, or ``None``) and ``seconds`` (per item).
+    ``image`` (the ground truth, or ``None``), ``seconds`` (per item) and ``failed``: items that
+    could not be read, or whose particles became non-finite (dicts with ``name``, ``index``,
+    ``file``, ``error``); those are left out of the other fields. A solver that knows at which
+    iteration an item failed sets ``self.failed_iterations`` (``(B,)``, ``-1``: fine) in :meth:`solve`.
 
     Args:
         prior: the frozen latent diffusion prior.
@@ -42,6 +45,7 @@ class InverseSolver(LightningModule):
         self.prior.freeze()
         self.num_particles = int(num_particles)
         self.operator: Optional[ForwardOperator] = None
+        self.failed_iterations: Optional[torch.Tensor] = None
 
     def set_operator(self, operator: ForwardOperator) -> "InverseSolver":
         self.check_operator(operator)
@@ -63,19 +67,41 @@ class InverseSolver(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.operator is None:
             raise DWGFError("the solver has no forward operator: configure data.operator (or call set_operator)")
+        failed = list(batch.get("failed", []))
+        out: dict[str, Any] = {"names": [], "indices": [], "particles": None, "measurement": None, "image": None, "seconds": 0.0, "failed": failed}
+        if len(batch["name"]) == 0:
+            return out
         start = time.perf_counter()
+        self.failed_iterations = None
         particles = self.solve(batch["measurement"], batch["params"], batch["seed"])
         if particles.is_cuda:
             torch.cuda.synchronize(particles.device)
         seconds = (time.perf_counter() - start) / particles.shape[0]
-        return {
-            "names": list(batch["name"]),
-            "indices": batch["index"].tolist(),
-            "particles": particles.clamp(-1, 1),
-            "measurement": self.operator.to_image(batch["measurement"], batch["params"]),
-            "image": batch.get("image"),
-            "seconds": seconds,
-        }
+        ok = torch.isfinite(particles).flatten(1).all(1)
+        iterations = self.failed_iterations
+        if iterations is not None:
+            ok &= iterations.to(ok.device) < 0
+        ok = ok.tolist()
+        for i, good in enumerate(ok):
+            if not good:
+                k = int(iterations[i]) if iterations is not None and int(iterations[i]) >= 0 else None
+                where = f"at iteration {k}" if k is not None else "at the end of the solve"
+                failed.append({"name": batch["name"][i], "index": int(batch["index"][i]), "file": batch["file"][i],
+                               "error": f"the particles became NaN or Inf {where}; nothing was written for this item"})
+        keep = [i for i, good in enumerate(ok) if good]
+        if keep:
+            idx = torch.tensor(keep, device=particles.device)
+            measurement = self.operator.to_image(batch["measurement"], batch["params"])
+            image = batch.get("image")
+            out.update(
+                names=[batch["name"][i] for i in keep],
+                indices=[int(batch["index"][i]) for i in keep],
+                particles=particles.index_select(0, idx).clamp(-1, 1),
+                measurement=measurement.index_select(0, idx.to(measurement.device)),
+                image=None if image is None else image.index_select(0, idx.to(image.device)),
+                seconds=seconds,
+            )
+        return out
 
     def configure_optimizers(self) -> None:  # the prior is frozen; solvers only predict
         return None
@@ -129,10 +155,11 @@ class DWGF(InverseSolver):
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
         draw = ItemNoise(item_generators(seeds, y.device), y.device)
+        self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
         particles, _ = dwgf_flow(
             self.prior, self.operator, y, params, draw,
             num_particles=self.num_particles, num_steps=self.num_steps, regularizers=self.regularizers,
             step_size=self.step_size, timesteps=self.timesteps, betas=self.betas,
-            decoder_noise=self.decoder_noise, callback=self.on_flow_iteration,
+            decoder_noise=self.decoder_noise, callback=self.on_flow_iteration, failures=self.failed_iterations,
         )
         return particles

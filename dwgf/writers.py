@@ -17,7 +17,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from dwgf.errors import DWGFError
+
 METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
+FAILURES_HEADER = ("name", "file", "reason")
+COMPLETE = ".complete"  # per-item marker, written after every other file of the item
+FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
 STD_GAIN = 4.0  # std.png shows min(1, 4 * std) of [0, 1] images: white is a std of 0.25 or more
 
 
@@ -111,15 +116,50 @@ class PredictionWriter(BasePredictionWriter):
     ssim_mean,seconds``) is assembled from the items' ``metrics.json`` at the end of the run, on
     rank 0; metrics are empty in measurement-only mode.
 
+    Resume: after an item's files, a marker ``<name>/.complete`` holding the run's
+    ``fingerprint`` is written last. A later run into the same folder skips the items whose marker
+    is there (the data module leaves their batches out), unless ``overwrite``; a marker from a
+    different configuration stops the run before anything is computed.
+
+    Failures: an item that could not be read or whose particles became non-finite gets
+    ``<name>/failure.json`` (and no images); ``<output>/failures.csv`` (``name,file,reason``) lists
+    them at the end of the run and :attr:`num_failures` counts them.
+
     Args:
         output: the output folder (``--output``).
         config_text: the resolved config, written to ``<output>/config.yaml`` by rank 0.
+        fingerprint: what must match for a complete item to be reused (the CLI hashes the model,
+            data and seed settings). ``None``: items are never reused.
+        overwrite: recompute and rewrite every item, complete or not (``--overwrite``).
     """
 
-    def __init__(self, output: str | os.PathLike, config_text: Optional[str] = None):
+    def __init__(self, output: str | os.PathLike, config_text: Optional[str] = None, fingerprint: Optional[str] = None, overwrite: bool = False):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.config_text = config_text
+        self.fingerprint = fingerprint
+        self.overwrite = bool(overwrite)
+        self.complete: frozenset[int] = frozenset()
+        self.num_failures = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict" or self.fingerprint is None or self.overwrite:
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or getattr(datamodule, "dataset", None) is None:
+            return
+        done = set()
+        for index, name in enumerate(datamodule.dataset.names):
+            marker = self.output / safe_name(name) / COMPLETE
+            if marker.is_file():
+                if marker.read_text().strip() != self.fingerprint:
+                    raise DWGFError(
+                        f"--output {str(self.output)!r} holds results of a different configuration ({safe_name(name)}/{COMPLETE}); "
+                        "use --overwrite to replace them or choose another --output"
+                    )
+                done.add(index)
+        self.complete = frozenset(done)
+        datamodule.skip_items = self.complete
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -130,6 +170,8 @@ class PredictionWriter(BasePredictionWriter):
         """Writes one item's files; ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
         folder = self.output / safe_name(name)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+        (folder / FAILURE).unlink(missing_ok=True)
         p01 = to_unit(particles)
         for k, p in enumerate(p01):
             atomic_write_bytes(folder / f"particle_{k}.png", png_bytes(p))
@@ -151,15 +193,30 @@ class PredictionWriter(BasePredictionWriter):
             labels.append("truth")
         atomic_write_bytes(folder / "summary.png", image_bytes(summary_picture(tiles, labels)))
         atomic_write_bytes(folder / "metrics.json", json.dumps(record).encode())
+        atomic_write_bytes(folder / COMPLETE, (self.fingerprint or "").encode())
         return record
+
+    def write_failure(self, failure: dict[str, Any]) -> None:
+        """Records a failed item in ``<output>/<name>/failure.json``; its images, if any, are removed."""
+        folder = self.output / safe_name(failure["name"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            if old.is_file() and (old.suffix in (".png", ".json") or old.name == COMPLETE):
+                old.unlink()
+        record = {"name": failure["name"], "file": failure.get("file", ""), "reason": failure["error"]}
+        atomic_write_bytes(folder / FAILURE, json.dumps(record).encode())
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         images = prediction.get("image")
         for i, name in enumerate(prediction["names"]):
+            if prediction["indices"][i] in self.complete:
+                continue  # recomputed only because its batch was incomplete: already written
             self.write_item(
                 name, prediction["particles"][i], prediction["measurement"][i],
                 None if images is None else images[i], prediction["seconds"],
             )
+        for failure in prediction.get("failed", []):
+            self.write_failure(failure)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainer.strategy.barrier()
@@ -167,8 +224,29 @@ class PredictionWriter(BasePredictionWriter):
             dataset = getattr(trainer.datamodule, "dataset", None)
             names = list(getattr(dataset, "names", []))
             self.write_metrics_csv(names)
+            self.write_failures_csv(names)
             self.write_contact_sheet(names)
         trainer.strategy.barrier()
+        dataset = getattr(trainer.datamodule, "dataset", None)
+        self.num_failures = sum((self.output / safe_name(n) / FAILURE).is_file() for n in getattr(dataset, "names", []))
+
+    def write_failures_csv(self, names: Sequence[str]) -> None:
+        """``failures.csv`` from the items' ``failure.json`` (removed when no item failed)."""
+        rows = []
+        for name in names:
+            path = self.output / safe_name(name) / FAILURE
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                rows.append([rec["name"], rec["file"], rec["reason"]])
+        target = self.output / "failures.csv"
+        if not rows:
+            target.unlink(missing_ok=True)
+            return
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(FAILURES_HEADER)
+        writer.writerows(rows)
+        atomic_write_bytes(target, buf.getvalue().encode())
 
     def write_contact_sheet(self, names: Sequence[str]) -> None:
         """``<output>/summary.png``: the summaries of the first items, one per row, names on the left."""
@@ -197,7 +275,7 @@ class PredictionWriter(BasePredictionWriter):
         writer.writerow(METRICS_HEADER)
         for name in names:
             path = self.output / safe_name(name) / "metrics.json"
-            if not path.is_file():
+            if not path.is_file() or not (path.parent / COMPLETE).is_file():
                 continue
             rec = json.loads(path.read_text())
             writer.writerow([rec["name"]] + ["" if rec.get(k) is None else f"{rec[k]:.6g}" for k in METRICS_HEADER[1:]])

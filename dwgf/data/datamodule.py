@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from dwgf.data.images import item_names, list_images, load_image
+from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, item_names, list_images, load_image
 from dwgf.errors import DWGFError
 from dwgf.operators.base import ForwardOperator
 
@@ -37,13 +37,22 @@ class _Items(Dataset):
 
     def _item(self, index: int, **fields: Any) -> dict[str, Any]:
         _, flow_seed = item_seeds(self.seed, index)
-        return {"name": self.names[index], "index": index, "seed": flow_seed, **fields}
+        return {"name": self.names[index], "index": index, "file": str(self.files[index]), "seed": flow_seed, **fields}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self._load(index)
+        except DWGFError as err:  # a bad item is skipped and reported, the others go on
+            return {"name": self.names[index], "index": index, "file": str(self.files[index]), "error": str(err)}
+
+    def _load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 class SimulatedMeasurements(_Items):
     """Ground-truth images, degraded on the fly with the item's own generator."""
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _load(self, index: int) -> dict[str, Any]:
         x = load_image(self.files[index], self.channels, (self.size, self.size))
         data_seed, _ = item_seeds(self.seed, index)
         gen = torch.Generator().manual_seed(data_seed)
@@ -73,8 +82,25 @@ class GivenMeasurements(_Items):
             raise DWGFError(f"{found[0]}: mask is {mask.shape[2]}x{mask.shape[1]}, expected {self.size}x{self.size} (the prior's resolution)")
         return (mask > 0).float()  # white (observed) -> 1, black (missing) -> 0
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        img = load_image(self.files[index], self.channels, self.shape[1:], Image.BICUBIC)
+    def _measurement_image(self, index: int) -> torch.Tensor:
+        path = self.files[index]
+        check_suffix(path, (*IMAGE_SUFFIXES, ".npy"))
+        if path.suffix.lower() != ".npy":
+            return load_image(path, self.channels, self.shape[1:], Image.BICUBIC)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - numpy raises many types for bad files
+            raise DWGFError(f"{path}: cannot read the array ({type(err).__name__})") from None
+        x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        x = x[None] if x.dim() == 2 else x
+        if tuple(x.shape) != tuple(self.shape):
+            raise DWGFError(f"{path}: measurement has shape {tuple(x.shape)}, expected {tuple(self.shape)} (C x H x W, values in [-1, 1])")
+        return x
+
+    def _load(self, index: int) -> dict[str, Any]:
+        img = self._measurement_image(index)
+        if not torch.isfinite(img).all():
+            raise DWGFError(f"{self.files[index]}: measurement contains NaN or Inf")
         mask = self._mask(index)
         data_seed, _ = item_seeds(self.seed, index)
         if mask is not None:
@@ -83,6 +109,35 @@ class GivenMeasurements(_Items):
             params = self.operator.sample_params((self.channels, self.size, self.size), torch.Generator().manual_seed(data_seed))
         y = self.operator.from_image(img[None], {k: v[None] for k, v in params.items()})[0]
         return self._item(index, measurement=y, params=params)
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """The run's fixed batches (items ``j*B .. j*B+B-1``), batch ``j`` on rank ``j % world_size``.
+
+    Every item is processed exactly once over all ranks (no padding, no duplicates), and each batch
+    holds the same items whatever the number of processes, so results are identical to a
+    one-process run. Batches whose items are all in ``skip`` (complete from an earlier run) are left
+    out; a batch with some complete items is recomputed whole (its complete items are not rewritten),
+    so that the others see the same batch as in an uninterrupted run.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, skip: frozenset[int] = frozenset()):
+        self.batches = [list(range(i, min(num_items, i + batch_size))) for i in range(0, num_items, batch_size)]
+        self.mine = [b for j, b in enumerate(self.batches) if j % world_size == rank and not set(b) <= skip]
+
+    def __iter__(self):
+        return iter(self.mine)
+
+    def __len__(self) -> int:
+        return len(self.mine)
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collates the good items of a batch; failed ones go to ``batch["failed"]`` as dicts."""
+    good = [it for it in items if "error" not in it]
+    batch = default_collate(good) if good else {"name": [], "index": torch.zeros(0, dtype=torch.long)}
+    batch["failed"] = [it for it in items if "error" in it]
+    return batch
 
 
 class MeasurementDataModule(LightningDataModule):
@@ -139,6 +194,7 @@ class MeasurementDataModule(LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.seed = 0 if seed is None else int(seed)
         self.dataset: Optional[Dataset] = None
+        self.skip_items: frozenset[int] = frozenset()  # complete items of an earlier run (set by the writer)
 
     @property
     def has_ground_truth(self) -> bool:
@@ -162,7 +218,7 @@ class MeasurementDataModule(LightningDataModule):
         if self.images is None and self.measurements is None:
             raise DWGFError("no input: give --data.images DIR (ground-truth images) or --data.measurements DIR")
         if self.measurements is not None:
-            files = list_images(self.measurements, "--data.measurements")
+            files = list_images(self.measurements, "--data.measurements", (*IMAGE_SUFFIXES, ".npy"))
             masks = None
             if self.masks is not None:
                 masks = Path(self.masks).expanduser()
@@ -175,4 +231,6 @@ class MeasurementDataModule(LightningDataModule):
             self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = ShardedBatches(len(self.dataset), self.batch_size, rank, world, self.skip_items)
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -11,20 +12,32 @@ from PIL import Image, ImageOps
 
 from dwgf.errors import DWGFError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(folder: str | Path, option: str) -> list[Path]:
-    """The png/jpg files directly inside ``folder``, sorted by name."""
+def list_images(folder: str | Path, option: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """The items of ``folder``: every visible file directly inside it, sorted by name.
+
+    Files whose suffix is not in ``suffixes`` are kept: they become failed items ("unsupported
+    file type", see :func:`check_suffix`) so that a stray file is reported, not silently ignored.
+    Hidden files (``.name``) are skipped. A folder with no file of a supported type is an error.
+    """
     path = Path(folder).expanduser()
     if not path.exists():
         raise DWGFError(f"{option} {str(folder)!r}: no such folder")
     if not path.is_dir():
         raise DWGFError(f"{option} {str(folder)!r}: not a folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DWGFError(f"{option} {str(folder)!r}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not any(p.suffix.lower() in suffixes for p in files):
+        found = f"{len(files)} file(s) of other types" if files else "it is empty"
+        raise DWGFError(f"{option} {str(folder)!r}: no images found ({found}; expected {', '.join(suffixes)} files)")
     return files
+
+
+def check_suffix(path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
+    """Raises :class:`DWGFError` naming ``path`` if its type is not one of ``suffixes``."""
+    if path.suffix.lower() not in suffixes:
+        raise DWGFError(f"{path}: unsupported file type {path.suffix or '(none)'!r} (expected {', '.join(suffixes)})")
 
 
 def item_names(files: list[Path]) -> list[str]:
@@ -38,8 +51,10 @@ def load_image(path: str | Path, channels: int, size: Optional[tuple[int, int]] 
 
     The image is converted to ``channels`` (1: grayscale by luminance, 3: RGB, gray replicated), and,
     if ``size = (H, W)`` is given and differs, resized so that it covers ``H x W`` (aspect ratio
-    kept, antialiased) and center-cropped.
+    kept, antialiased) and center-cropped. An image smaller than ``size`` is upscaled the same way,
+    with a warning naming the file (the result is blurrier than a native-resolution image).
     """
+    check_suffix(Path(path))
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -48,6 +63,8 @@ def load_image(path: str | Path, channels: int, size: Optional[tuple[int, int]] 
         raise DWGFError(f"{path}: cannot read the image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if size is not None and (img.height, img.width) != tuple(size):
         h, w = size
+        if img.height < h or img.width < w:
+            warnings.warn(f"{path}: {img.width}x{img.height} is smaller than {w}x{h}; upscaled (bicubic)", stacklevel=2)
         scale = max(h / img.height, w / img.width)
         new = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
         img = img.resize(new, resample)
