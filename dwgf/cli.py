@@ -81,6 +81,13 @@ class DWGFCLI(LightningCLI):
                 raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
             if not os.access(output, os.W_OK):
                 raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
+            # input folders are checked before any model is loaded
+            if init_args is not None:
+                from dwgf.data.images import IMAGE_SUFFIXES, list_images
+
+                for key, suffixes in (("images", IMAGE_SUFFIXES), ("measurements", (*IMAGE_SUFFIXES, ".npy"))):
+                    if init_args.get(key):
+                        list_images(init_args[key], f"--data.{key}", suffixes)
         elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
             config["trainer"]["default_root_dir"] = config["output"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, item_names, list_images, load_image
 from dwgf.errors import DWGFError
 from dwgf.operators.base import ForwardOperator
+
+
+# ShardedBatches returns every item exactly once (no drop_last); Lightning cannot know that and warns.
+warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler `ShardedBatches`")
 
 
 def item_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -229,6 +234,8 @@ class MeasurementDataModule(LightningDataModule):
             files = list_images(self.images, "--data.images")
             self.operator.measurement_shape((channels, size, size))  # fails early on a bad factor
             self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed)
+        # a configuration that cannot work on any item (a box larger than the image) fails here, once
+        self.operator.sample_params((channels, size, size), torch.Generator().manual_seed(0))
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
