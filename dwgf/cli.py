@@ -6,9 +6,11 @@ forward operator) and a Lightning ``Trainer``, then writes results under ``--out
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +26,7 @@ import dwgf.priors  # noqa: F401
 import dwgf.regularizers  # noqa: F401
 import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
-from dwgf.errors import DWGFError, find_dwgf_error
+from dwgf.errors import DWGFError, DWGFWarning, find_dwgf_error, summarize_parser_error
 from dwgf.writers import PredictionWriter
 
 
@@ -41,6 +43,8 @@ class DWGFCLI(LightningCLI):
             save_config_callback=None,
             trainer_defaults={"inference_mode": False, "logger": False, "enable_checkpointing": False},
             auto_configure_optimizers=False,
+            # parser errors are raised (not printed with the usage) so that main() can make them one line
+            parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ("fit", "validate", "test", "predict")}},
             args=args,
             run=run,
         )
@@ -118,14 +122,34 @@ class DWGFCLI(LightningCLI):
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+TOP_OPTIONS = ["--config", "--print_config", "--output", "--overwrite", "--seed_everything", "--model", "--data", "--trainer",
+               "--ckpt_path", "--help"]
+
+
+_python_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    """dwgf's own warnings as one line, ``dwgf: warning: ...``; others as Python formats them."""
+    if issubclass(category, DWGFWarning):
+        return f"dwgf: warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
 def main(args: Any = None) -> None:
     """Entry point of the ``dwgf`` console script."""
     # Let ``class_path: my_module.MyRegularizer`` find modules in the working directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     DWGFError.last = None
+    warnings.formatwarning = _format_warning
     try:
         cli = DWGFCLI(args=args)
+    except argparse.ArgumentError as err:
+        found = find_dwgf_error(err)
+        line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS)
+        print(f"dwgf: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else propagates
         found = find_dwgf_error(err)
         if found is None:

@@ -219,3 +219,19 @@ def test_two_processes_write_every_item_once_identical_to_one(ldm_path, five_ima
     assert (one / "metrics.csv").read_text().splitlines()[0] == (two / "metrics.csv").read_text().splitlines()[0]
     with open(two / "metrics.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == NAMES  # every item exactly once
+
+
+def test_unknown_class_and_misspelled_option_suggest_the_closest(ldm_path, five_images, tmp_path, capsys):
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
+    line = one_line_error(capsys, *base, "--data.operator", "BoxInpaint")
+    assert line.startswith("dwgf: error: --data.operator: unknown class 'BoxInpaint' (did you mean 'BoxInpainting'?)")
+    line = one_line_error(capsys, *base, "--model.regularizers", "[{class_path: KLPriorr}]")
+    assert line.startswith("dwgf: error: --model.regularizers: unknown class 'KLPriorr' (did you mean 'KLPrior'?)")
+    line = one_line_error(capsys, *base, "--model.num_stepz", 3)
+    assert line.startswith("dwgf: error: --model.num_stepz: DWGF has no option 'num_stepz' (did you mean 'num_steps'?)")
+    line = one_line_error(capsys, *base, "--data.operator.factr", 2)
+    assert line.startswith("dwgf: error: --data.operator.factr: SuperResolution has no option 'factr' (did you mean 'factor'?)")
+    line = one_line_error(capsys, *base, "--outptu", "x")
+    assert line == "dwgf: error: unrecognized option --outptu (did you mean '--output'?); dwgf predict --help lists the options"
+    line = one_line_error(capsys, *base, "--model.num_steps", "abc")
+    assert line == "dwgf: error: --model.num_steps: Expected a <class 'int'>. Got value: abc"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, DWGFWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -64,7 +64,7 @@ def load_image(path: str | Path, channels: int, size: Optional[tuple[int, int]] 
     if size is not None and (img.height, img.width) != tuple(size):
         h, w = size
         if img.height < h or img.width < w:
-            warnings.warn(f"{path}: {img.width}x{img.height} is smaller than {w}x{h}; upscaled (bicubic)", stacklevel=2)
+            warnings.warn(f"{path}: {img.width}x{img.height} is smaller than {w}x{h}; upscaled (bicubic)", DWGFWarning, stacklevel=2)
         scale = max(h / img.height, w / img.width)
         new = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
         img = img.resize(new, resample)

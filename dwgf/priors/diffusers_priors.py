@@ -65,7 +65,9 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub is unreachable or refused it"
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if offline:
+            raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}); download it where the hub is reachable and pass the local folder") from None
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it where the hub is reachable and pass the local folder") from None
     return Path(local)
 
