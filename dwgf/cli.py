@@ -85,7 +85,15 @@ class DWGFCLI(LightningCLI):
                 raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
             if not os.access(output, os.W_OK):
                 raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
-            # input folders are checked before any model is loaded
+            # input folders and the operator's arguments are checked before any model is loaded
+            if init_args is not None and init_args.get("operator") is not None:
+                from jsonargparse import ArgumentParser, Namespace
+
+                from dwgf.operators.base import ForwardOperator
+
+                check = ArgumentParser(exit_on_error=False)
+                check.add_argument("--operator", type=ForwardOperator)
+                check.instantiate_classes(Namespace(operator=init_args["operator"]))  # raises DWGFError on bad values
             if init_args is not None:
                 from dwgf.data.images import IMAGE_SUFFIXES, list_images
 

@@ -235,3 +235,13 @@ def test_unknown_class_and_misspelled_option_suggest_the_closest(ldm_path, five_
     assert line == "dwgf: error: unrecognized option --outptu (did you mean '--output'?); dwgf predict --help lists the options"
     line = one_line_error(capsys, *base, "--model.num_steps", "abc")
     assert line == "dwgf: error: --model.num_steps: Expected a <class 'int'>. Got value: abc"
+
+
+def test_data_problems_are_found_before_the_prior_is_loaded(five_images, tmp_path, capsys):
+    """The prior path does not exist, yet the data and operator errors come first."""
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", tmp_path / "no-prior", "--output", tmp_path / "o"]
+    assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -1) == (
+        "dwgf: error: SuperResolution: sigma_y must be >= 0, got -1.0")
+    assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
+        f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
+    assert "no-prior" in one_line_error(capsys, *base, "--data.images", five_images)
