@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, item_generators
+from dwgf.flow import ItemNoise, item_generators, unet_precision
 from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
-from dwgf.sampling import ddim_timesteps
+from dwgf.sampling import ddim_step, ddim_timesteps
 from dwgf.schedules.step_size import StepSizeSchedule
 from dwgf.solver import DWGF, InverseSolver
 
@@ -88,14 +88,11 @@ class LatentDPS(InverseSolver):
             with contextlib.ExitStack() as stack:
                 if not self.guided:
                     stack.enter_context(torch.no_grad())
-                low = torch.autocast(y.device.type, dtype=unet_dtype) if unet_dtype is not None else contextlib.nullcontext()
-                with low:
+                with unet_precision(y.device.type, unet_dtype):
                     eps = prior.eps(z_in, tt)
                 z0 = (z_in - (1 - abar).sqrt() * eps) / abar.sqrt()
-                s = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-                z_next = abar_prev.sqrt() * z0.detach() + (1 - abar_prev - s**2).clamp_min(0).sqrt() * eps.detach()
-                if self.eta > 0:
-                    z_next = z_next + s * draw((n, *prior.latent_shape)).flatten(0, 1)
+                noise = lambda: draw((n, *prior.latent_shape)).flatten(0, 1)  # noqa: E731
+                z_next = ddim_step(z0.detach(), eps.detach(), abar, abar_prev, self.eta, noise)
                 if self.guided:
                     loss = self.guidance_loss(z0, prior.decode(z0), y_n, params_n)
                     (grad,) = torch.autograd.grad(loss.sum(), z_in)

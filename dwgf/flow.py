@@ -43,6 +43,11 @@ def item_generators(seeds: Sequence[int] | torch.Tensor, device: torch.device | 
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
+def unet_precision(device_type: str, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` around the network call (mixed precision), or nothing when ``None``."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 @dataclass
 class FlowState:
     """What regularizers see at one iteration. Tensors are detached.
@@ -168,8 +173,7 @@ def flow_gradient(
         z_t = a.sqrt() * z + (1 - a).sqrt() * eps
         eps_hat = None
         if any(r.needs_eps for r in regularizers):
-            low = torch.autocast(z.device.type, dtype=unet_dtype) if unet_dtype is not None else contextlib.nullcontext()
-            with low:
+            with unet_precision(z.device.type, unet_dtype):
                 eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z)
 
     leaf = z.flatten(0, 1).requires_grad_(True)

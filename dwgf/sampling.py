@@ -16,6 +16,18 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int) -> torch.Tensor:
     return (torch.arange(num_steps) * step).flip(0)
 
 
+def ddim_step(z0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, abar_prev: torch.Tensor, eta: float, noise=None) -> torch.Tensor:
+    """One DDIM update to ``t'``: ``sqrt(abar') z0 + sqrt(1 - abar' - s^2) eps + s e``.
+
+    ``s = eta sqrt((1-abar')/(1-abar) (1 - abar/abar'))``; ``noise()`` supplies ``e`` when ``eta > 0``.
+    """
+    s = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    z = abar_prev.sqrt() * z0 + (1 - abar_prev - s**2).clamp_min(0).sqrt() * eps
+    if eta > 0:
+        z = z + s * noise()
+    return z
+
+
 @torch.no_grad()
 def ddim_sample(
     prior: LatentPrior, num_samples: int, num_steps: int = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
@@ -35,8 +47,5 @@ def ddim_sample(
         abar_prev = prior.abar(ts[i + 1].repeat(num_samples)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
         eps = prior.eps(z, tt)
         z0 = (z - (1 - abar).sqrt() * eps) / abar.sqrt()
-        s = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-        z = abar_prev.sqrt() * z0 + (1 - abar_prev - s**2).clamp_min(0).sqrt() * eps
-        if eta > 0:
-            z = z + s * torch.randn(z.shape, generator=generator, device=device)
+        z = ddim_step(z0, eps, abar, abar_prev, eta, lambda: torch.randn(z.shape, generator=generator, device=device))
     return prior.decode(z)
