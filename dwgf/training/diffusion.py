@@ -34,6 +34,10 @@ class LatentDiffusionTraining(LightningModule):
         lr: AdamW learning rate (linear warm-up over 200 steps, cosine decay to 10%). Default 3e-4.
         ema_decay: EMA decay. Default 0.999.
         export_dir: where the prior folder is written. ``None``: not written.
+        init_unet: folder of a trained ``UNet2DModel`` (``save_pretrained`` layout, e.g. the
+            ``unet/`` of an exported prior) to continue training from: the live and the EMA
+            weights start from it, and its architecture replaces the arguments above.
+            ``None`` (default): a new UNet from the arguments.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class LatentDiffusionTraining(LightningModule):
         lr: float = 3e-4,
         ema_decay: float = 0.999,
         export_dir: Optional[str] = None,
+        init_unet: Optional[str] = None,
     ):
         super().__init__()
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
@@ -58,13 +63,26 @@ class LatentDiffusionTraining(LightningModule):
         self.vae.requires_grad_(False).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
         latent_size = self.vae.config.sample_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.unet = UNet2DModel(
-            sample_size=latent_size, in_channels=self.vae.config.latent_channels,
-            out_channels=self.vae.config.latent_channels, block_out_channels=tuple(block_out_channels),
-            layers_per_block=layers_per_block, down_block_types=tuple(down_block_types),
-            up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down_block_types)),
-            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
-        )
+        if init_unet is not None:
+            if not (Path(init_unet) / "config.json").is_file():
+                raise DWGFError(f"--model.init_unet {init_unet!r}: no trained UNet2DModel there (expected config.json and safetensors weights)")
+            self.unet = UNet2DModel.from_pretrained(init_unet, use_safetensors=True, low_cpu_mem_usage=False)
+            size = self.unet.config.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            if size != (latent_size, latent_size) or self.unet.config.in_channels != self.vae.config.latent_channels:
+                raise DWGFError(
+                    f"--model.init_unet {init_unet!r}: it takes {self.unet.config.in_channels}x{size[0]}x{size[1]} latents, "
+                    f"the autoencoder makes {self.vae.config.latent_channels}x{latent_size}x{latent_size}"
+                )
+        else:
+            self.unet = UNet2DModel(
+                sample_size=latent_size, in_channels=self.vae.config.latent_channels,
+                out_channels=self.vae.config.latent_channels, block_out_channels=tuple(block_out_channels),
+                layers_per_block=layers_per_block, down_block_types=tuple(down_block_types),
+                up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down_block_types)),
+                attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
+            )
+        self.unet.train()
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.scheduler = DDPMScheduler(
             num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
