@@ -1,0 +1,45 @@
+"""The benchmark scripts' own correctness checks, on a tiny prior."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def flow_speed():
+    return load("flow_speed")
+
+
+def test_reference_faithful_iteration_gives_dwgf_particles(flow_speed, ldm_prior):
+    # the comparator must compute the same flow, only the slow way
+    diff = flow_speed.check_reference(ldm_prior, torch.device("cpu"), iters=3)
+    assert diff < 1e-10  # float64: the same maths to rounding
+    # and it leaves the frozen prior as it found it: no gradients, no grad-requiring weights
+    assert all(not p.requires_grad and p.grad is None for p in ldm_prior.parameters())
+
+
+def test_reference_faithful_iteration_differs_when_the_flow_differs(flow_speed, ldm_prior):
+    # the agreement above is not vacuous: another prior weight moves the reference's particles
+    op, y, params = flow_speed.problem(ldm_prior, 1, torch.device("cpu"))
+    a = flow_speed.reference_flow(ldm_prior, op, y, params, 4, 3, weight=0.25)
+    b = flow_speed.reference_flow(ldm_prior, op, y, params, 4, 3, weight=2.5)
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_floor_and_flow_timings_are_positive(flow_speed, ldm_prior):
+    rows = []
+    flow_speed.measure("tiny", ldm_prior, [4], 1, 1, 1, False, torch.device("cpu"), 200, rows)
+    (r,) = rows
+    assert r["iteration"] > 0 and r["floor"] > 0 and set(r["parts"]) == {"unet", "decode+vjp"}
+    assert r["images_per_min"] == pytest.approx(r["b"] * 60 / (200 * r["iteration"]))
