@@ -44,12 +44,16 @@ class DWGFCLI(LightningCLI):
             trainer_defaults={"inference_mode": False, "logger": False, "enable_checkpointing": False},
             auto_configure_optimizers=False,
             # parser errors are raised (not printed with the usage) so that main() can make them one line
-            parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ("fit", "validate", "test", "predict")}},
+            parser_kwargs={
+                "exit_on_error": False, "formatter_class": _HelpFormatter,
+                **{c: {"exit_on_error": False, "formatter_class": _HelpFormatter} for c in ("fit", "validate", "test", "predict")},
+            },
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.epilog = builtins_help()
         parser.add_argument(
             "--output",
             type=Optional[str],
@@ -128,6 +132,56 @@ class DWGFCLI(LightningCLI):
         key = {"model": full.get("model"), "data": data, "seed": full.get("seed_everything"),
                "precision": (full.get("trainer") or {}).get("precision")}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# kinds of built-in classes listed by ``dwgf predict --help``, by base class
+_KINDS = (
+    ("solvers (--model)", "dwgf.solver.InverseSolver"),
+    ("priors (--model.prior)", "dwgf.priors.base.LatentPrior"),
+    ("forward operators (--data.operator)", "dwgf.operators.base.ForwardOperator"),
+    ("regularizers (--model.regularizers)", "dwgf.regularizers.base.Regularizer"),
+    ("time weightings (KLPrior weighting)", "dwgf.regularizers.weighting.TimeWeighting"),
+    ("step-size schedules (--model.step_size)", "dwgf.schedules.step_size.StepSizeSchedule"),
+    ("timestep schedules (--model.timesteps)", "dwgf.schedules.timesteps.TimestepSchedule"),
+    ("data (--data)", "lightning.pytorch.LightningDataModule"),
+)
+
+
+def _first_line(obj: Any) -> str:
+    import inspect
+
+    doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
+    line = " ".join(doc.split()).replace("``", "").replace(":class:", "").replace(":meth:", "").replace("`", "")
+    return line if len(line) <= 100 else line[:97].rsplit(" ", 1)[0] + " ..."
+
+
+def builtins_help() -> str:
+    """The built-in classes by kind, one line each: what ``dwgf predict --help`` ends with."""
+    import importlib
+    import inspect
+
+    from dwgf.errors import builtin_classes
+
+    classes = {}
+    for short, path in builtin_classes().items():
+        module, name = path.rsplit(".", 1)
+        classes[short] = getattr(importlib.import_module(module), name)
+    lines = ["built-in classes (give the short name as class_path, e.g. --data.operator BoxInpainting;",
+             "your own classes by full class_path, e.g. my_module.MyRegularizer):"]
+    for title, base_path in _KINDS:
+        module, name = base_path.rsplit(".", 1)
+        base = getattr(importlib.import_module(module), name)
+        members = sorted(s for s, c in classes.items() if issubclass(c, base) and c is not base and not inspect.isabstract(c)
+                         and s not in ("InverseSolver", "DiffusersLatentPrior"))
+        if members:
+            lines.append(f"  {title}:")
+            lines += [f"    {s:<26}{_first_line(classes[s])}" for s in members]
+    return "\n".join(lines)
+
+
+class _HelpFormatter(LightningArgumentParser().formatter_class):  # jsonargparse's, keeping the epilog's lines
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line for line in text.splitlines())
 
 
 TOP_OPTIONS = ["--config", "--print_config", "--output", "--overwrite", "--seed_everything", "--model", "--data", "--trainer",

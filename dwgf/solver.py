@@ -125,6 +125,8 @@ class DWGF(InverseSolver):
         timesteps: diffusion time per iteration. Default ``DescendingTimesteps()`` (999 -> 2).
         betas: Adam's betas. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` added to decoded images in the data and encoder terms.
+        compile: ``torch.compile`` the UNet and the decoder (``--model.compile true``); the first
+            iterations compile (slow), later ones run faster. Default ``False``.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class DWGF(InverseSolver):
         timesteps: Optional[TimestepSchedule] = None,
         betas: tuple[float, float] = (0.9, 0.999),
         decoder_noise: float = 0.01,
+        compile: bool = False,
     ):
         super().__init__(prior, num_particles)
         if num_steps < 1:
@@ -149,6 +152,9 @@ class DWGF(InverseSolver):
         self.timesteps = timesteps if timesteps is not None else DescendingTimesteps()
         self.betas = (float(betas[0]), float(betas[1]))
         self.decoder_noise = float(decoder_noise)
+        self.compile_networks = bool(compile)
+        if self.compile_networks:
+            self.prior.compile_networks()
 
     def on_flow_iteration(self, state: FlowState) -> None:
         """Hook called after every flow iteration (progress and logging attach here)."""

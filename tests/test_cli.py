@@ -176,3 +176,31 @@ def test_mixed_precision_runs_on_cpu(ldm_path, image_dir, tmp_path):
     run("predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", image_dir,
         "--output", out, "--trainer.precision", "bf16-mixed")
     check_outputs(out, ["img0", "img1", "img2"], particles=2)
+
+
+def test_help_lists_the_built_ins_by_short_name(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run("predict", "--help")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("built-in classes"):].splitlines()
+    listed = {line.split()[0]: line for line in lines if line.startswith("    ")}
+    from dwgf.cli import _KINDS  # every kind has a heading
+    for title, _ in _KINDS:
+        assert f"  {title}:" in lines
+    for name in ("DWGF", "LatentDPS", "PSLD", "DecoderInversion", "UnconditionalLatentPrior", "StableDiffusionPrior",
+                 "BoxInpainting", "RandomInpainting", "SuperResolution", "GaussianBlur", "MotionBlur", "Denoising",
+                 "KLPrior", "EncoderConsistency", "ConstantStepSize", "CosineStepSize", "DescendingTimesteps",
+                 "MeasurementDataModule"):
+        assert name in listed and len(listed[name].split()) > 2, name  # a name and a one-line description
+    # base classes and internals are not offered as choices
+    assert not {"InverseSolver", "ForwardOperator", "Regularizer", "FlowState", "ItemNoise", "DWGFError"} & set(listed)
+
+
+def test_unknown_short_name_suggests_the_closest(image_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run("predict", "--config", LDM_CONFIG, "--model.regularizers", "[{class_path: KLPrio}]",
+            "--data.images", image_dir, "--output", tmp_path / "x")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'KLPrior'?" in err[0], err

@@ -41,6 +41,17 @@ class LatentPrior(nn.Module):
         # The prior is frozen: Lightning's ``model.train()`` must not switch dropout or norm layers.
         return super().train(False)
 
+    def compile_networks(self, **kwargs) -> "LatentPrior":
+        """``torch.compile`` the denoiser and the decoder in place (``kwargs`` go to ``torch.compile``).
+
+        Compilation happens at the first calls, which are slow (seconds to minutes); it pays on
+        long runs. Parameter names and results are unchanged (to float rounding).
+        """
+        for module in (getattr(self, "unet", None), getattr(getattr(self, "vae", None), "decoder", None)):
+            if isinstance(module, nn.Module):
+                module.compile(**kwargs)
+        return self
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
