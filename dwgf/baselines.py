@@ -98,6 +98,7 @@ class LatentDPS(InverseSolver):
                     (grad,) = torch.autograd.grad(loss.sum(), z_in)
                     z_next = z_next - grad
             z = z_next.detach()
+            self.report_iteration(i, len(ts))
         with torch.no_grad():
             x = prior.decode(z)
         return x.view(b, n, *x.shape[1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Imported so that jsonargparse resolves the built-ins' short class names (``class_path: DWGF``).
@@ -27,6 +29,7 @@ import dwgf.regularizers  # noqa: F401
 import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
 from dwgf.errors import DWGFError, DWGFWarning, find_dwgf_error, summarize_parser_error
+from dwgf.progress import FlowProgressBar
 from dwgf.writers import PredictionWriter
 
 
@@ -112,7 +115,10 @@ class DWGFCLI(LightningCLI):
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
             writer = PredictionWriter(config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite")))
-            kwargs["callbacks"] = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer]
+            callbacks = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer]
+            if config["trainer"].get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(FlowProgressBar())
+            kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
 
@@ -198,6 +204,22 @@ def _format_warning(message, category, filename, lineno, line=None):
     return _python_formatwarning(message, category, filename, lineno, line)
 
 
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger from the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+def _quiet_lightning() -> None:
+    """Keeps the terminal for what matters: no cloud-logging tip, no deprecation noise from Lightning's internals."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropAdverts) for f in handler.filters):
+                handler.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
 def main(args: Any = None) -> None:
     """Entry point of the ``dwgf`` console script."""
     # Let ``class_path: my_module.MyRegularizer`` find modules in the working directory.
@@ -205,6 +227,7 @@ def main(args: Any = None) -> None:
         sys.path.insert(0, os.getcwd())
     DWGFError.last = None
     warnings.formatwarning = _format_warning
+    _quiet_lightning()
     try:
         cli = DWGFCLI(args=args)
     except argparse.ArgumentError as err:

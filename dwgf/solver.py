@@ -52,6 +52,21 @@ class InverseSolver(LightningModule):
         self.operator = operator
         return self
 
+    def report_iteration(self, k: int, num_iterations: int) -> None:
+        """Tells the trainer's callbacks that iteration ``k`` (0-based) of ``num_iterations`` is done.
+
+        Solvers call it once per iteration of :meth:`solve`; callbacks that define
+        ``on_solver_iteration(trainer, pl_module, k, num_iterations)`` (the progress bar) receive it.
+        Without a trainer (the Python API) it does nothing.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for callback in trainer.callbacks:
+            hook = getattr(callback, "on_solver_iteration", None)
+            if hook is not None:
+                hook(trainer, self, k, num_iterations)
+
     def check_operator(self, operator: ForwardOperator) -> None:
         """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
 
@@ -157,7 +172,8 @@ class DWGF(InverseSolver):
             self.prior.compile_networks()
 
     def on_flow_iteration(self, state: FlowState) -> None:
-        """Hook called after every flow iteration (progress and logging attach here)."""
+        """Called after every flow iteration with its state; reports progress to the trainer's callbacks."""
+        self.report_iteration(state.iteration, state.num_iterations)
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
         draw = ItemNoise(item_generators(seeds, y.device), y.device)
