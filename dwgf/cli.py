@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from jsonargparse import Namespace
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ProgressBar
@@ -44,7 +45,7 @@ class DWGFCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_callback=None,
-            trainer_defaults={"inference_mode": False, "logger": False, "enable_checkpointing": False},
+            trainer_defaults={"inference_mode": False, "logger": None, "enable_checkpointing": False},
             auto_configure_optimizers=False,
             # parser errors are raised (not printed with the usage) so that main() can make them one line
             parser_kwargs={
@@ -92,9 +93,14 @@ class DWGFCLI(LightningCLI):
                 raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
             if not os.access(output, os.W_OK):
                 raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
+            if config["trainer"].get("logger") in (None, True):  # default: TensorBoard under the output folder
+                config["trainer"]["logger"] = Namespace(
+                    class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                    init_args=Namespace(save_dir=str(output), name="tensorboard", default_hp_metric=False),
+                )
             # input folders and the operator's arguments are checked before any model is loaded
             if init_args is not None and init_args.get("operator") is not None:
-                from jsonargparse import ArgumentParser, Namespace
+                from jsonargparse import ArgumentParser
 
                 from dwgf.operators.base import ForwardOperator
 
@@ -131,11 +137,13 @@ class DWGFCLI(LightningCLI):
         data = dict(full.get("data") or {})
         init = dict(data.get("init_args") or {})
         init.pop("num_workers", None)
+        model = dict(full.get("model") or {})
+        model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items() if k != "log_images_every"}
         for key in ("images", "measurements", "masks"):
             if init.get(key):
                 init[key] = str(Path(init[key]).expanduser().resolve())
         data["init_args"] = init
-        key = {"model": full.get("model"), "data": data, "seed": full.get("seed_everything"),
+        key = {"model": model, "data": data, "seed": full.get("seed_everything"),
                "precision": (full.get("trainer") or {}).get("precision")}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -61,6 +61,10 @@ class FlowState:
         eps_hat: the network's noise prediction at ``z_t`` (``None`` if no regularizer needs it).
         iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
         prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
+        data_loss: per-particle data term ``B x N``.
+        forces: after the regularizers ran, each one's force size per item ``(B,)`` (the norm of
+            its force on one particle, averaged over particles), keyed by class name.
+        step_size: Adam's learning rate at this iteration.
     """
 
     z: torch.Tensor
@@ -76,6 +80,8 @@ class FlowState:
     prior: LatentPrior
     draw: ItemNoise
     data_loss: Optional[torch.Tensor] = None
+    forces: Optional[dict[str, torch.Tensor]] = None
+    step_size: Optional[float] = None
 
     def abar_view(self, like: torch.Tensor) -> torch.Tensor:
         """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
@@ -185,8 +191,13 @@ def flow_gradient(
         iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
     )
     g_z = torch.zeros_like(z)
+    state.forces = {}
     for reg in regularizers:
         force = reg.force(state)
+        with torch.no_grad():
+            size = force.detach().reshape(b, n, -1).norm(dim=-1).mean(1)
+            name = type(reg).__name__
+            state.forces[name] = state.forces[name] + size if name in state.forces else size
         if reg.space == "image":
             g_x = g_x + force.flatten(0, 1)
         else:
@@ -212,6 +223,7 @@ def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularize
             prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype
         )
         z.grad = grad
+        state.step_size = float(optimizer.param_groups[0]["lr"])
         optimizer.step()
         with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
             bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)

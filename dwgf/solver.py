@@ -46,6 +46,7 @@ class InverseSolver(LightningModule):
         self.num_particles = int(num_particles)
         self.operator: Optional[ForwardOperator] = None
         self.failed_iterations: Optional[torch.Tensor] = None
+        self._batch_idx = 0
 
     def set_operator(self, operator: ForwardOperator) -> "InverseSolver":
         self.check_operator(operator)
@@ -67,6 +68,33 @@ class InverseSolver(LightningModule):
             if hook is not None:
                 hook(trainer, self, k, num_iterations)
 
+    def log_flow(self, state: FlowState, images_every: int = 0) -> None:
+        """Logs one flow iteration of the current batch to the trainer's logger (if any).
+
+        Scalars, under ``predict/batch_<i>/``, at step ``k``: ``data_term`` (mean over items and
+        particles), ``<Regularizer>_force`` (each regularizer's force size), ``step_size`` and
+        ``t``. Every ``images_every`` iterations (and at the last), with a TensorBoard logger,
+        the particle mean of the batch's first 8 items as ``predict/batch_<i>/particle_mean``.
+        Only the first process logs.
+        """
+        if self._trainer is None or self.logger is None:
+            return
+        k, tag = state.iteration, f"predict/batch_{self._batch_idx:04d}"
+        metrics = {f"{tag}/t": float(state.t.float().mean())}
+        if state.data_loss is not None:
+            metrics[f"{tag}/data_term"] = float(state.data_loss.mean())
+        if state.step_size is not None:
+            metrics[f"{tag}/step_size"] = state.step_size
+        for name, size in (state.forces or {}).items():
+            metrics[f"{tag}/{name}_force"] = float(size.mean())
+        self.logger.log_metrics(metrics, step=k)
+        last = k + 1 == state.num_iterations
+        if images_every and ((k + 1) % images_every == 0 or last) and self.trainer.is_global_zero:
+            experiment = getattr(self.logger, "experiment", None)
+            if hasattr(experiment, "add_images"):
+                mean = state.x[:8].mean(1).clamp(-1, 1).add(1).div(2)
+                experiment.add_images(f"{tag}/particle_mean", mean.float().cpu(), global_step=k)
+
     def check_operator(self, operator: ForwardOperator) -> None:
         """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
 
@@ -87,6 +115,7 @@ class InverseSolver(LightningModule):
         if len(batch["name"]) == 0:
             return out
         start = time.perf_counter()
+        self._batch_idx = batch_idx
         self.failed_iterations = None
         particles = self.solve(batch["measurement"], batch["params"], batch["seed"])
         if particles.is_cuda:
@@ -142,6 +171,10 @@ class DWGF(InverseSolver):
         decoder_noise: ``sigma_dec`` added to decoded images in the data and encoder terms.
         compile: ``torch.compile`` the UNet and the decoder (``--model.compile true``); the first
             iterations compile (slow), later ones run faster. Default ``False``.
+        log_images_every: with a TensorBoard logger (the default of ``dwgf predict``), log the
+            particle mean every this many iterations. ``None`` (default): every ``K/10``
+            iterations for a run of at most 2 batches, not at all for larger runs; ``0``: never.
+            Scalars (data term, force sizes, step size, ``t``) are logged at every iteration.
     """
 
     def __init__(
@@ -155,6 +188,7 @@ class DWGF(InverseSolver):
         betas: tuple[float, float] = (0.9, 0.999),
         decoder_noise: float = 0.01,
         compile: bool = False,
+        log_images_every: Optional[int] = None,
     ):
         super().__init__(prior, num_particles)
         if num_steps < 1:
@@ -167,13 +201,24 @@ class DWGF(InverseSolver):
         self.timesteps = timesteps if timesteps is not None else DescendingTimesteps()
         self.betas = (float(betas[0]), float(betas[1]))
         self.decoder_noise = float(decoder_noise)
+        if log_images_every is not None and log_images_every < 0:
+            raise DWGFError(f"--model.log_images_every must be >= 0 (0: never), got {log_images_every}")
+        self.log_images_every = log_images_every
         self.compile_networks = bool(compile)
         if self.compile_networks:
             self.prior.compile_networks()
 
     def on_flow_iteration(self, state: FlowState) -> None:
-        """Called after every flow iteration with its state; reports progress to the trainer's callbacks."""
+        """Called after every flow iteration with its state: reports progress and logs (:meth:`log_flow`)."""
         self.report_iteration(state.iteration, state.num_iterations)
+        self.log_flow(state, self._images_every(state.num_iterations))
+
+    def _images_every(self, num_iterations: int) -> int:
+        if self.log_images_every is not None:
+            return int(self.log_images_every)
+        trainer = self._trainer
+        batches = sum(trainer.num_predict_batches) if trainer is not None and trainer.num_predict_batches else 0
+        return max(1, num_iterations // 10) if 0 < batches <= 2 else 0
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
         draw = ItemNoise(item_generators(seeds, y.device), y.device)
