@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -85,6 +85,37 @@ class ForwardOperator:
             mask = self.measured(params)
             y = y + self.sigma_y * (noise if mask is None else noise * mask)
         return y
+
+    def measure(self, x: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, Params]:
+        """Simulated measurements of a batch of images: ``(y, params)``.
+
+        Item ``b`` draws its parameters (a box position, a motion kernel, ...) and its noise from a
+        generator seeded with ``seeds[b]`` (default ``b``), as ``dwgf predict`` does with each item's
+        data seed, so a measurement does not depend on the other items of the batch.
+
+        Args:
+            x: images ``B x C x H x W`` in ``[-1, 1]``.
+            seeds: one integer per item. Default ``0 .. B-1``.
+
+        Example:
+            >>> from dwgf.operators import BoxInpainting
+            >>> op = BoxInpainting(size=[12, 12], sigma_y=0.01)
+            >>> y, params = op.measure(torch.zeros(2, 1, 32, 32), seeds=[0, 1])
+            >>> y.shape, params["mask"].shape
+            (torch.Size([2, 1, 32, 32]), torch.Size([2, 1, 32, 32]))
+        """
+        seeds = list(range(x.shape[0])) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != x.shape[0]:
+            raise DWGFError(f"{type(self).__name__}.measure: {len(seeds)} seeds for {x.shape[0]} images")
+        ys, items = [], []
+        for b, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(seed)
+            params = self.sample_params(tuple(x.shape[1:]), gen)
+            xb = x[b : b + 1].detach().to("cpu", torch.float32)
+            ys.append(self.simulate(xb, {k: v[None] for k, v in params.items()}, gen)[0])
+            items.append(params)
+        params = {k: torch.stack([p[k] for p in items]).to(x.device) for k in items[0]} if items and items[0] else {}
+        return torch.stack(ys).to(x.device), params
 
     def to_image(self, y: torch.Tensor, params: Params) -> torch.Tensor:
         """The measurement shown as an image (what ``measurement.png`` holds)."""
