@@ -55,6 +55,21 @@ METHODS: dict[str, tuple[str | None, list[str], dict[str, list[str]]]] = {
 }
 
 
+def prior_id() -> str:
+    """A short hash of the shipped prior's weights: cached runs of another prior are not reused."""
+    import hashlib
+
+    from dwgf.priors.diffusers_priors import resolve_pretrained
+
+    digest = hashlib.sha256()
+    for f in sorted(resolve_pretrained("dwgf:mnist-ldm").glob("*/*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+PRIOR = prior_id()
+
+
 def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -74,11 +89,12 @@ def method_args(method: str, task: str, extra: list[str]) -> list[str]:
 
 def cached_run(key: str, task: str, split: str, args: list[str]) -> dict:
     cache = load(CACHE)
-    if key not in cache:
+    if key not in cache or cache[key].get("prior", PRIOR) != PRIOR:
         out = "outputs/quality/" + key.replace(" ", "_").replace("/", "_").replace("|", "__")
         result = run(f"configs/mnist/{task}.yaml", split, out, args)
         result["args"] = args
         result["date"] = str(datetime.date.today())
+        result["prior"] = PRIOR
         cache = load(CACHE)
         cache[key] = result
         save(CACHE, cache)

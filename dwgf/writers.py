@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -262,9 +263,18 @@ class PredictionWriter(BasePredictionWriter):
         sheet = Image.new("RGB", (width, sum(p.height + 4 for p in pictures)), "white")
         draw = ImageDraw.Draw(sheet)
         y = 0
-        for (name, _), pic in zip(rows, pictures):
+        for (name, path), pic in zip(rows, pictures):
             sheet.paste(pic, (margin, y))
-            draw.text((2, y + pic.height // 2), name[:14], fill="black")
+            lines = textwrap.wrap(name, 14, break_long_words=True)[:3]
+            try:  # the item's PSNR of the particle mean, when the truth is known
+                psnr = json.loads((path.parent / "metrics.json").read_text()).get("psnr_mean")
+                if psnr is not None and psnr == psnr:
+                    lines.append(f"mean {float(psnr):.1f} dB")
+            except (OSError, ValueError):
+                pass
+            top = y + pic.height // 2 - 6 * len(lines)
+            for i, line in enumerate(lines):
+                draw.text((2, top + 12 * i), line, fill="black")
             y += pic.height + 4
         atomic_write_bytes(self.output / "summary.png", image_bytes(sheet))
 
