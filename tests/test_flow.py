@@ -236,3 +236,18 @@ def test_under_autocast_only_the_network_runs_in_low_precision(ldm_prior, monkey
         out = solver.solve(y, params, [0, 1])
     assert seen == {"unet_autocast": True, "score_autocast": False}
     assert out.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_compiled_networks_give_the_same_particles(ldm_path):
+    """--model.compile: torch.compile of UNet and decoder changes nothing but float rounding."""
+    from dwgf.priors import UnconditionalLatentPrior
+
+    results = []
+    for compile_ in (False, True):
+        prior = UnconditionalLatentPrior(str(ldm_path))
+        op, y, params = _setup(prior)
+        solver = DWGF(prior, num_steps=3, num_particles=2, compile=compile_).set_operator(op)
+        results.append(solver.solve(y, params, [1, 2]))
+        assert all(p.grad is None for p in prior.parameters())
+    assert torch.allclose(results[0], results[1], atol=1e-4), (results[0] - results[1]).abs().max()
