@@ -193,7 +193,7 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
 
 
 def time_floor(prior, bn, iters, encoder, device, unet_dtype=None) -> dict[str, float]:
-    """Median time of each unavoidable network call on ``bn`` latents, timed alone."""
+    """Median time of each unavoidable network call on ``bn`` latents, and of their sum (``total``)."""
     g = torch.Generator(device=device).manual_seed(0)
     z = torch.randn(bn, *prior.latent_shape, generator=g, device=device)
     t = torch.full((bn,), 500, device=device, dtype=torch.long)
@@ -216,18 +216,25 @@ def time_floor(prior, bn, iters, encoder, device, unet_dtype=None) -> dict[str, 
     calls = {"unet": unet, "decode+vjp": decode_vjp}
     if encoder:
         calls["encode+decode"] = encode_decode
-    out = {}
-    for name, fn in calls.items():
-        fn()  # warm-up (first calls allocate and pick kernels)
-        fn()
-        ts = []
-        for _ in range(iters):
+    for _ in range(2):  # warm-up (first calls allocate and pick kernels)
+        for fn in calls.values():
+            fn()
+    # the calls run in the flow's order, one of each per repetition, so that caches see what they
+    # see in the flow (alternating networks); the floor is the median of the repetitions' sums
+    parts: dict[str, list[float]] = {name: [] for name in calls}
+    totals = []
+    for _ in range(iters):
+        total = 0.0
+        for name, fn in calls.items():
             sync(device)
             s = time.perf_counter()
             fn()
             sync(device)
-            ts.append(time.perf_counter() - s)
-        out[name] = statistics.median(ts)
+            parts[name].append(time.perf_counter() - s)
+            total += parts[name][-1]
+        totals.append(total)
+    out = {name: statistics.median(v) for name, v in parts.items()}
+    out["total"] = statistics.median(totals)
     return out
 
 
@@ -351,7 +358,7 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
             peaks.append(peak)
         it = statistics.median(flow_t)
         floor = {k: statistics.median(v) for k, v in floor_t.items()}
-        total = sum(floor.values())
+        total = floor.pop("total")
         rows.append(dict(
             prior=name, bn=bn, b=b, n=n, encoder=encoder, iteration=it, floor=total, parts=floor, ratio=it / total,
             images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=max(peaks),

@@ -62,8 +62,8 @@ class FlowState:
         iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
         prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
         data_loss: per-particle data term ``B x N``.
-        forces: after the regularizers ran, each one's force size per item ``(B,)`` (the norm of
-            its force on one particle, averaged over particles), keyed by class name.
+        forces: after the regularizers ran, each one's force (latent- or image-shaped, as it
+            returned it), keyed by class name.
         step_size: Adam's learning rate at this iteration.
     """
 
@@ -194,10 +194,8 @@ def flow_gradient(
     state.forces = {}
     for reg in regularizers:
         force = reg.force(state)
-        with torch.no_grad():
-            size = force.detach().reshape(b, n, -1).norm(dim=-1).mean(1)
-            name = type(reg).__name__
-            state.forces[name] = state.forces[name] + size if name in state.forces else size
+        name = type(reg).__name__
+        state.forces[name] = state.forces[name] + force if name in state.forces else force
         if reg.space == "image":
             g_x = g_x + force.flatten(0, 1)
         else:

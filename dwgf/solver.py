@@ -72,7 +72,8 @@ class InverseSolver(LightningModule):
         """Logs one flow iteration of the current batch to the trainer's logger (if any).
 
         Scalars, under ``predict/batch_<i>/``, at step ``k``: ``data_term`` (mean over items and
-        particles), ``<Regularizer>_force`` (each regularizer's force size), ``step_size`` and
+        particles), ``<Regularizer>_force`` (the norm of each regularizer's force on one particle,
+        averaged over items and particles), ``step_size`` and
         ``t``. Every ``images_every`` iterations (and at the last), with a TensorBoard logger,
         the particle mean of the batch's first 8 items as ``predict/batch_<i>/particle_mean``.
         Only the first process logs.
@@ -85,8 +86,8 @@ class InverseSolver(LightningModule):
             metrics[f"{tag}/data_term"] = float(state.data_loss.mean())
         if state.step_size is not None:
             metrics[f"{tag}/step_size"] = state.step_size
-        for name, size in (state.forces or {}).items():
-            metrics[f"{tag}/{name}_force"] = float(size.mean())
+        for name, force in (state.forces or {}).items():  # the norm of the force on one particle, averaged
+            metrics[f"{tag}/{name}_force"] = float(force.detach().flatten(2).norm(dim=-1).mean())
         self.logger.log_metrics(metrics, step=k)
         last = k + 1 == state.num_iterations
         if images_every and ((k + 1) % images_every == 0 or last) and self.trainer.is_global_zero:
