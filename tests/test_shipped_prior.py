@@ -60,5 +60,5 @@ def test_quickstart_runs_a_few_iterations(tmp_path, monkeypatch):
     out = tmp_path / "quick"
     main(["predict", "--config", "configs/quickstart.yaml", "--model.num_steps", "3", "--output", str(out)])
     names = sorted(p.stem for p in (ROOT / "examples/mnist").glob("*.png"))
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([*names, "tensorboard"])  # items + the logs
     assert (out / "metrics.csv").read_text().count("\n") == 9 and (out / "summary.png").is_file()
