@@ -47,18 +47,20 @@ def kl(weight: float) -> list[str]:
 SMALL_WEIGHT_TASKS = ("gaussian_deblur", "motion_deblur")
 
 
-def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)) -> dict[str, list[str]]:
+def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ...]) -> dict[str, list[str]]:
     return {f"w={w}": kl(w) for w in (small if task in SMALL_WEIGHT_TASKS else weights)}
 
 
 # method -> (overlay config or None, fixed overrides, {grid label: overrides} or a function of the task giving it)
 METHODS: dict[str, tuple] = {
-    "DWGF": (None, ["--model.num_particles", str(PARTICLES)], lambda task: kl_grid(task, (0.1, 0.25, 0.5))),
-    "RED-diff-latent": ("configs/methods/reddiff.yaml", [], lambda task: kl_grid(task, (0.1, 0.25, 0.5, 1.0))),
-    "Latent DPS": ("configs/methods/dps.yaml", [], {f"zeta={g}": ["--model.guidance", str(g)] for g in (0.01, 0.03, 0.1, 0.3, 1.0)}),
+    "DWGF": (None, ["--model.num_particles", str(PARTICLES)], lambda task: kl_grid(task, (0.1, 0.25, 0.5, 1.0), (0.003, 0.01, 0.03, 0.1))),
+    "RED-diff-latent": (
+        "configs/methods/reddiff.yaml", [], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.001, 0.003, 0.01, 0.03, 0.1)),
+    ),
+    "Latent DPS": ("configs/methods/dps.yaml", [], {f"zeta={g}": ["--model.guidance", str(g)] for g in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}),
     "PSLD": (
         "configs/methods/psld.yaml", [],
-        {f"zeta={g},gamma={c}": ["--model.guidance", str(g), "--model.gluing", str(c)] for g in (0.03, 0.1, 0.3) for c in (0.1, 1.0)},
+        {f"zeta={g},gamma={c}": ["--model.guidance", str(g), "--model.gluing", str(c)] for g in (0.03, 0.1, 0.3, 1.0) for c in (0.1, 1.0)},
     ),
     "decoder inversion": ("configs/methods/inversion.yaml", [], {f"lr={lr}": ["--model.step_size.lr", str(lr)] for lr in (0.1, 0.3, 1.0)}),
 }
