@@ -81,13 +81,16 @@ class InverseSolver(LightningModule):
         if self._trainer is None or self.logger is None:
             return
         k, tag = state.iteration, f"predict/batch_{self._batch_idx:04d}"
-        metrics = {f"{tag}/t": float(state.t.float().mean())}
+        # the tensor-valued scalars go to the host together: one device sync per iteration, not one each
+        values = {"t": state.t.float().mean()}
         if state.data_loss is not None:
-            metrics[f"{tag}/data_term"] = float(state.data_loss.mean())
+            values["data_term"] = state.data_loss.detach().float().mean()
+        for name, force in (state.forces or {}).items():  # the norm of the force on one particle, averaged
+            values[f"{name}_force"] = force.detach().float().flatten(2).norm(dim=-1).mean()
+        host = torch.stack([v.to(state.t.device) for v in values.values()]).tolist()
+        metrics = {f"{tag}/{name}": v for name, v in zip(values, host)}
         if state.step_size is not None:
             metrics[f"{tag}/step_size"] = state.step_size
-        for name, force in (state.forces or {}).items():  # the norm of the force on one particle, averaged
-            metrics[f"{tag}/{name}_force"] = float(force.detach().flatten(2).norm(dim=-1).mean())
         self.logger.log_metrics(metrics, step=k)
         last = k + 1 == state.num_iterations
         if images_every and ((k + 1) % images_every == 0 or last) and self.trainer.is_global_zero:
