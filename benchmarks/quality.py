@@ -23,10 +23,14 @@ so that an interrupted benchmark resumes; the tables are rewritten to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
+import os
 from pathlib import Path
 
+import torch
 from mnist_tasks import run
 
 RESULTS = Path("benchmarks/results")
@@ -53,7 +57,7 @@ def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ..
 
 # method -> (overlay config or None, fixed overrides, {grid label: overrides} or a function of the task giving it)
 METHODS: dict[str, tuple] = {
-    "DWGF": (None, ["--model.num_particles", str(PARTICLES)], lambda task: kl_grid(task, (0.1, 0.25, 0.5, 1.0), (0.003, 0.01, 0.03, 0.1))),
+    "DWGF": (None, ["--model.num_particles", str(PARTICLES)], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.003, 0.01, 0.03, 0.1))),
     "RED-diff-latent": (
         "configs/methods/reddiff.yaml", [], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.001, 0.003, 0.01, 0.03, 0.1)),
     ),
@@ -93,28 +97,47 @@ def load(path: Path) -> dict:
 
 def save(path: Path, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def locked():
+    """Serialise read-modify-write of the cache between benchmark processes run side by side."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / ".quality.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def method_args(method: str, task: str, extra: list[str]) -> list[str]:
     overlay, fixed, _ = METHODS[method]
     args = ["--config", overlay] if overlay else []
-    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra]
+    # no TensorBoard: the seconds column times the solver, not the logging
+    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, "--trainer.logger", "false"]
+
+
+def output_dir(key: str) -> Path:
+    """Where the run cached under ``key`` wrote its images."""
+    return Path("outputs/quality/" + key.replace(" ", "_").replace("/", "_").replace("|", "__"))
 
 
 def cached_run(key: str, task: str, split: str, args: list[str]) -> dict:
     cache = load(CACHE)
     if key not in cache or cache[key].get("prior", PRIOR) != PRIOR:
-        out = "outputs/quality/" + key.replace(" ", "_").replace("/", "_").replace("|", "__")
-        result = run(f"configs/mnist/{task}.yaml", split, out, args)
+        result = run(f"configs/mnist/{task}.yaml", split, str(output_dir(key)), args)
         result["args"] = args
         result["date"] = str(datetime.date.today())
         result["prior"] = PRIOR
-        cache = load(CACHE)
-        cache[key] = result
-        save(CACHE, cache)
+        result["threads"] = torch.get_num_threads()
+        with locked():
+            cache = load(CACHE)
+            cache[key] = result
+            save(CACHE, cache)
         print(f"RUN {key}: mean PSNR {result['psnr_mean']:.2f} particle PSNR {result['psnr']:.2f} "
               f"naive {result['naive']:.2f} {result['seconds']:.2f} s/image", flush=True)
     return load(CACHE)[key]
@@ -152,14 +175,33 @@ def sweep(tasks: list[str]) -> None:
     for task in tasks:
         label = winner("DWGF", task)
         base = grid("DWGF", task)[label]
+        # K = 200 with N = 4 is the method comparison's run (``run``), not repeated here
         for steps in (1000, 500, 250, 100):
-            args = ["--model.num_steps", str(steps), "--model.num_particles", str(PARTICLES), *base]
+            args = ["--model.num_steps", str(steps), "--model.num_particles", str(PARTICLES), *base, "--trainer.logger", "false"]
             cached_run(f"sweep|report100|DWGF|{task}|{label}|K={steps}", task, "report100", args)
             write_tables()
-        for n in (1, 2, 4, 8):
-            args = ["--model.num_steps", str(STEPS), "--model.num_particles", str(n), *base]
+        for n in (1, 2, 8):
+            args = ["--model.num_steps", str(STEPS), "--model.num_particles", str(n), *base, "--trainer.logger", "false"]
             cached_run(f"sweep|report100|DWGF|{task}|{label}|N={n}", task, "report100", args)
             write_tables()
+
+
+def sweep_rows(cache: dict) -> list[tuple[tuple[str, str, int, int], dict]]:
+    """The sweep's runs, with the comparison's DWGF run as its K = STEPS, N = PARTICLES point, ordered
+    by task, then the iteration series (K descending), then the particle series (N ascending)."""
+    rows = {}
+    for k, v in cache.items():
+        kind, _, method, task, label, *knob = k.split("|")
+        if kind == "sweep":
+            steps, n = (int(knob[0][2:]), PARTICLES) if knob[0].startswith("K=") else (STEPS, int(knob[0][2:]))
+            rows[(task, label, steps, n)] = v
+    for task in {key[0] for key in rows}:
+        label = winner("DWGF", task)
+        run = cache.get(f"run|report100|DWGF|{task}|{label}")
+        if run is not None:
+            rows[(task, label, STEPS, PARTICLES)] = run
+    order = lambda kv: (TASKS.index(kv[0][0]), kv[0][3] != PARTICLES, -kv[0][2], kv[0][3])  # noqa: E731
+    return sorted(rows.items(), key=order)
 
 
 def write_tables() -> None:
@@ -173,9 +215,12 @@ def write_tables() -> None:
         "digit (RED-diff: 1). PSNR/SSIM on [0, 1] images over the first 10 *report* digits of each class (100",
         "digits); *mean*: the particle mean, *particle*: averaged over particles; s/image: solver time per digit on",
         "the 2-core CPU, batches of 50 digits. Hyperparameters: winners of the grids on the *tune* digits (below).",
-        "",
     ]
     runs = {k: v for k, v in cache.items() if k.startswith("run|")}
+    threads = sorted({v.get("threads") for k, v in cache.items() if k.startswith(("run|", "sweep|"))} - {None})
+    if threads == [1]:
+        lines.append("The comparison and the sweep ran with one torch thread each (`--threads 1`), as two processes side by side.")
+    lines.append("")
     tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
     if tasks:
         lines += ["| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | s/image | naive PSNR | date |",
@@ -187,14 +232,16 @@ def write_tables() -> None:
                 psnr = f"**{v['psnr_mean']:.2f}**" if v["psnr_mean"] == best else f"{v['psnr_mean']:.2f}"
                 lines.append(f"| {task} | {method} | {label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
                              f"{v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
-    sweeps = {k: v for k, v in cache.items() if k.startswith("sweep|")}
+    sweeps = sweep_rows(cache)
     if sweeps:
         lines += ["", "## DWGF: quality against cost (report digits as above)", "",
-                  "| task | setting | iterations K | particles N | mean PSNR | particle PSNR | s/image |", "|---|---|---|---|---|---|---|"]
-        for k, v in sweeps.items():
-            _, _, _, task, label, knob = k.split("|")
-            steps, n = (knob[2:], PARTICLES) if knob.startswith("K=") else (STEPS, knob[2:])
-            lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['psnr']:.2f} | {v['seconds']:.2f} |")
+                  f"Iterations K at N = {PARTICLES}, then particles N at K = {STEPS}; the K = {STEPS}, N = {PARTICLES} row is the "
+                  "method comparison's run.", "",
+                  "| task | setting | iterations K | particles N | mean PSNR | mean SSIM | particle PSNR | s/image | date |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for (task, label, steps, n), v in sweeps:
+            lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | "
+                         f"{v['seconds']:.2f} | {v['date']} |")
     tunes = {k: v for k, v in cache.items() if k.startswith("tune|")}
     if tunes:
         lines += ["", "## Tuning grids (particle-mean PSNR on the tune digits; winner in bold)", "",
@@ -214,7 +261,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
     parser.add_argument("--tune-split", default="tune20", choices=["tune10", "tune20", "tune50"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); two benchmark processes side by side "
+                             "with --threads 1 each use a 2-core machine better than one with 2 threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.mode == "tune":
         tune(args.methods, args.tasks, args.tune_split)
     elif args.mode == "run":
