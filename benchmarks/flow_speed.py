@@ -366,6 +366,40 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
         print(_row(rows[-1]), flush=True)
 
 
+# -- optional changes: each measured against the iteration without it ------------------------------
+CHANGES = {
+    # change: (baseline prior kwargs, changed prior kwargs, what to do to the changed prior)
+    "vae_channels_last": ({"channels_last": False}, {}, None),  # the default since it paid (see the prior's docstring)
+    "unet_channels_last": ({}, {}, lambda p: p.unet.to(memory_format=torch.channels_last)),
+    "compile": ({}, {}, lambda p: p.compile_networks()),  # as --model.compile true
+}
+
+
+def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=None) -> list[dict]:
+    """Flow iteration time with and without each change, in alternating rounds."""
+    out = []
+    for change in changes:
+        base_kwargs, changed_kwargs, apply = CHANGES[change]
+        base = UnconditionalLatentPrior("dwgf:mnist-ldm", **base_kwargs).to(device)
+        changed = UnconditionalLatentPrior("dwgf:mnist-ldm", **changed_kwargs).to(device)
+        if apply is not None:
+            apply(changed)
+        for bn in sizes:
+            b, n = layout(bn)
+            op, y, params = problem(base, b, device)
+            # the first calls of a compiled network compile: a long warm-up before timing
+            time_flow(changed, op, y, params, n, 1, 5 if change == "compile" else warmup, False, unet_dtype=unet_dtype)
+            t_base, t_changed = [], []
+            for _ in range(rounds):
+                t_base += time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
+                t_changed += time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
+            row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed))
+            out.append(row)
+            print(f"change {change} B x N {bn}: without {row['plain'] * 1e3:.1f} ms, with {row['changed'] * 1e3:.1f} ms: "
+                  f"{row['plain'] / row['changed']:.2f}x", flush=True)
+    return out
+
+
 def _row(r) -> str:
     parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["parts"].items())
     return (f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | {r['iteration'] * 1e3:.1f} | "
@@ -386,6 +420,9 @@ def main() -> None:
     parser.add_argument("--compare-sizes", type=int, nargs="*", default=[4, 16], help="B x N for the reference comparator")
     parser.add_argument("--precision", choices=["32", "bf16", "16"], default="32", help="the UNet's precision (autocast)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--changes", nargs="*", default=list(CHANGES), choices=list(CHANGES),
+                        help="optional changes timed against the iteration without them on the shipped prior (none: skip)")
+    parser.add_argument("--change-sizes", type=int, nargs="*", default=[16, 32], help="B x N for the changes")
     parser.add_argument("--output", default="benchmarks/results/flow_speed.md")
     args = parser.parse_args()
     if args.threads:
@@ -417,15 +454,17 @@ def main() -> None:
         print(f"reference-faithful B x N {bn}: {ref * 1e3:.1f} ms/iteration, dwgf {rows[before]['iteration'] * 1e3:.1f} ms: "
               f"{ref / rows[before]['iteration']:.2f}x", flush=True)
 
+    changes = measure_changes(args.changes, args.change_sizes, args.iters, args.warmup, args.rounds, device, unet_dtype)
+
     if not args.skip_sd:
         sd = SDLayoutPrior(args.sd_image).to(device)
         measure(f"SD-2.1-base layout {args.sd_image}px", sd, args.sd_sizes, args.sd_iters, 1, 1, False, device, 998, rows, unet_dtype)
         del sd
 
-    write(args, device, rows, compare, diff)
+    write(args, device, rows, compare, diff, changes)
 
 
-def write(args, device, rows, compare, diff) -> None:
+def write(args, device, rows, compare, diff, changes=()) -> None:
     cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {cpu})"
     lines = [
@@ -458,6 +497,21 @@ def write(args, device, rows, compare, diff) -> None:
             "| B x N (items x particles) | dwgf ms/iteration | reference ms/iteration | speedup |",
             "|---|---|---|---|",
             *[f"| {c['bn']} ({c['b']}x{c['n']}) | {c['ours'] * 1e3:.1f} | {c['ref'] * 1e3:.1f} | **{c['ref'] / c['ours']:.2f}x** |" for c in compare],
+            "",
+        ]
+    if changes:
+        lines += [
+            "## Optional changes",
+            "",
+            "Flow iteration time on the shipped prior with and without one change, in alternating rounds:",
+            "vae_channels_last: the autoencoder's weights channels-last (the prior's default, `channels_last: true`);",
+            "unet_channels_last: the UNet's too (not the default); compile: `torch.compile` of the UNet and the",
+            "decoder (`--model.compile true`), timed after its compiling warm-up.",
+            "",
+            "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup |",
+            "|---|---|---|---|---|",
+            *[f"| {c['change']} | {c['bn']} ({c['b']}x{c['n']}) | {c['plain'] * 1e3:.1f} | {c['changed'] * 1e3:.1f} | "
+              f"**{c['plain'] / c['changed']:.2f}x** |" for c in changes],
             "",
         ]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

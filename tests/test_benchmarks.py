@@ -43,3 +43,15 @@ def test_floor_and_flow_timings_are_positive(flow_speed, ldm_prior):
     (r,) = rows
     assert r["iteration"] > 0 and r["floor"] > 0 and set(r["parts"]) == {"unet", "decode+vjp"}
     assert r["images_per_min"] == pytest.approx(r["b"] * 60 / (200 * r["iteration"]))
+
+
+def test_changes_are_applied_and_timed(flow_speed):
+    # the change under test really reaches the networks (else "with" and "without" time the same thing)
+    from dwgf.priors import UnconditionalLatentPrior
+
+    prior = UnconditionalLatentPrior("dwgf:mnist-ldm")
+    flow_speed.CHANGES["unet_channels_last"][2](prior)
+    conv = next(m for m in prior.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    rows = flow_speed.measure_changes(["vae_channels_last"], [1], 1, 0, 1, torch.device("cpu"))
+    assert [(r["change"], r["bn"]) for r in rows] == [("vae_channels_last", 1)] and rows[0]["plain"] > 0 < rows[0]["changed"]
