@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py tune  [--methods ...] [--tasks ...]   # grids on held-out *tune* digits
     python benchmarks/quality.py run   [--methods ...] [--tasks ...]   # winners on 100 *report* digits
-    python benchmarks/quality.py sweep [--tasks ...]                   # DWGF: iterations and particles
+    python benchmarks/quality.py sweep [--tasks ...] [--series K N]    # DWGF: iterations and particles
     python benchmarks/quality.py table                                  # rewrite the Markdown from the cache
 
 Budget: 200 network (UNet) evaluations per particle for every method that uses the prior (DWGF and
@@ -13,8 +13,11 @@ and PSLD also back-propagate through the network at every step; the seconds colu
 ``tune`` runs each method's grid (below) on ``--tune-split`` (default ``tune20``: 2 digits per class
 of the held-out tune digits), records the winner by particle-mean PSNR per (method, task) in
 ``benchmarks/results/quality_tuned.json``; ``run`` runs the winners on ``report100`` (the first 10
-report digits of each class, fixed seeds from the configs), and ``sweep`` runs DWGF at 1000, 500,
-250 and 100 iterations and with 1, 2, 4 and 8 particles there. Every run goes through
+report digits of each class, fixed seeds from the configs), and ``sweep`` runs DWGF with its tuned
+weight at 1000, 500, 250 and 100 iterations (N = 4; ``--series K``) and with 1, 2 and 8 particles
+(K = 200; ``--series N``) there; its K = 200, N = 4 point is ``run``'s. On a 2-core CPU two processes
+side by side with ``--threads 1`` each (e.g. ``run`` and ``sweep``) get more done than one with two
+threads (box inpainting, 10 digits: 3.4 s/image with 2 threads, 5.0 s with 1). Every run goes through
 ``dwgf predict`` (benchmarks/mnist_tasks.py) and is cached in ``benchmarks/results/quality_runs.json``
 so that an interrupted benchmark resumes; the tables are rewritten to
 ``benchmarks/results/quality.md`` after every run.
@@ -171,19 +174,18 @@ def evaluate(methods: list[str], tasks: list[str]) -> None:
             write_tables()
 
 
-def sweep(tasks: list[str]) -> None:
-    for task in tasks:
-        label = winner("DWGF", task)
-        base = grid("DWGF", task)[label]
-        # K = 200 with N = 4 is the method comparison's run (``run``), not repeated here
-        for steps in (1000, 500, 250, 100):
-            args = ["--model.num_steps", str(steps), "--model.num_particles", str(PARTICLES), *base, "--trainer.logger", "false"]
-            cached_run(f"sweep|report100|DWGF|{task}|{label}|K={steps}", task, "report100", args)
-            write_tables()
-        for n in (1, 2, 8):
-            args = ["--model.num_steps", str(STEPS), "--model.num_particles", str(n), *base, "--trainer.logger", "false"]
-            cached_run(f"sweep|report100|DWGF|{task}|{label}|N={n}", task, "report100", args)
-            write_tables()
+def sweep(tasks: list[str], series: list[str]) -> None:
+    """DWGF (each task's tuned weight) at K = 1000, 500, 250, 100 iterations with N = 4 (series ``K``)
+    and with N = 1, 2, 8 particles at K = 200 (series ``N``); K = 200 with N = 4 is ``run``'s point."""
+    for s in series:
+        for task in tasks:
+            label = winner("DWGF", task)
+            base = grid("DWGF", task)[label]
+            knobs = [("K", k, k, PARTICLES) for k in (1000, 500, 250, 100)] if s == "K" else [("N", n, STEPS, n) for n in (1, 2, 8)]
+            for name, value, steps, n in knobs:
+                args = ["--model.num_steps", str(steps), "--model.num_particles", str(n), *base, "--trainer.logger", "false"]
+                cached_run(f"sweep|report100|DWGF|{task}|{label}|{name}={value}", task, "report100", args)
+                write_tables()
 
 
 def sweep_rows(cache: dict) -> list[tuple[tuple[str, str, int, int], dict]]:
@@ -261,6 +263,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
     parser.add_argument("--tune-split", default="tune20", choices=["tune10", "tune20", "tune50"])
+    parser.add_argument("--series", nargs="+", default=["K", "N"], choices=["K", "N"],
+                        help="sweep: iterations (K), particles (N) or both, in this order")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); two benchmark processes side by side "
                              "with --threads 1 each use a 2-core machine better than one with 2 threads")
@@ -272,7 +276,7 @@ def main() -> None:
     elif args.mode == "run":
         evaluate(args.methods, args.tasks)
     elif args.mode == "sweep":
-        sweep(args.tasks)
+        sweep(args.tasks, args.series)
     write_tables()
 
 
