@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import fcntl
 import json
 import os
+import statistics
 from pathlib import Path
 
 import torch
@@ -206,6 +208,25 @@ def sweep_rows(cache: dict) -> list[tuple[tuple[str, str, int, int], dict]]:
     return sorted(rows.items(), key=order)
 
 
+def per_item(key: str) -> dict[str, float]:
+    """Particle-mean PSNR per item of the cached run ``key`` (from its metrics.csv)."""
+    path = output_dir(key) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return {r["name"]: float(r["psnr_mean"]) for r in csv.DictReader(f)}
+
+
+def paired(key_a: str, key_b: str) -> tuple[float, float] | None:
+    """Mean and standard error of the per-item PSNR difference a - b (None without both runs' files)."""
+    a, b = per_item(key_a), per_item(key_b)
+    names = sorted(set(a) & set(b))
+    if len(names) < 2 or len(names) != len(a):
+        return None
+    d = [a[n] - b[n] for n in names]
+    return statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5
+
+
 def write_tables() -> None:
     cache, tuned = load(CACHE), load(TUNED)
     lines = [
@@ -225,15 +246,19 @@ def write_tables() -> None:
     lines.append("")
     tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
     if tasks:
-        lines += ["| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | s/image | naive PSNR | date |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.", "",
+                  "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | s/image | naive PSNR | date |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in tasks:
             rows = [(k.split("|")[2], k.split("|")[4], v) for k, v in runs.items() if k.split("|")[3] == task]
             best = max(v["psnr_mean"] for _, _, v in rows)
+            dwgf = [k for k in runs if k.split("|")[2:4] == ["DWGF", task]]
             for method, label, v in sorted(rows, key=lambda r: list(METHODS).index(r[0])):
                 psnr = f"**{v['psnr_mean']:.2f}**" if v["psnr_mean"] == best else f"{v['psnr_mean']:.2f}"
+                diff = paired(dwgf[0], f"run|report100|{method}|{task}|{label}") if dwgf and method != "DWGF" else None
+                vs = f"{diff[0]:+.2f} ± {diff[1]:.2f}" if diff else "-"
                 lines.append(f"| {task} | {method} | {label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
-                             f"{v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
+                             f"{vs} | {v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
     sweeps = sweep_rows(cache)
     if sweeps:
         lines += ["", "## DWGF: quality against cost (report digits as above)", "",
