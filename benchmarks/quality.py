@@ -204,7 +204,8 @@ def sweep_rows(cache: dict) -> list[tuple[tuple[str, str, int, int], dict]]:
         run = cache.get(f"run|report100|DWGF|{task}|{label}")
         if run is not None:
             rows[(task, label, STEPS, PARTICLES)] = run
-    order = lambda kv: (TASKS.index(kv[0][0]), kv[0][3] != PARTICLES, -kv[0][2], kv[0][3])  # noqa: E731
+    k_series = {key[0] for key in rows if key[3] == PARTICLES and key[2] != STEPS}
+    order = lambda kv: (TASKS.index(kv[0][0]), not (kv[0][3] == PARTICLES and kv[0][0] in k_series), -kv[0][2], kv[0][3])  # noqa: E731
     return sorted(rows.items(), key=order)
 
 
