@@ -15,9 +15,10 @@ of the held-out tune digits), records the winner by particle-mean PSNR per (meth
 ``benchmarks/results/quality_tuned.json``; ``run`` runs the winners on ``report100`` (the first 10
 report digits of each class, fixed seeds from the configs), and ``sweep`` runs DWGF with its tuned
 weight at 1000, 500, 250 and 100 iterations (N = 4; ``--series K``) and with 1, 2 and 8 particles
-(K = 200; ``--series N``) there; its K = 200, N = 4 point is ``run``'s. On a 2-core CPU two processes
-side by side with ``--threads 1`` each (e.g. ``run`` and ``sweep``) get more done than one with two
-threads (box inpainting, 10 digits: 3.4 s/image with 2 threads, 5.0 s with 1). Every run goes through
+(K = 200; ``--series N``) there; its K = 200, N = 4 point is ``run``'s. ``--threads 1`` lets two
+benchmark processes share a 2-core CPU (a file lock keeps the shared cache consistent); on the
+2-core CPU this did not get more done than one process with two threads (Latent DPS, box
+inpainting: 6.3 s/image per process side by side against 3.0 s alone with two threads). Every run goes through
 ``dwgf predict`` (benchmarks/mnist_tasks.py) and is cached in ``benchmarks/results/quality_runs.json``
 so that an interrupted benchmark resumes; the tables are rewritten to
 ``benchmarks/results/quality.md`` after every run.
@@ -119,11 +120,14 @@ def locked():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# no TensorBoard in benchmark runs: the seconds column times the solver, not the logging
+NO_LOGS = ["--trainer.logger", "false"]
+
+
 def method_args(method: str, task: str, extra: list[str]) -> list[str]:
     overlay, fixed, _ = METHODS[method]
     args = ["--config", overlay] if overlay else []
-    # no TensorBoard: the seconds column times the solver, not the logging
-    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, "--trainer.logger", "false"]
+    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, *NO_LOGS]
 
 
 def output_dir(key: str) -> Path:
@@ -185,7 +189,7 @@ def sweep(tasks: list[str], series: list[str]) -> None:
             base = grid("DWGF", task)[label]
             knobs = [("K", k, k, PARTICLES) for k in (1000, 500, 250, 100)] if s == "K" else [("N", n, STEPS, n) for n in (1, 2, 8)]
             for name, value, steps, n in knobs:
-                args = ["--model.num_steps", str(steps), "--model.num_particles", str(n), *base, "--trainer.logger", "false"]
+                args = ["--model.num_steps", str(steps), "--model.num_particles", str(n), *base, *NO_LOGS]
                 cached_run(f"sweep|report100|DWGF|{task}|{label}|{name}={value}", task, "report100", args)
                 write_tables()
 
@@ -243,7 +247,7 @@ def write_tables() -> None:
     runs = {k: v for k, v in cache.items() if k.startswith("run|")}
     threads = sorted({v.get("threads") for k, v in cache.items() if k.startswith(("run|", "sweep|"))} - {None})
     if threads == [1]:
-        lines.append("The comparison and the sweep ran with one torch thread each (`--threads 1`), as two processes side by side.")
+        lines.append("The comparison and the sweep ran with one torch thread per process (`--threads 1`).")
     lines.append("")
     tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
     if tasks:
@@ -292,8 +296,7 @@ def main() -> None:
     parser.add_argument("--series", nargs="+", default=["K", "N"], choices=["K", "N"],
                         help="sweep: iterations (K), particles (N) or both, in this order")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); two benchmark processes side by side "
-                             "with --threads 1 each use a 2-core machine better than one with 2 threads")
+                        help="torch CPU threads (default: torch's choice), e.g. 1 for two benchmark processes side by side")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
