@@ -1,24 +1,29 @@
 """How close one DWGF iteration is to the cost of its network calls, and how batches scale.
 
-    python benchmarks/flow_speed.py                      # shipped prior + SD-2.1-base layout, CPU
+    python benchmarks/flow_speed.py --sd 512:1 256:1,4   # shipped prior + SD-2.1-base layout, CPU (24 GB)
     python benchmarks/flow_speed.py --skip-sd            # shipped prior only
-    python benchmarks/flow_speed.py --device cuda --sd-sizes 4 8 16 32 --sd-image 512 --precision bf16
+    python benchmarks/flow_speed.py --device cuda --sd 512:4,8,16,32 --precision bf16
 
 For each prior and each B x N (B measurements, N particles each; N = min(4, B x N)) it measures,
 in this one process and on the same tensors:
 
 (a) the wall time of one flow iteration (``dwgf.flow.dwgf_flow``, median over the timed
     iterations after warm-up);
-(b) the floor: the network calls an iteration cannot avoid, timed alone -- one UNet forward on
-    the B x N diffused particles without gradient, one decoder forward with a graph and one
-    vector-Jacobian product (plus, with the encoder term, one encoder and one decoder forward);
-(c) the ratio (a) / (b);
+(b) the floor: the network calls an iteration cannot avoid, timed alone on that iteration's own
+    tensors -- one UNet forward on the B x N diffused particles without gradient, one decoder
+    forward with a graph and one vector-Jacobian product (plus, with the encoder term, one encoder
+    and one decoder forward);
+(c) the ratio (a) / (b), of the medians, and the quartiles of the per-iteration ratios;
 (d) images per minute at the prior's usual iteration count (200 for the shipped prior, 998 for
     Stable Diffusion);
 (e) peak memory during the flow (CPU: resident set size sampled every 2 ms above the level before
     the run; GPU: ``torch.cuda.max_memory_allocated``).
 
-Rounds alternate floor and flow measurements so that a change in machine load hits both.
+Each iteration is paired with its floor: the floor's calls run between two iterations (from the
+flow's callback, outside both iterations' timed intervals), on the tensors the iteration just used.
+On a shared machine the time of the same call drifts by tens of percent over seconds; pairing makes
+the drift hit both sides of the ratio alike. (Timing the floor and the flow in separate rounds of
+ten iterations read ratios of 1.10 to 1.35 at B x N 16 on the same code within one process.)
 
 A reference-faithful comparator computes the same iteration the way the authors' code does
 (``isomorphicdude/DWGF``): autoencoder weights requiring gradients (so the backward pass also
@@ -30,7 +35,9 @@ encoder-consistency term, so dwgf is timed with the same term for the comparison
 
 The Stable-Diffusion-2.1-base layout (``UNet2DConditionModel`` and ``AutoencoderKL`` with the
 published configuration, random weights: a random network costs the same time as a trained one)
-is built in memory; on CPU it is timed for a few iterations only.
+is built in memory; on CPU it is timed for a few iterations only. ``--sd RES:BN,BN`` picks image
+sizes and B x N for it; at 512 px one particle's decoder graph alone holds about 10 GB of CPU
+memory, so on a 24 GB machine B x N 4 runs at 256 px.
 
 Prints a Markdown table and writes it to ``benchmarks/results/flow_speed.md`` (``--output``).
 """
@@ -167,18 +174,29 @@ def regularizers(encoder: bool) -> list:
     return [KLPrior(0.25), *([EncoderConsistency(0.1)] if encoder else [])]
 
 
-def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None) -> tuple[list[float], float]:
+def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False):
     """Per-iteration wall times of dwgf_flow (after ``warmup`` iterations) and its peak memory.
 
     With ``unet_dtype`` the flow runs under autocast to it, as under ``--trainer.precision
     bf16-mixed`` / ``16-mixed``: the UNet in that precision, the autoencoder and schedule in float32.
+
+    With ``floor``, after every iteration (outside its timed interval) the floor's network calls
+    run on that iteration's own tensors (:func:`time_floor_calls`), so each iteration is paired
+    with a floor measured seconds apart; returns ``(times, floors, peak)`` with ``floors`` a list
+    of per-iteration ``{part: seconds}``. Without it, ``(times, peak)``.
     """
     device = y.device
     stamps: list[float] = []
+    floors: list[dict[str, float]] = []
 
     def callback(state) -> None:
         sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(time.perf_counter())  # the iteration ends
+        if floor:
+            if state.iteration >= warmup:
+                floors.append(time_floor_calls(prior, state, encoder, unet_dtype))
+            sync(device)
+            stamps.append(time.perf_counter())  # the next iteration starts
 
     draw = ItemNoise(item_generators(range(seed, seed + y.shape[0]), device), device)
     with PeakMemory(device) as mem, (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
@@ -188,21 +206,30 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
             prior, op, y, params, draw, num_particles=n, num_steps=warmup + iters, regularizers=regularizers(encoder),
             step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(), callback=callback,
         )
+    if floor:
+        times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])]
+        return times[warmup:], floors, mem.peak_mib
     times = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
     return times[warmup:], mem.peak_mib
 
 
-def time_floor(prior, bn, iters, encoder, device, unet_dtype=None) -> dict[str, float]:
-    """Median time of each unavoidable network call on ``bn`` latents, and of their sum (``total``)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    z = torch.randn(bn, *prior.latent_shape, generator=g, device=device)
-    t = torch.full((bn,), 500, device=device, dtype=torch.long)
-    cot = torch.randn(bn, prior.image_channels, prior.image_size, prior.image_size, generator=g, device=device)
-    enc_noise = torch.randn_like(z)
+def time_floor_calls(prior, state, encoder, unet_dtype=None) -> dict[str, float]:
+    """Times each unavoidable network call once on one iteration's tensors (a ``FlowState``).
+
+    The UNet forward without gradient on the diffused particles ``z_t`` at the iteration's times;
+    the decoder forward with a graph on the particles and one vector-Jacobian product (the
+    cotangent is the decoded image: any image-shaped tensor costs the same); with the encoder term,
+    one encoder and one decoder forward without gradient on the decoded image.
+    """
+    device = state.z.device
+    z = state.z.flatten(0, 1)
+    z_t, t = state.z_t.flatten(0, 1), state.t.repeat_interleave(state.z.shape[1])
+    cot = state.x.flatten(0, 1)
+    enc_noise = state.eps.flatten(0, 1)
 
     def unet():
         with torch.no_grad(), (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
-            prior.eps(z, t)
+            prior.eps(z_t, t)
 
     def decode_vjp():
         leaf = z.detach().requires_grad_(True)
@@ -213,28 +240,14 @@ def time_floor(prior, bn, iters, encoder, device, unet_dtype=None) -> dict[str, 
         with torch.no_grad():
             prior.decode(prior.encode(cot, enc_noise))
 
-    calls = {"unet": unet, "decode+vjp": decode_vjp}
-    if encoder:
-        calls["encode+decode"] = encode_decode
-    for _ in range(2):  # warm-up (first calls allocate and pick kernels)
-        for fn in calls.values():
-            fn()
-    # the calls run in the flow's order, one of each per repetition, so that caches see what they
-    # see in the flow (alternating networks); the floor is the median of the repetitions' sums
-    parts: dict[str, list[float]] = {name: [] for name in calls}
-    totals = []
-    for _ in range(iters):
-        total = 0.0
-        for name, fn in calls.items():
-            sync(device)
-            s = time.perf_counter()
-            fn()
-            sync(device)
-            parts[name].append(time.perf_counter() - s)
-            total += parts[name][-1]
-        totals.append(total)
-    out = {name: statistics.median(v) for name, v in parts.items()}
-    out["total"] = statistics.median(totals)
+    calls = {"unet": unet, "decode+vjp": decode_vjp, **({"encode+decode": encode_decode} if encoder else {})}
+    out = {}
+    for name, fn in calls.items():  # in the flow's order
+        sync(device)
+        s = time.perf_counter()
+        fn()
+        sync(device)
+        out[name] = time.perf_counter() - s
     return out
 
 
@@ -346,24 +359,37 @@ def layout(bn: int) -> tuple[int, int]:
 
 
 def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k, rows, unet_dtype=None) -> None:
+    """One row per B x N: ``rounds`` flows of ``warmup + iters`` iterations, each iteration paired with its floor.
+
+    Peak memory comes from a separate short flow without the floor calls (they would add theirs).
+    """
     for bn in sizes:
         b, n = layout(bn)
         op, y, params = problem(prior, b, device)
-        flow_t, floor_t, peaks = [], {}, []
-        for _ in range(rounds):
-            for k, v in time_floor(prior, bn, iters, encoder, device, unet_dtype).items():
-                floor_t.setdefault(k, []).append(v)
-            times, peak = time_flow(prior, op, y, params, n, iters, warmup, encoder, unet_dtype=unet_dtype)
+        flow_t, floor_t = [], []
+        for r in range(rounds):
+            times, floors, _ = time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=r, unet_dtype=unet_dtype, floor=True)
             flow_t += times
-            peaks.append(peak)
-        it = statistics.median(flow_t)
-        floor = {k: statistics.median(v) for k, v in floor_t.items()}
-        total = floor.pop("total")
+            floor_t += floors
+        _, peak = time_flow(prior, op, y, params, n, 1, 0, encoder, unet_dtype=unet_dtype)
+        totals = [sum(f.values()) for f in floor_t]
+        ratios = sorted(a / b_ for a, b_ in zip(flow_t, totals))
+        it, total = statistics.median(flow_t), statistics.median(totals)
         rows.append(dict(
-            prior=name, bn=bn, b=b, n=n, encoder=encoder, iteration=it, floor=total, parts=floor, ratio=it / total,
-            images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=max(peaks),
+            prior=name, bn=bn, b=b, n=n, encoder=encoder, iteration=it, floor=total,
+            parts={k: statistics.median(f[k] for f in floor_t) for k in floor_t[0]}, ratio=it / total,
+            quartiles=(_quantile(ratios, 0.25), _quantile(ratios, 0.75)), pairs=len(ratios),
+            images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=peak,
         ))
         print(_row(rows[-1]), flush=True)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of a sorted list."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 # -- optional changes: each measured against the iteration without it ------------------------------
@@ -389,21 +415,41 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
             op, y, params = problem(base, b, device)
             # the first calls of a compiled network compile: a long warm-up before timing
             time_flow(changed, op, y, params, n, 1, 5 if change == "compile" else warmup, False, unet_dtype=unet_dtype)
-            t_base, t_changed = [], []
+            t_base, t_changed, per_round = [], [], []
             for _ in range(rounds):
-                t_base += time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
-                t_changed += time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
-            row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed))
+                tb = time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
+                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
+                t_base, t_changed = t_base + tb, t_changed + tc
+                per_round.append(statistics.median(tb) / statistics.median(tc))
+            row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed),
+                       rounds=(min(per_round), max(per_round)))
             out.append(row)
             print(f"change {change} B x N {bn}: without {row['plain'] * 1e3:.1f} ms, with {row['changed'] * 1e3:.1f} ms: "
                   f"{row['plain'] / row['changed']:.2f}x", flush=True)
     return out
 
 
+HEADER = ("| prior | B x N (items x particles) | encoder term | iteration ms | floor ms (parts) | ratio | "
+          "per-iteration ratio, quartiles (pairs) | images/min | peak MiB |")
+
+
 def _row(r) -> str:
     parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["parts"].items())
     return (f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | {r['iteration'] * 1e3:.1f} | "
-            f"{r['floor'] * 1e3:.1f} ({parts}) | **{r['ratio']:.3f}** | {r['images_per_min']:.2f} (K {r['usual_k']}) | {r['peak']:.0f} |")
+            f"{r['floor'] * 1e3:.1f} ({parts}) | **{r['ratio']:.3f}** | {r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f} ({r['pairs']}) | "
+            f"{r['images_per_min']:.2f} (K {r['usual_k']}) | {r['peak']:.0f} |")
+
+
+def sd_spec(text: str) -> tuple[int, list[int]]:
+    """``"512:1,4"`` -> ``(512, [1, 4])``."""
+    try:
+        res, sizes = text.split(":")
+        out = int(res), [int(v) for v in sizes.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RES:BN[,BN...] such as 512:1,4, got {text!r}") from None
+    if out[0] % 8 or out[0] <= 0 or not out[1] or min(out[1]) < 1:
+        raise argparse.ArgumentTypeError(f"the image size must be a positive multiple of 8 and B x N positive, got {text!r}")
+    return out
 
 
 def main() -> None:
@@ -413,8 +459,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sd-sizes", type=int, nargs="*", default=[1, 4], help="B x N for the SD-2.1-base layout")
-    parser.add_argument("--sd-image", type=int, default=512)
+    parser.add_argument("--sd", type=sd_spec, nargs="*", default=[sd_spec("512:1,4")], metavar="RES:BN[,BN...]",
+                        help="SD-2.1-base layout runs: image size in pixels and the B x N to time at it (default 512:1,4)")
     parser.add_argument("--sd-iters", type=int, default=2)
     parser.add_argument("--skip-sd", action="store_true")
     parser.add_argument("--compare-sizes", type=int, nargs="*", default=[4, 16], help="B x N for the reference comparator")
@@ -430,8 +476,7 @@ def main() -> None:
     device = torch.device(args.device)
     unet_dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
 
-    header = ["| prior | B x N (items x particles) | encoder term | iteration ms | floor ms (parts) | ratio | images/min | peak MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+    header = [HEADER, "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(header), flush=True)
     rows: list[dict] = []
     shipped = UnconditionalLatentPrior("dwgf:mnist-ldm").to(device) if args.sizes or args.compare_sizes else None
@@ -456,9 +501,9 @@ def main() -> None:
 
     changes = measure_changes(args.changes, args.change_sizes, args.iters, args.warmup, args.rounds, device, unet_dtype)
 
-    if not args.skip_sd:
-        sd = SDLayoutPrior(args.sd_image).to(device)
-        measure(f"SD-2.1-base layout {args.sd_image}px", sd, args.sd_sizes, args.sd_iters, 1, 1, False, device, 998, rows, unet_dtype)
+    for res, sizes in [] if args.skip_sd else args.sd:
+        sd = SDLayoutPrior(res).to(device)
+        measure(f"SD-2.1-base layout {res}px", sd, sizes, args.sd_iters, 1, 1, False, device, 998, rows, unet_dtype)
         del sd
 
     write(args, device, rows, compare, diff, changes)
@@ -473,14 +518,15 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
         f"`python benchmarks/flow_speed.py {' '.join(sys.argv[1:])}` on {where}, torch {torch.__version__}, "
         f"{datetime.date.today()}.",
         "",
-        "One flow iteration against its floor (the network calls an iteration cannot avoid, timed alone on the same",
-        "tensors: UNet forward without gradient + decoder forward and one vector-Jacobian product [+ encoder and",
-        "decoder forward with the encoder term]). Medians over the timed iterations. Box inpainting, KL prior",
-        f"weight 0.25, UNet in {dict(zip(['32', 'bf16', '16'], ['float32', 'bfloat16 (autocast)', 'float16 (autocast)']))[args.precision]}. images/min at K iterations per image. Peak memory above the level before the run",
-        "(CPU: resident set size; GPU: allocated).",
+        "One flow iteration against its floor: the network calls an iteration cannot avoid (UNet forward without",
+        "gradient + decoder forward and one vector-Jacobian product [+ encoder and decoder forward with the encoder",
+        "term]), timed alone right after each iteration on that iteration's tensors. iteration and floor: medians",
+        "over the timed iterations; ratio: of the medians; quartiles: of the per-iteration ratios. Box inpainting,",
+        f"KL prior weight 0.25, UNet in {dict(zip(['32', 'bf16', '16'], ['float32', 'bfloat16 (autocast)', 'float16 (autocast)']))[args.precision]}. images/min at K iterations per image. Peak memory",
+        "above the level before the run (CPU: resident set size; GPU: allocated), from a run without the floor calls.",
         "",
-        "| prior | B x N (items x particles) | encoder term | iteration ms | floor ms (parts) | ratio | images/min | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        HEADER,
+        "|---|---|---|---|---|---|---|---|---|",
         *[_row(r) for r in rows],
         "",
     ]
@@ -508,10 +554,10 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "unet_channels_last: the UNet's too (not the default); compile: `torch.compile` of the UNet and the",
             "decoder (`--model.compile true`), timed after its compiling warm-up.",
             "",
-            "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup |",
-            "|---|---|---|---|---|",
+            "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup | per-round speedups, min-max |",
+            "|---|---|---|---|---|---|",
             *[f"| {c['change']} | {c['bn']} ({c['b']}x{c['n']}) | {c['plain'] * 1e3:.1f} | {c['changed'] * 1e3:.1f} | "
-              f"**{c['plain'] / c['changed']:.2f}x** |" for c in changes],
+              f"**{c['plain'] / c['changed']:.2f}x** | {c['rounds'][0]:.2f}-{c['rounds'][1]:.2f} |" for c in changes],
             "",
         ]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ def test_floor_and_flow_timings_are_positive(flow_speed, ldm_prior):
     flow_speed.measure("tiny", ldm_prior, [4], 1, 1, 1, False, torch.device("cpu"), 200, rows)
     (r,) = rows
     assert r["iteration"] > 0 and r["floor"] > 0 and set(r["parts"]) == {"unet", "decode+vjp"}
+    assert r["pairs"] == 1 and r["quartiles"][0] <= r["quartiles"][1]
     assert r["images_per_min"] == pytest.approx(r["b"] * 60 / (200 * r["iteration"]))
 
 
@@ -55,3 +56,32 @@ def test_changes_are_applied_and_timed(flow_speed):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
     rows = flow_speed.measure_changes(["vae_channels_last"], [1], 1, 0, 1, torch.device("cpu"))
     assert [(r["change"], r["bn"]) for r in rows] == [("vae_channels_last", 1)] and rows[0]["plain"] > 0 < rows[0]["changed"]
+    assert rows[0]["rounds"][0] <= rows[0]["rounds"][1]
+
+
+def test_floor_runs_on_each_iterations_own_tensors(flow_speed, ldm_prior, monkeypatch):
+    # the paired floor evaluates the UNet on exactly the diffused particles the iteration used
+    seen = []
+    eps = type(ldm_prior).eps
+
+    def spy(self, z_t, t):
+        seen.append((z_t.clone(), t.clone()))
+        return eps(self, z_t, t)
+
+    monkeypatch.setattr(type(ldm_prior), "eps", spy)
+    op, y, params = flow_speed.problem(ldm_prior, 2, torch.device("cpu"))
+    times, floors, _ = flow_speed.time_flow(ldm_prior, op, y, params, 2, 3, 1, True, floor=True)
+    assert len(times) == len(floors) == 3 and all(set(f) == {"unet", "decode+vjp", "encode+decode"} for f in floors)
+    assert len(seen) == 7  # 1 warm-up iteration, then 3 iterations each followed by its floor
+    for (z_flow, t_flow), (z_floor, t_floor) in zip(seen[1::2], seen[2::2]):
+        assert z_flow.shape[0] == 4 and torch.equal(z_flow, z_floor) and torch.equal(t_flow, t_floor)
+    assert not torch.equal(seen[1][0], seen[3][0])  # and each iteration's are its own
+
+
+def test_sd_spec(flow_speed):
+    import argparse
+
+    assert flow_speed.sd_spec("512:1,4") == (512, [1, 4])
+    for bad in ["512", "512:", "500:1", "256:0", "a:1"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            flow_speed.sd_spec(bad)
