@@ -248,6 +248,10 @@ def write_tables() -> None:
     threads = sorted({v.get("threads") for k, v in cache.items() if k.startswith(("run|", "sweep|"))} - {None})
     if threads == [1]:
         lines.append("The comparison and the sweep ran with one torch thread per process (`--threads 1`).")
+    elif threads:
+        run_threads = sorted({v.get("threads") for v in runs.values()} - {None})
+        lines.append(f"The comparison ran with {', '.join(map(str, run_threads))} torch thread(s) per process; the sweep's "
+                     "threads are given per row.")
     lines.append("")
     tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
     if tasks:
@@ -269,11 +273,11 @@ def write_tables() -> None:
         lines += ["", "## DWGF: quality against cost (report digits as above)", "",
                   f"Iterations K at N = {PARTICLES}, then particles N at K = {STEPS}; the K = {STEPS}, N = {PARTICLES} row is the "
                   "method comparison's run.", "",
-                  "| task | setting | iterations K | particles N | mean PSNR | mean SSIM | particle PSNR | s/image | date |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| task | setting | iterations K | particles N | mean PSNR | mean SSIM | particle PSNR | s/image | torch threads | date |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for (task, label, steps, n), v in sweeps:
             lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | "
-                         f"{v['seconds']:.2f} | {v['date']} |")
+                         f"{v['seconds']:.2f} | {v.get('threads', '-')} | {v['date']} |")
     tunes = {k: v for k, v in cache.items() if k.startswith("tune|")}
     if tunes:
         lines += ["", "## Tuning grids (particle-mean PSNR on the tune digits; winner in bold)", "",
