@@ -2,7 +2,8 @@
 
     python benchmarks/flow_speed.py --sd 512:1 256:1,4   # shipped prior + SD-2.1-base layout, CPU (24 GB)
     python benchmarks/flow_speed.py --skip-sd            # shipped prior only
-    python benchmarks/flow_speed.py --device cuda --sd 512:4,8,16,32 --precision bf16
+    python benchmarks/flow_speed.py --sd 512:4,8,16,32 --precision bf16 --output benchmarks/results/flow_speed_gpu_bf16.md
+                                                         # on a GPU (the default device when there is one)
 
 For each prior and each B x N (B measurements, N particles each; N = min(4, B x N)) it measures,
 in this one process and on the same tensors:
@@ -16,8 +17,8 @@ in this one process and on the same tensors:
 (c) the ratio (a) / (b), of the medians, and the quartiles of the per-iteration ratios;
 (d) images per minute at the prior's usual iteration count (200 for the shipped prior, 998 for
     Stable Diffusion);
-(e) peak memory during the flow (CPU: resident set size sampled every 2 ms above the level before
-    the run; GPU: ``torch.cuda.max_memory_allocated``).
+(e) peak memory during one iteration, above the level before it and in all (CPU: the process's
+    resident set size sampled every 2 ms; GPU: ``torch.cuda.max_memory_allocated``).
 
 Each iteration is paired with its floor: the floor's calls run between two iterations (from the
 flow's callback, outside both iterations' timed intervals), on the tensors the iteration just used.
@@ -36,8 +37,8 @@ encoder-consistency term, so dwgf is timed with the same term for the comparison
 The Stable-Diffusion-2.1-base layout (``UNet2DConditionModel`` and ``AutoencoderKL`` with the
 published configuration, random weights: a random network costs the same time as a trained one)
 is built in memory; on CPU it is timed for a few iterations only. ``--sd RES:BN,BN`` picks image
-sizes and B x N for it; at 512 px one particle's decoder graph alone holds about 10 GB of CPU
-memory, so on a 24 GB machine B x N 4 runs at 256 px.
+sizes and B x N for it. On CPU, at 512 px one particle's iteration needed 5.4 GB above the 4 GB of
+weights (the decoder's graph), so on a 24 GB machine B x N 4 runs at 256 px (``--sd 512:1 256:1,4``).
 
 Prints a Markdown table and writes it to ``benchmarks/results/flow_speed.md`` (``--output``).
 """
@@ -74,11 +75,15 @@ def _rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak memory of the block, above the level at its start, in MiB."""
+    """Peak memory of the block in MiB: above the level at its start (``peak_mib``) and in all (``total_mib``).
+
+    CPU: the process's resident set size (which also holds the Python runtime, torch and every
+    model loaded so far); GPU: memory allocated by torch.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.peak_mib = float("nan")
+        self.peak_mib = self.total_mib = float("nan")
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -101,11 +106,13 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+            self.total_mib = torch.cuda.max_memory_allocated() / 2**20
+            self.peak_mib = self.total_mib - self._base / 2**20
         else:
             self._stop.set()
             self._thread.join()
-            self.peak_mib = (max(self._peak, _rss_bytes()) - self._base) / 2**20
+            self.total_mib = max(self._peak, _rss_bytes()) / 2**20
+            self.peak_mib = self.total_mib - self._base / 2**20
 
 
 # -- priors ------------------------------------------------------------------------------------
@@ -182,8 +189,8 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
 
     With ``floor``, after every iteration (outside its timed interval) the floor's network calls
     run on that iteration's own tensors (:func:`time_floor_calls`), so each iteration is paired
-    with a floor measured seconds apart; returns ``(times, floors, peak)`` with ``floors`` a list
-    of per-iteration ``{part: seconds}``. Without it, ``(times, peak)``.
+    with a floor measured seconds apart; returns ``(times, floors, memory)`` with ``floors`` a list
+    of per-iteration ``{part: seconds}``. Without it, ``(times, memory)``.
     """
     device = y.device
     stamps: list[float] = []
@@ -208,9 +215,9 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
         )
     if floor:
         times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])]
-        return times[warmup:], floors, mem.peak_mib
+        return times[warmup:], floors, mem
     times = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
-    return times[warmup:], mem.peak_mib
+    return times[warmup:], mem
 
 
 def time_floor_calls(prior, state, encoder, unet_dtype=None) -> dict[str, float]:
@@ -362,16 +369,24 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
     """One row per B x N: ``rounds`` flows of ``warmup + iters`` iterations, each iteration paired with its floor.
 
     Peak memory comes from a separate short flow without the floor calls (they would add theirs).
+    A B x N that runs out of memory gets a row saying so, and the next one is tried.
     """
     for bn in sizes:
         b, n = layout(bn)
         op, y, params = problem(prior, b, device)
         flow_t, floor_t = [], []
-        for r in range(rounds):
-            times, floors, _ = time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=r, unet_dtype=unet_dtype, floor=True)
-            flow_t += times
-            floor_t += floors
-        _, peak = time_flow(prior, op, y, params, n, 1, 0, encoder, unet_dtype=unet_dtype)
+        try:
+            for r in range(rounds):
+                times, floors, _ = time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=r, unet_dtype=unet_dtype, floor=True)
+                flow_t += times
+                floor_t += floors
+            _, mem = time_flow(prior, op, y, params, n, 1, 0, encoder, unet_dtype=unet_dtype)
+        except torch.OutOfMemoryError:
+            rows.append(dict(prior=name, bn=bn, b=b, n=n, encoder=encoder, oom=True))
+            print(_row(rows[-1]), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         totals = [sum(f.values()) for f in floor_t]
         ratios = sorted(a / b_ for a, b_ in zip(flow_t, totals))
         it, total = statistics.median(flow_t), statistics.median(totals)
@@ -379,7 +394,7 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
             prior=name, bn=bn, b=b, n=n, encoder=encoder, iteration=it, floor=total,
             parts={k: statistics.median(f[k] for f in floor_t) for k in floor_t[0]}, ratio=it / total,
             quartiles=(_quantile(ratios, 0.25), _quantile(ratios, 0.75)), pairs=len(ratios),
-            images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=peak,
+            images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=mem.peak_mib, peak_total=mem.total_mib,
         ))
         print(_row(rows[-1]), flush=True)
 
@@ -394,10 +409,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 # -- optional changes: each measured against the iteration without it ------------------------------
 CHANGES = {
-    # change: (baseline prior kwargs, changed prior kwargs, what to do to the changed prior)
-    "vae_channels_last": ({"channels_last": False}, {}, None),  # the default since it paid (see the prior's docstring)
-    "unet_channels_last": ({}, {}, lambda p: p.unet.to(memory_format=torch.channels_last)),
-    "compile": ({}, {}, lambda p: p.compile_networks()),  # as --model.compile true
+    # change: (baseline prior kwargs, changed prior kwargs, what to do to the changed prior, the changed
+    # flow's UNet autocast dtype (None: as the baseline's))
+    "vae_channels_last": ({"channels_last": False}, {}, None, None),  # the default since it paid (see the prior's docstring)
+    "unet_channels_last": ({}, {}, lambda p: p.unet.to(memory_format=torch.channels_last), None),
+    "compile": ({}, {}, lambda p: p.compile_networks(), None),  # as --model.compile true
+    "bf16_unet": ({}, {}, None, torch.bfloat16),  # as --trainer.precision bf16-mixed
 }
 
 
@@ -405,7 +422,8 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
     """Flow iteration time with and without each change, in alternating rounds."""
     out = []
     for change in changes:
-        base_kwargs, changed_kwargs, apply = CHANGES[change]
+        base_kwargs, changed_kwargs, apply, changed_dtype = CHANGES[change]
+        dtype = changed_dtype or unet_dtype
         base = UnconditionalLatentPrior("dwgf:mnist-ldm", **base_kwargs).to(device)
         changed = UnconditionalLatentPrior("dwgf:mnist-ldm", **changed_kwargs).to(device)
         if apply is not None:
@@ -414,11 +432,11 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
             b, n = layout(bn)
             op, y, params = problem(base, b, device)
             # the first calls of a compiled network compile: a long warm-up before timing
-            time_flow(changed, op, y, params, n, 1, 5 if change == "compile" else warmup, False, unet_dtype=unet_dtype)
+            time_flow(changed, op, y, params, n, 1, 5 if change == "compile" else warmup, False, unet_dtype=dtype)
             t_base, t_changed, per_round = [], [], []
             for _ in range(rounds):
                 tb = time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
-                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
+                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=dtype)[0]
                 t_base, t_changed = t_base + tb, t_changed + tc
                 per_round.append(statistics.median(tb) / statistics.median(tc))
             row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed),
@@ -430,14 +448,16 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
 
 
 HEADER = ("| prior | B x N (items x particles) | encoder term | iteration ms | floor ms (parts) | ratio | "
-          "per-iteration ratio, quartiles (pairs) | images/min | peak MiB |")
+          "per-iteration ratio, quartiles (pairs) | images/min | peak MiB (above start / in all) |")
 
 
 def _row(r) -> str:
+    if r.get("oom"):
+        return f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | out of memory | - | - | - | - | - |"
     parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["parts"].items())
     return (f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | {r['iteration'] * 1e3:.1f} | "
             f"{r['floor'] * 1e3:.1f} ({parts}) | **{r['ratio']:.3f}** | {r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f} ({r['pairs']}) | "
-            f"{r['images_per_min']:.2f} (K {r['usual_k']}) | {r['peak']:.0f} |")
+            f"{r['images_per_min']:.3g} (K {r['usual_k']}) | {r['peak']:.0f} / {r['peak_total']:.0f} |")
 
 
 def sd_spec(text: str) -> tuple[int, list[int]]:
@@ -466,8 +486,9 @@ def main() -> None:
     parser.add_argument("--compare-sizes", type=int, nargs="*", default=[4, 16], help="B x N for the reference comparator")
     parser.add_argument("--precision", choices=["32", "bf16", "16"], default="32", help="the UNet's precision (autocast)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--changes", nargs="*", default=list(CHANGES), choices=list(CHANGES),
-                        help="optional changes timed against the iteration without them on the shipped prior (none: skip)")
+    parser.add_argument("--changes", nargs="*", default=["vae_channels_last", "unet_channels_last", "compile"], choices=list(CHANGES),
+                        help="optional changes timed against the iteration without them on the shipped prior "
+                             "(default: all but bf16_unet; none: skip)")
     parser.add_argument("--change-sizes", type=int, nargs="*", default=[16, 32], help="B x N for the changes")
     parser.add_argument("--output", default="benchmarks/results/flow_speed.md")
     args = parser.parse_args()
@@ -518,18 +539,22 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
         f"`python benchmarks/flow_speed.py {' '.join(sys.argv[1:])}` on {where}, torch {torch.__version__}, "
         f"{datetime.date.today()}.",
         "",
-        "One flow iteration against its floor: the network calls an iteration cannot avoid (UNet forward without",
-        "gradient + decoder forward and one vector-Jacobian product [+ encoder and decoder forward with the encoder",
-        "term]), timed alone right after each iteration on that iteration's tensors. iteration and floor: medians",
-        "over the timed iterations; ratio: of the medians; quartiles: of the per-iteration ratios. Box inpainting,",
-        f"KL prior weight 0.25, UNet in {dict(zip(['32', 'bf16', '16'], ['float32', 'bfloat16 (autocast)', 'float16 (autocast)']))[args.precision]}. images/min at K iterations per image. Peak memory",
-        "above the level before the run (CPU: resident set size; GPU: allocated), from a run without the floor calls.",
-        "",
-        HEADER,
-        "|---|---|---|---|---|---|---|---|---|",
-        *[_row(r) for r in rows],
-        "",
     ]
+    if rows:
+        lines += [
+            "One flow iteration against its floor: the network calls an iteration cannot avoid (UNet forward without",
+            "gradient + decoder forward and one vector-Jacobian product [+ encoder and decoder forward with the encoder",
+            "term]), timed alone right after each iteration on that iteration's tensors. iteration and floor: medians",
+            "over the timed iterations; ratio: of the medians; quartiles: of the per-iteration ratios. Box inpainting,",
+            f"KL prior weight 0.25, UNet in {dict(zip(['32', 'bf16', '16'], ['float32', 'bfloat16 (autocast)', 'float16 (autocast)']))[args.precision]}. images/min at K iterations per image. Peak memory",
+            "during one iteration, from a run without the floor calls: above the level before the run, and in all (CPU: the",
+            "process's resident set size, which includes the runtime and every model loaded so far; GPU: allocated by torch).",
+            "",
+            HEADER,
+            "|---|---|---|---|---|---|---|---|---|",
+            *[_row(r) for r in rows],
+            "",
+        ]
     if compare:
         lines += [
             "## Against the reference-faithful iteration",
@@ -552,7 +577,8 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "Flow iteration time on the shipped prior with and without one change, in alternating rounds:",
             "vae_channels_last: the autoencoder's weights channels-last (the prior's default, `channels_last: true`);",
             "unet_channels_last: the UNet's too (not the default); compile: `torch.compile` of the UNet and the",
-            "decoder (`--model.compile true`), timed after its compiling warm-up.",
+            "decoder (`--model.compile true`), timed after its compiling warm-up; bf16_unet: the UNet under bfloat16",
+            "autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`).",
             "",
             "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup | per-round speedups, min-max |",
             "|---|---|---|---|---|---|",

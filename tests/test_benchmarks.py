@@ -85,3 +85,18 @@ def test_sd_spec(flow_speed):
     for bad in ["512", "512:", "500:1", "256:0", "a:1"]:
         with pytest.raises(argparse.ArgumentTypeError):
             flow_speed.sd_spec(bad)
+
+
+def test_a_size_that_runs_out_of_memory_gets_a_row_and_the_run_goes_on(flow_speed, ldm_prior, monkeypatch):
+    time_flow = flow_speed.time_flow
+
+    def tight(prior, op, y, params, n, *args, **kwargs):
+        if y.shape[0] * n > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return time_flow(prior, op, y, params, n, *args, **kwargs)
+
+    monkeypatch.setattr(flow_speed, "time_flow", tight)
+    rows = []
+    flow_speed.measure("tiny", ldm_prior, [8, 4], 1, 0, 1, False, torch.device("cpu"), 200, rows)
+    assert rows[0]["oom"] and "out of memory" in flow_speed._row(rows[0])
+    assert rows[1]["bn"] == 4 and rows[1]["iteration"] > 0
