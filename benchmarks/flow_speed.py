@@ -53,6 +53,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -418,6 +419,14 @@ CHANGES = {
 }
 
 
+CHANGE_DOCS = {
+    "vae_channels_last": "the autoencoder's weights channels-last (the prior's default, `channels_last: true`)",
+    "unet_channels_last": "the UNet's weights channels-last (not the default)",
+    "compile": "`torch.compile` of the UNet and the decoder (`--model.compile true`), timed after its compiling warm-up",
+    "bf16_unet": "the UNet under bfloat16 autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`)",
+}
+
+
 def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=None) -> list[dict]:
     """Flow iteration time with and without each change, in alternating rounds."""
     out = []
@@ -498,7 +507,8 @@ def main() -> None:
     unet_dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
 
     header = [HEADER, "|---|---|---|---|---|---|---|---|---|"]
-    print("\n".join(header), flush=True)
+    if args.sizes or args.compare_sizes or not args.skip_sd:
+        print("\n".join(header), flush=True)
     rows: list[dict] = []
     shipped = UnconditionalLatentPrior("dwgf:mnist-ldm").to(device) if args.sizes or args.compare_sizes else None
     measure("dwgf:mnist-ldm", shipped, args.sizes, args.iters, args.warmup, args.rounds, False, device, 200, rows, unet_dtype)
@@ -575,10 +585,7 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "## Optional changes",
             "",
             "Flow iteration time on the shipped prior with and without one change, in alternating rounds:",
-            "vae_channels_last: the autoencoder's weights channels-last (the prior's default, `channels_last: true`);",
-            "unet_channels_last: the UNet's too (not the default); compile: `torch.compile` of the UNet and the",
-            "decoder (`--model.compile true`), timed after its compiling warm-up; bf16_unet: the UNet under bfloat16",
-            "autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`).",
+            *textwrap.wrap("; ".join(f"{name}: {CHANGE_DOCS[name]}" for name in dict.fromkeys(c["change"] for c in changes)) + ".", 104),
             "",
             "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup | per-round speedups, min-max |",
             "|---|---|---|---|---|---|",

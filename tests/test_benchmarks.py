@@ -100,3 +100,7 @@ def test_a_size_that_runs_out_of_memory_gets_a_row_and_the_run_goes_on(flow_spee
     flow_speed.measure("tiny", ldm_prior, [8, 4], 1, 0, 1, False, torch.device("cpu"), 200, rows)
     assert rows[0]["oom"] and "out of memory" in flow_speed._row(rows[0])
     assert rows[1]["bn"] == 4 and rows[1]["iteration"] > 0
+
+
+def test_every_change_is_described(flow_speed):
+    assert set(flow_speed.CHANGE_DOCS) == set(flow_speed.CHANGES)
