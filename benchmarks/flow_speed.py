@@ -56,6 +56,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -409,21 +410,33 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 # -- optional changes: each measured against the iteration without it ------------------------------
+@dataclass(frozen=True)
+class Change:
+    """An optional change, timed against the iteration without it.
+
+    ``doc`` describes it in the output; ``base_kwargs`` build the baseline prior; ``apply`` alters the
+    changed prior in place; ``unet_dtype`` is the changed flow's UNet autocast dtype (``None``: as the
+    baseline's); ``warmup`` the changed flow's warm-up iterations before timing (``None``: ``--warmup``).
+    """
+
+    doc: str
+    base_kwargs: dict = field(default_factory=dict)
+    apply: Optional[Callable[[LatentPrior], object]] = None
+    unet_dtype: Optional[torch.dtype] = None
+    warmup: Optional[int] = None
+
+
 CHANGES = {
-    # change: (baseline prior kwargs, changed prior kwargs, what to do to the changed prior, the changed
-    # flow's UNet autocast dtype (None: as the baseline's))
-    "vae_channels_last": ({"channels_last": False}, {}, None, None),  # the default since it paid (see the prior's docstring)
-    "unet_channels_last": ({}, {}, lambda p: p.unet.to(memory_format=torch.channels_last), None),
-    "compile": ({}, {}, lambda p: p.compile_networks(), None),  # as --model.compile true
-    "bf16_unet": ({}, {}, None, torch.bfloat16),  # as --trainer.precision bf16-mixed
-}
-
-
-CHANGE_DOCS = {
-    "vae_channels_last": "the autoencoder's weights channels-last (the prior's default, `channels_last: true`)",
-    "unet_channels_last": "the UNet's weights channels-last (not the default)",
-    "compile": "`torch.compile` of the UNet and the decoder (`--model.compile true`), timed after its compiling warm-up",
-    "bf16_unet": "the UNet under bfloat16 autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`)",
+    # the default since it paid (see the prior's docstring): the baseline turns it off
+    "vae_channels_last": Change("the autoencoder's weights channels-last (the prior's default, `channels_last: true`)",
+                                base_kwargs={"channels_last": False}),
+    "unet_channels_last": Change("the UNet's weights channels-last (not the default)",
+                                 apply=lambda p: p.unet.to(memory_format=torch.channels_last)),
+    # the first calls of a compiled network compile: a long warm-up before timing
+    "compile": Change("`torch.compile` of the UNet and the decoder (`--model.compile true`), timed after its compiling warm-up",
+                      apply=lambda p: p.compile_networks(), warmup=5),
+    "bf16_unet": Change("the UNet under bfloat16 autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`)",
+                        unet_dtype=torch.bfloat16),
 }
 
 
@@ -431,17 +444,16 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
     """Flow iteration time with and without each change, in alternating rounds."""
     out = []
     for change in changes:
-        base_kwargs, changed_kwargs, apply, changed_dtype = CHANGES[change]
-        dtype = changed_dtype or unet_dtype
-        base = UnconditionalLatentPrior("dwgf:mnist-ldm", **base_kwargs).to(device)
-        changed = UnconditionalLatentPrior("dwgf:mnist-ldm", **changed_kwargs).to(device)
-        if apply is not None:
-            apply(changed)
+        spec = CHANGES[change]
+        dtype = spec.unet_dtype or unet_dtype
+        base = UnconditionalLatentPrior("dwgf:mnist-ldm", **spec.base_kwargs).to(device)
+        changed = UnconditionalLatentPrior("dwgf:mnist-ldm").to(device)
+        if spec.apply is not None:
+            spec.apply(changed)
         for bn in sizes:
             b, n = layout(bn)
             op, y, params = problem(base, b, device)
-            # the first calls of a compiled network compile: a long warm-up before timing
-            time_flow(changed, op, y, params, n, 1, 5 if change == "compile" else warmup, False, unet_dtype=dtype)
+            time_flow(changed, op, y, params, n, 1, warmup if spec.warmup is None else spec.warmup, False, unet_dtype=dtype)
             t_base, t_changed, per_round = [], [], []
             for _ in range(rounds):
                 tb = time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
@@ -585,7 +597,7 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "## Optional changes",
             "",
             "Flow iteration time on the shipped prior with and without one change, in alternating rounds:",
-            *textwrap.wrap("; ".join(f"{name}: {CHANGE_DOCS[name]}" for name in dict.fromkeys(c["change"] for c in changes)) + ".", 104),
+            *textwrap.wrap("; ".join(f"{name}: {CHANGES[name].doc}" for name in dict.fromkeys(c["change"] for c in changes)) + ".", 104),
             "",
             "| change | B x N (items x particles) | without ms/iteration | with ms/iteration | speedup | per-round speedups, min-max |",
             "|---|---|---|---|---|---|",

@@ -1,6 +1,7 @@
 """The benchmark scripts' own correctness checks, on a tiny prior."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -51,7 +53,7 @@ def test_changes_are_applied_and_timed(flow_speed):
     from dwgf.priors import UnconditionalLatentPrior
 
     prior = UnconditionalLatentPrior("dwgf:mnist-ldm")
-    flow_speed.CHANGES["unet_channels_last"][2](prior)
+    flow_speed.CHANGES["unet_channels_last"].apply(prior)
     conv = next(m for m in prior.unet.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
     rows = flow_speed.measure_changes(["vae_channels_last"], [1], 1, 0, 1, torch.device("cpu"))
@@ -103,4 +105,4 @@ def test_a_size_that_runs_out_of_memory_gets_a_row_and_the_run_goes_on(flow_spee
 
 
 def test_every_change_is_described(flow_speed):
-    assert set(flow_speed.CHANGE_DOCS) == set(flow_speed.CHANGES)
+    assert all(change.doc for change in flow_speed.CHANGES.values())
