@@ -19,7 +19,7 @@ import yaml
 from jsonargparse import Namespace
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Imported so that jsonargparse resolves the built-ins' short class names (``class_path: DWGF``).
@@ -29,9 +29,13 @@ import dwgf.priors  # noqa: F401
 import dwgf.regularizers  # noqa: F401
 import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
+from dwgf import stopping
 from dwgf.errors import DWGFError, DWGFWarning, find_dwgf_error, summarize_parser_error
+from dwgf.outputs import OutputLock
 from dwgf.progress import FlowProgressBar
 from dwgf.writers import PredictionWriter
+
+_LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), released when it returns
 
 
 class DWGFCLI(LightningCLI):
@@ -93,6 +97,13 @@ class DWGFCLI(LightningCLI):
                 raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
             if not os.access(output, os.W_OK):
                 raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
+            _check_finite(config)
+            _check_trainer(config["trainer"])
+            _same_threads_in_every_process(config["trainer"])
+            if not _is_secondary_process():  # lock before the prior is loaded: a second run stops at once
+                lock = OutputLock(output)
+                lock.acquire()
+                _LOCKS.append(lock)
             if config["trainer"].get("logger") in (None, True):  # default: TensorBoard under the output folder
                 config["trainer"]["logger"] = Namespace(
                     class_path="lightning.pytorch.loggers.TensorBoardLogger",
@@ -121,7 +132,10 @@ class DWGFCLI(LightningCLI):
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
             writer = PredictionWriter(config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite")))
-            callbacks = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer]
+            held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
+            if held:
+                writer.folder.lock = held[0]
+            callbacks = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer, _StopOnSignal()]
             if config["trainer"].get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(FlowProgressBar())
             kwargs["callbacks"] = callbacks
@@ -129,7 +143,8 @@ class DWGFCLI(LightningCLI):
 
 
     def _fingerprint(self, config: Any) -> str:
-        """A hash of everything that determines an item's result (not devices or workers): resume key."""
+        """A hash of the settings that determine an item's result (not devices, workers, folders): with
+        the item's identity (its file name and content), the resume key."""
         import hashlib
 
         parser = self._parser(self.subcommand)
@@ -139,13 +154,80 @@ class DWGFCLI(LightningCLI):
         init.pop("num_workers", None)
         model = dict(full.get("model") or {})
         model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items() if k != "log_images_every"}
-        for key in ("images", "measurements", "masks"):
+        for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
             if init.get(key):
-                init[key] = str(Path(init[key]).expanduser().resolve())
+                init[key] = "given"
         data["init_args"] = init
         key = {"model": model, "data": data, "seed": full.get("seed_everything"),
                "precision": (full.get("trainer") or {}).get("precision")}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _StopOnSignal(Callback):
+    """Keeps dwgf's SIGTERM/SIGINT handling in force during the run (Lightning installs its own SIGTERM
+    handler when a run starts) and forwards the signals to the processes this one launched."""
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        stopping.reinstall()
+        launcher = getattr(trainer.strategy, "launcher", None)
+        stopping.add_children(list(getattr(launcher, "procs", None) or []))
+
+
+def _option(path: list[Any]) -> str:
+    """``--model.step_size.lr`` from a config path (``init_args`` levels dropped)."""
+    return "--" + ".".join(str(p) for p in path if p != "init_args")
+
+
+def _check_finite(config: Any, path: Optional[list[Any]] = None) -> None:
+    """No option of dwgf takes NaN or Inf: one found in the config (e.g. ``lr: .inf``) is an error naming it."""
+    import math
+
+    path = path or []
+    if isinstance(config, float) and not math.isfinite(config):
+        raise DWGFError(f"{_option(path)}: must be a finite number, got {config}")
+    items = config.items() if hasattr(config, "items") else enumerate(config) if isinstance(config, (list, tuple)) else ()
+    for key, value in items:
+        if not (path == [] and key in ("trainer",)):
+            _check_finite(value, [*path, key])
+
+
+def _check_trainer(trainer: Any) -> None:
+    """The trainer options users get wrong, checked before anything is loaded (Lightning's own messages are multi-line)."""
+    devices = trainer.get("devices")
+    if devices is not None and devices != "auto":
+        bad = False
+        if isinstance(devices, int):
+            bad = devices == 0 or devices < -1
+        elif isinstance(devices, str):
+            bad = not (devices.strip().lstrip("-").isdigit() or "," in devices) or devices.strip() in ("0", "")
+            bad = bad or (devices.strip().lstrip("-").isdigit() and int(devices) < -1)
+        elif isinstance(devices, (list, tuple)):
+            bad = len(devices) == 0
+        if bad:
+            raise DWGFError(f"--trainer.devices: expected a number of devices >= 1, -1 (all), a list of device indices or 'auto', got {devices!r}")
+        if devices in (-1, "-1") and str(trainer.get("accelerator") or "auto") == "cpu":
+            raise DWGFError("--trainer.devices: -1 (all devices) is for GPUs; on the CPU give a number of processes >= 1")
+
+
+def _is_secondary_process() -> bool:
+    """Whether the environment says this process is a rank other than the first (torchrun, SLURM, Lightning)."""
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        value = os.environ.get(key, "0")
+        if value.isdigit() and int(value) > 0:
+            return True
+    return False
+
+
+def _same_threads_in_every_process(trainer: Any) -> None:
+    """On the CPU, every process uses the thread count one process would use (OMP_NUM_THREADS, else torch's
+    default): Lightning would give each of k processes 1/k of the cores, and the networks' results
+    depend on the thread count at rounding level, so k processes would not give the bits of one."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 # kinds of built-in classes listed by ``dwgf predict --help``, by base class
@@ -228,33 +310,82 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
+def _check_config_files(args: list[str]) -> None:
+    """Each ``--config FILE`` must exist and be valid YAML; errors name the file, line and column."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg[len("--config="):] if arg.startswith("--config=") else None
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            if value.lstrip().startswith(("{", "[")) or "\n" in value or ":" in value and not path.suffix:
+                continue  # an inline YAML/JSON string, as jsonargparse allows
+            raise DWGFError(f"--config {value!r}: no such file")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise DWGFError(f"--config {value!r}: not a text (UTF-8) file") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise DWGFError(f"--config {value!r}: invalid YAML{where}: {problem}") from None
+
+
 def main(args: Any = None) -> None:
-    """Entry point of the ``dwgf`` console script."""
-    # Let ``class_path: my_module.MyRegularizer`` find modules in the working directory.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    """Entry point of the ``dwgf`` console script.
+
+    Exit status: 0 done; 1 some items failed (``<output>/failures.csv``); 2 a user error, printed as
+    one ``dwgf: error: ...`` line; 128 + signal number after SIGTERM (143) or SIGINT (130).
+    """
+    # ``class_path: my_module.MyRegularizer`` finds modules in the working directory, but only after
+    # everything installed: a stray safetensors.py there must never shadow the real package.
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", cwd)] + [cwd]
+    argv = list(sys.argv[1:] if args is None else args)
     DWGFError.last = None
     warnings.formatwarning = _format_warning
     _quiet_lightning()
+    stopping.install()
     try:
+        _check_config_files([str(a) for a in argv])
         cli = DWGFCLI(args=args)
     except argparse.ArgumentError as err:
         found = find_dwgf_error(err)
         line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS)
         print(f"dwgf: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    except stopping.StopRequested as stop:
+        name = signal_name(stop.signum)
+        print(f"dwgf: stopped by {name}{' at once' if stop.immediate else ''}; finished items are kept: run the same command again "
+              "to resume", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else propagates
         found = find_dwgf_error(err)
         if found is None:
             raise
         print(f"dwgf: error: {found}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        for lock in _LOCKS:
+            lock.release()
+        _LOCKS.clear()
+        stopping.uninstall()
     writers = [cb for cb in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(cb, PredictionWriter)]
     failures = sum(w.num_failures for w in writers)
     if failures:
         output = writers[0].output
         print(f"dwgf: error: {failures} item(s) failed and were skipped; see {output / 'failures.csv'}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class FlowProgressBar(ProgressBar):
         now = time.perf_counter()
         self._done += self._k
         self._in_batch = False
-        if not self._active(trainer):
+        if not self._active(trainer) or self._items == 0:  # the empty batch of a process with nothing to do
             return
         if self.interactive:
             self._draw(self._line(now))

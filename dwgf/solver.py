@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from dwgf.errors import DWGFError
+from dwgf.stopping import check_stop
 from dwgf.flow import FlowState, ItemNoise, dwgf_flow, item_generators
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.priors.base import LatentPrior
@@ -47,6 +48,8 @@ class InverseSolver(LightningModule):
         self.operator: Optional[ForwardOperator] = None
         self.failed_iterations: Optional[torch.Tensor] = None
         self._batch_idx = 0
+        # more processes than batches is normal: an idle process gets an empty batch and waits
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def set_operator(self, operator: ForwardOperator) -> "InverseSolver":
         self.check_operator(operator)
@@ -60,6 +63,7 @@ class InverseSolver(LightningModule):
         ``on_solver_iteration(trainer, pl_module, k, num_iterations)`` (the progress bar) receive it.
         Without a trainer (the Python API) it does nothing.
         """
+        check_stop()  # a SIGTERM or SIGINT stops the run here, after the iteration (see dwgf.stopping)
         trainer = self._trainer
         if trainer is None:
             return
@@ -114,6 +118,7 @@ class InverseSolver(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.operator is None:
             raise DWGFError("the solver has no forward operator: configure data.operator (or call set_operator)")
+        check_stop()  # a SIGTERM or SIGINT received since the last batch stops the run before this one
         failed = list(batch.get("failed", []))
         out: dict[str, Any] = {"names": [], "indices": [], "particles": None, "measurement": None, "image": None, "seconds": 0.0, "failed": failed}
         if len(batch["name"]) == 0:
@@ -144,6 +149,7 @@ class InverseSolver(LightningModule):
             out.update(
                 names=[batch["name"][i] for i in keep],
                 indices=[int(batch["index"][i]) for i in keep],
+                files=[batch["file"][i] for i in keep],
                 particles=particles.index_select(0, idx).clamp(-1, 1),
                 measurement=measurement.index_select(0, idx.to(measurement.device)),
                 image=None if image is None else image.index_select(0, idx.to(image.device)),

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import re
 import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,28 +18,12 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from dwgf.errors import DWGFError
+from dwgf.outputs import OutputFolder
 
 METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
 FAILURES_HEADER = ("name", "file", "reason")
-COMPLETE = ".complete"  # per-item marker, written after every other file of the item
 FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
 STD_GAIN = 4.0  # std.png shows min(1, 4 * std) of [0, 1] images: white is a std of 0.25 or more
-
-
-def safe_name(name: str) -> str:
-    """A file-system-safe item name that cannot leave the output folder."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
-    return cleaned or "item"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary name beside ``path`` and renames it: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -112,15 +95,18 @@ class PredictionWriter(BasePredictionWriter):
     deviation across particles of the ``[0, 1]`` images, shown as ``min(1, 4 std)``, averaged over
     channels), ``measurement.png``, ``ground_truth.png`` (when known), ``summary.png`` (all of them
     side by side, labelled) and ``metrics.json``; ``<output>/summary.png`` stacks the summaries of the
-    first 8 items. Every file
-    is written under a temporary name and renamed. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,
-    ssim_mean,seconds``) is assembled from the items' ``metrics.json`` at the end of the run, on
-    rank 0; metrics are empty in measurement-only mode.
+    first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds``) is assembled from
+    the items' ``metrics.json`` at the end of every run (a resumed one too), on the first process;
+    metrics are empty in measurement-only mode.
 
-    Resume: after an item's files, a marker ``<name>/.complete`` holding the run's
-    ``fingerprint`` is written last. A later run into the same folder skips the items whose marker
-    is there (the data module leaves their batches out), unless ``overwrite``; a marker from a
-    different configuration stops the run before anything is computed.
+    The output folder is handled by :class:`dwgf.outputs.OutputFolder`: it is locked for the run,
+    each item's manifest lists the files dwgf wrote (only those are ever replaced or removed), and
+    every file is written under a temporary name and renamed.
+
+    Resume: an item whose manifest says complete, for this configuration (``fingerprint``) and for
+    the same input (file name and content), is skipped (the data module leaves its batch out),
+    unless ``overwrite``; complete items of a different configuration stop the run before anything
+    is computed. ``overwrite`` removes the previous run's files first.
 
     Failures: an item that could not be read or whose particles became non-finite gets
     ``<name>/failure.json`` (and no images); ``<output>/failures.csv`` (``name,file,reason``) lists
@@ -130,61 +116,85 @@ class PredictionWriter(BasePredictionWriter):
         output: the output folder (``--output``).
         config_text: the resolved config, written to ``<output>/config.yaml`` by rank 0.
         fingerprint: what must match for a complete item to be reused (the CLI hashes the model,
-            data and seed settings). ``None``: items are never reused.
-        overwrite: recompute and rewrite every item, complete or not (``--overwrite``).
+            data and seed settings).
+        overwrite: remove the previous run's files and recompute every item (``--overwrite``).
     """
 
     def __init__(self, output: str | os.PathLike, config_text: Optional[str] = None, fingerprint: Optional[str] = None, overwrite: bool = False):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.config_text = config_text
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint or ""
         self.overwrite = bool(overwrite)
+        self.folder = OutputFolder(self.output, self.fingerprint)
         self.complete: frozenset[int] = frozenset()
         self.num_failures = 0
+        self.num_items = 0
+        self._identities: list[str] = []
+        self._names: list[str] = []
+
+    @staticmethod
+    def _dataset(trainer: Trainer) -> Any:
+        datamodule = trainer.datamodule
+        dataset = getattr(datamodule, "dataset", None)
+        if dataset is None or not hasattr(dataset, "identities"):
+            raise DWGFError("PredictionWriter needs a MeasurementDataModule (items with names and identities)")
+        return dataset
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "predict" or self.fingerprint is None or self.overwrite:
+        if stage != "predict":
             return
-        datamodule = trainer.datamodule
-        if datamodule is None or getattr(datamodule, "dataset", None) is None:
-            return
-        done = set()
-        for index, name in enumerate(datamodule.dataset.names):
-            marker = self.output / safe_name(name) / COMPLETE
-            if marker.is_file():
-                if marker.read_text().strip() != self.fingerprint:
-                    raise DWGFError(
-                        f"--output {str(self.output)!r} holds results of a different configuration ({safe_name(name)}/{COMPLETE}); "
-                        "use --overwrite to replace them or choose another --output"
-                    )
-                done.add(index)
-        self.complete = frozenset(done)
+        datamodule, dataset = trainer.datamodule, self._dataset(trainer)
+        outcome: tuple[Any, ...]
+        if trainer.is_global_zero:  # the first process checks, locks and prepares the folder; the others take its word
+            try:
+                self.output.mkdir(parents=True, exist_ok=True)
+                inputs = [Path(p).expanduser() for p in (getattr(datamodule, k, None) for k in ("images", "measurements", "masks")) if p]
+                identities = dataset.identities()
+                complete = self.folder.prepare(dataset.names, identities, self.overwrite, inputs)
+                outcome = (None, identities, complete)
+            except DWGFError as err:
+                outcome = (str(err), None, None)
+        else:
+            outcome = (None, None, None)
+        error, identities, complete = trainer.strategy.broadcast(outcome, src=0)
+        if error is not None:
+            raise DWGFError(error)
+        dataset.set_identities(identities)
+        self._identities, self._names = list(identities), list(dataset.names)
+        self.num_items = len(self._names)
+        self.complete = frozenset(complete)
         datamodule.skip_items = self.complete
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.output.mkdir(parents=True, exist_ok=True)
-        if self.config_text is not None and trainer.is_global_zero:
-            atomic_write_bytes(self.output / "config.yaml", self.config_text.encode())
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.folder.lock.release()
 
-    def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float) -> dict[str, Any]:
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.folder.lock.release()
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.config_text is not None and trainer.is_global_zero:
+            self.folder.write_run_file("config.yaml", self.config_text.encode())
+
+    def _identity(self, index: int) -> str:
+        return self._identities[index] if index < len(self._identities) else ""
+
+    def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
+                   index: int = -1, file: str = "") -> dict[str, Any]:
         """Writes one item's files; ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
-        folder = self.output / safe_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / COMPLETE).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
-        (folder / FAILURE).unlink(missing_ok=True)
+        files: dict[str, bytes] = {}
         p01 = to_unit(particles)
         for k, p in enumerate(p01):
-            atomic_write_bytes(folder / f"particle_{k}.png", png_bytes(p))
+            files[f"particle_{k}.png"] = png_bytes(p)
         mean = p01.mean(0)
-        atomic_write_bytes(folder / "mean.png", png_bytes(mean))
+        files["mean.png"] = png_bytes(mean)
         std = p01.std(0, unbiased=False).mean(0, keepdim=True) if p01.shape[0] > 1 else torch.zeros_like(mean[:1])
-        atomic_write_bytes(folder / "std.png", png_bytes((STD_GAIN * std).clamp(0, 1)))
-        atomic_write_bytes(folder / "measurement.png", png_bytes(to_unit(measurement)))
-        record: dict[str, Any] = {"name": name, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None}
+        files["std.png"] = png_bytes((STD_GAIN * std).clamp(0, 1))
+        files["measurement.png"] = png_bytes(to_unit(measurement))
+        record: dict[str, Any] = {"name": name, "file": Path(file).name, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None}
         if image is not None:
             truth = to_unit(image)
-            atomic_write_bytes(folder / "ground_truth.png", png_bytes(truth))
+            files["ground_truth.png"] = png_bytes(truth)
             record.update(image_metrics(p01, truth[None]))
         record["seconds"] = float(seconds)
         tiles = [to_unit(measurement), *p01, mean, (STD_GAIN * std).clamp(0, 1)]
@@ -192,70 +202,74 @@ class PredictionWriter(BasePredictionWriter):
         if image is not None:
             tiles.append(truth)
             labels.append("truth")
-        atomic_write_bytes(folder / "summary.png", image_bytes(summary_picture(tiles, labels)))
-        atomic_write_bytes(folder / "metrics.json", json.dumps(record).encode())
-        atomic_write_bytes(folder / COMPLETE, (self.fingerprint or "").encode())
+        files["summary.png"] = image_bytes(summary_picture(tiles, labels))
+        files["metrics.json"] = json.dumps(record, ensure_ascii=False).encode()
+        self.folder.write_item(name, self._identity(index), files)
         return record
 
     def write_failure(self, failure: dict[str, Any]) -> None:
-        """Records a failed item in ``<output>/<name>/failure.json``; its images, if any, are removed."""
-        folder = self.output / safe_name(failure["name"])
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.iterdir():
-            if old.is_file() and (old.suffix in (".png", ".json") or old.name == COMPLETE):
-                old.unlink()
+        """Records a failed item in ``<output>/<name>/failure.json``; dwgf's earlier files of the item are removed."""
         record = {"name": failure["name"], "file": failure.get("file", ""), "reason": failure["error"]}
-        atomic_write_bytes(folder / FAILURE, json.dumps(record).encode())
+        self.folder.write_item(failure["name"], self._identity(int(failure.get("index", -1))),
+                               {FAILURE: json.dumps(record, ensure_ascii=False).encode()}, state="failed")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         images = prediction.get("image")
+        files = prediction.get("files") or [""] * len(prediction["names"])
         for i, name in enumerate(prediction["names"]):
-            if prediction["indices"][i] in self.complete:
+            index = int(prediction["indices"][i])
+            if index in self.complete:
                 continue  # recomputed only because its batch was incomplete: already written
-            self.write_item(
-                name, prediction["particles"][i], prediction["measurement"][i],
-                None if images is None else images[i], prediction["seconds"],
-            )
+            self.write_item(name, prediction["particles"][i], prediction["measurement"][i],
+                            None if images is None else images[i], prediction["seconds"], index=index, file=files[i])
         for failure in prediction.get("failed", []):
-            self.write_failure(failure)
+            if int(failure.get("index", -1)) not in self.complete:
+                self.write_failure(failure)
+
+    def _current(self, state: str) -> list[str]:
+        """Names of this run's items whose manifest has ``state`` for this configuration and input."""
+        found = []
+        for name, identity in zip(self._names, self._identities):
+            rec = self.folder.item_record(name)
+            if rec is not None and rec.state == state and rec.config == self.fingerprint and rec.input == identity:
+                found.append(name)
+        return found
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            dataset = getattr(trainer.datamodule, "dataset", None)
-            names = list(getattr(dataset, "names", []))
-            self.write_metrics_csv(names)
-            self.write_failures_csv(names)
-            self.write_contact_sheet(names)
+            complete = self._current("complete")
+            self.write_metrics_csv(complete)
+            self.write_failures_csv(self._current("failed"))
+            self.write_contact_sheet(complete)
         trainer.strategy.barrier()
-        dataset = getattr(trainer.datamodule, "dataset", None)
-        self.num_failures = sum((self.output / safe_name(n) / FAILURE).is_file() for n in getattr(dataset, "names", []))
+        self.num_failures = len(self._current("failed"))
 
     def write_failures_csv(self, names: Sequence[str]) -> None:
         """``failures.csv`` from the items' ``failure.json`` (removed when no item failed)."""
         rows = []
         for name in names:
-            path = self.output / safe_name(name) / FAILURE
+            path = self.output / name / FAILURE
             if path.is_file():
                 rec = json.loads(path.read_text())
                 rows.append([rec["name"], rec["file"], rec["reason"]])
-        target = self.output / "failures.csv"
         if not rows:
-            target.unlink(missing_ok=True)
+            self.folder.remove_run_file("failures.csv")
             return
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(FAILURES_HEADER)
         writer.writerows(rows)
-        atomic_write_bytes(target, buf.getvalue().encode())
+        self.folder.write_run_file("failures.csv", buf.getvalue().encode())
 
     def write_contact_sheet(self, names: Sequence[str]) -> None:
         """``<output>/summary.png``: the summaries of the first items, one per row, names on the left."""
         from PIL import ImageDraw
 
-        rows = [(n, self.output / safe_name(n) / "summary.png") for n in names]
+        rows = [(n, self.output / n / "summary.png") for n in names]
         rows = [(n, p) for n, p in rows if p.is_file()][:SHEET_ITEMS]
         if not rows:
+            self.folder.remove_run_file("summary.png")
             return
         pictures = [Image.open(p).convert("RGB") for _, p in rows]
         margin = 90
@@ -276,17 +290,17 @@ class PredictionWriter(BasePredictionWriter):
             for i, line in enumerate(lines):
                 draw.text((2, top + 12 * i), line, fill="black")
             y += pic.height + 4
-        atomic_write_bytes(self.output / "summary.png", image_bytes(sheet))
+        self.folder.write_run_file("summary.png", image_bytes(sheet))
 
     def write_metrics_csv(self, names: Sequence[str]) -> None:
-        """``metrics.csv`` from the ``metrics.json`` of ``names`` (in that order) that exist."""
+        """``metrics.csv`` from the ``metrics.json`` of ``names`` (complete items, in input order)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(METRICS_HEADER)
         for name in names:
-            path = self.output / safe_name(name) / "metrics.json"
-            if not path.is_file() or not (path.parent / COMPLETE).is_file():
+            path = self.output / name / "metrics.json"
+            if not path.is_file():
                 continue
             rec = json.loads(path.read_text())
-            writer.writerow([rec["name"]] + ["" if rec.get(k) is None else f"{rec[k]:.6g}" for k in METRICS_HEADER[1:]])
-        atomic_write_bytes(self.output / "metrics.csv", buf.getvalue().encode())
+            writer.writerow([name] + ["" if rec.get(k) is None else f"{rec[k]:.6g}" for k in METRICS_HEADER[1:]])
+        self.folder.write_run_file("metrics.csv", buf.getvalue().encode())

@@ -29,11 +29,11 @@ def run(*args):
 def check_outputs(out: Path, names, particles, with_truth=True):
     for name in names:
         files = {p.name for p in (out / name).iterdir()}
-        expected = {f"particle_{k}.png" for k in range(particles)} | ITEM_FILES | {".complete"}
+        expected = {f"particle_{k}.png" for k in range(particles)} | ITEM_FILES | {".dwgf-item.json"}
         if not with_truth:
             expected -= {"ground_truth.png"}
         assert files == expected, (name, files)
-        assert not any(f.startswith(".") for f in files - {".complete"})  # no temporary files left
+        assert not any(f.startswith(".") for f in files - {".dwgf-item.json"})  # no temporary files left
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds"]

@@ -20,11 +20,11 @@ def _dm(op, **kw):
 
 
 def test_item_seeds_are_deterministic_and_distinct():
-    assert item_seeds(0, 5) == item_seeds(0, 5)
-    seeds = {s for i in range(100) for s in item_seeds(0, i)}
+    assert item_seeds(0, "a") == item_seeds(0, "a")
+    seeds = {s for i in range(100) for s in item_seeds(0, f"item{i}")}
     assert len(seeds) == 200
-    assert item_seeds(1, 5) != item_seeds(0, 5)
-    assert all(0 <= s < 2**63 for s in item_seeds(123, 4))
+    assert item_seeds(1, "a") != item_seeds(0, "a")
+    assert all(0 <= s < 2**63 for s in item_seeds(123, "b"))
 
 
 def test_images_are_resized_cropped_and_degraded(image_dir):
@@ -34,7 +34,7 @@ def test_images_are_resized_cropped_and_degraded(image_dir):
     assert batch["image"].min() >= -1 and batch["image"].max() <= 1
     assert batch["params"]["mask"].shape == (2, 1, 32, 32)
     assert batch["name"] == ["img0", "img1"] and batch["index"].tolist() == [0, 1]
-    assert batch["seed"].tolist() == [item_seeds(0, 0)[1], item_seeds(0, 1)[1]]
+    assert batch["seed"].tolist() == [item_seeds(0, dm.dataset.identity(0))[1], item_seeds(0, dm.dataset.identity(1))[1]]
 
 
 def test_items_do_not_depend_on_batching(image_dir):

@@ -1,5 +1,6 @@
 """CONTRIBUTING.md's worked examples: a user's own operator, regularizer and schedule, through dwgf predict."""
 
+import json
 import re
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_user_extensions_run_through_dwgf_predict(user_module, ldm_path, tmp_pat
     out = tmp_path / "o"
     main(["predict", "--config", str(path), "--data.images", str(images), "--output", str(out)])
     for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
-        assert (out / name / ".complete").is_file()
+        assert json.loads((out / name / ".dwgf-item.json").read_text())["state"] == "complete"
         meas = np.asarray(Image.open(out / name / "measurement.png"), dtype=float)
         # the scanline operator was used: every 3rd row is lost (0 in [-1, 1], mid-gray in the PNG)
         dropped = np.where(np.abs(meas - 127.5).max(1) < 2)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -12,36 +13,64 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, item_names, list_images, load_image
-from dwgf.errors import DWGFError
+from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, list_images, load_image
+from dwgf.errors import DWGFError, DWGFWarning
 from dwgf.operators.base import ForwardOperator
+from dwgf.outputs import item_folder_names
 
 
 # ShardedBatches returns every item exactly once (no drop_last); Lightning cannot know that and warns.
 warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler `ShardedBatches`")
 
 
-def item_seeds(seed: int, index: int) -> tuple[int, int]:
-    """Two independent 63-bit seeds for item ``index`` of a run seeded with ``seed``.
+def item_seeds(seed: int, identity: str) -> tuple[int, int]:
+    """Two independent 63-bit seeds for the item ``identity`` of a run seeded with ``seed``.
 
-    The first drives the measurement (operator parameters, measurement noise), the second the
-    solver (initial particles and every per-iteration draw). They depend on ``(seed, index)``
-    only, never on batch composition, device count or order.
+    ``identity`` is what identifies the item (:func:`dwgf.data.images.file_identity`: its file name
+    and content). The first seed drives the measurement (operator parameters, measurement noise),
+    the second the solver (initial particles and every per-iteration draw). They depend on
+    ``(seed, identity)`` only, never on the item's place in the folder, batch composition, device
+    count or order.
     """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(2, dtype=np.uint64)
+    digest = hashlib.sha256(str(identity).encode("utf-8", "surrogatepass")).digest()
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words]).generate_state(2, dtype=np.uint64)
     return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
 
 
 class _Items(Dataset):
+    """The items of a run: one per input file, with a unique output name and an identity."""
+
     def __init__(self, files: list[Path], operator: ForwardOperator, channels: int, size: int, seed: int):
-        self.files, self.names = files, item_names(files)
+        self.files, self.names = files, item_folder_names([f.name for f in files])
         self.operator, self.channels, self.size, self.seed = operator, channels, size, seed
+        self._identities: list[Optional[str]] = [None] * len(files)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def identity_files(self, index: int) -> list[Path]:
+        """The files whose names and contents determine item ``index`` (the input, and its mask)."""
+        return [self.files[index]]
+
+    def identity(self, index: int) -> str:
+        """The item's identity (:func:`~dwgf.data.images.file_identity`), computed once."""
+        if self._identities[index] is None:
+            first, *extra = self.identity_files(index)
+            self._identities[index] = file_identity(first, extra)
+        return self._identities[index]
+
+    def identities(self) -> list[str]:
+        return [self.identity(i) for i in range(len(self))]
+
+    def set_identities(self, identities: list[str]) -> None:
+        """Takes identities computed elsewhere (by the first process, so that every process agrees)."""
+        if len(identities) != len(self):
+            raise ValueError(f"{len(identities)} identities for {len(self)} items")
+        self._identities = list(identities)
+
     def _item(self, index: int, **fields: Any) -> dict[str, Any]:
-        _, flow_seed = item_seeds(self.seed, index)
+        _, flow_seed = item_seeds(self.seed, self.identity(index))
         return {"name": self.names[index], "index": index, "file": str(self.files[index]), "seed": flow_seed, **fields}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -59,7 +88,7 @@ class SimulatedMeasurements(_Items):
 
     def _load(self, index: int) -> dict[str, Any]:
         x = load_image(self.files[index], self.channels, (self.size, self.size))
-        data_seed, _ = item_seeds(self.seed, index)
+        data_seed, _ = item_seeds(self.seed, self.identity(index))
         gen = torch.Generator().manual_seed(data_seed)
         params = self.operator.sample_params(tuple(x.shape), gen)
         y = self.operator.simulate(x[None], {k: v[None] for k, v in params.items()}, gen)[0]
@@ -74,17 +103,29 @@ class GivenMeasurements(_Items):
         self.masks = masks
         self.shape = operator.measurement_shape((channels, size, size))
 
-    def _mask(self, index: int) -> Optional[torch.Tensor]:
-        if self.masks is None:
-            return None
+    def _mask_file(self, index: int) -> Optional[Path]:
         stem = self.files[index].stem
         found = [self.masks / f"{stem}{s}" for s in (".png", ".jpg", ".jpeg")]
         found = [p for p in found if p.is_file()]
-        if not found:
+        return found[0] if found else None
+
+    def identity_files(self, index: int) -> list[Path]:
+        mask = self._mask_file(index) if self.masks is not None else None
+        return [self.files[index]] + ([mask] if mask is not None else [])
+
+    def _mask(self, index: int) -> Optional[torch.Tensor]:
+        if self.masks is None:
+            return None
+        path = self._mask_file(index)
+        if path is None:
+            stem = self.files[index].stem
             raise DWGFError(f"--data.masks {str(self.masks)!r}: no mask for {self.files[index].name} (expected {stem}.png)")
-        mask = load_image(found[0], 1, None)
+        mask = load_image(path, 1, None)
         if tuple(mask.shape[1:]) != (self.size, self.size):
-            raise DWGFError(f"{found[0]}: mask is {mask.shape[2]}x{mask.shape[1]}, expected {self.size}x{self.size} (the prior's resolution)")
+            raise DWGFError(f"{path}: mask is {mask.shape[2]}x{mask.shape[1]}, expected {self.size}x{self.size} (the prior's resolution)")
+        if not bool(((mask == -1) | (mask == 1)).all()):
+            warnings.warn(f"{path}: the mask is not black and white; pixels brighter than mid-gray are taken as observed, "
+                          "the others as missing", DWGFWarning, stacklevel=2)
         return (mask > 0).float()  # white (observed) -> 1, black (missing) -> 0
 
     def _measurement_image(self, index: int) -> torch.Tensor:
@@ -96,6 +137,9 @@ class GivenMeasurements(_Items):
             arr = np.load(path, allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - numpy raises many types for bad files
             raise DWGFError(f"{path}: cannot read the array ({type(err).__name__})") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            kind = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise DWGFError(f"{path}: the array holds {kind} values; expected numbers (float32, C x H x W, in [-1, 1])")
         x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
         x = x[None] if x.dim() == 2 else x
         if tuple(x.shape) != tuple(self.shape):
@@ -107,7 +151,7 @@ class GivenMeasurements(_Items):
         if not torch.isfinite(img).all():
             raise DWGFError(f"{self.files[index]}: measurement contains NaN or Inf")
         mask = self._mask(index)
-        data_seed, _ = item_seeds(self.seed, index)
+        data_seed, _ = item_seeds(self.seed, self.identity(index))
         if mask is not None:
             params = self.operator.params_from_mask(mask)
         else:
@@ -124,17 +168,26 @@ class ShardedBatches(Sampler[list[int]]):
     one-process run. Batches whose items are all in ``skip`` (complete from an earlier run) are left
     out; a batch with some complete items is recomputed whole (its complete items are not rewritten),
     so that the others see the same batch as in an uninterrupted run.
+
+    A rank left with nothing to do (more processes than batches, or everything already complete)
+    gets one empty batch, so that every process runs the same hooks: it waits for the others and
+    the end-of-run files are assembled.
     """
 
     def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, skip: frozenset[int] = frozenset()):
         self.batches = [list(range(i, min(num_items, i + batch_size))) for i in range(0, num_items, batch_size)]
-        self.mine = [b for j, b in enumerate(self.batches) if j % world_size == rank and not set(b) <= skip]
+        self.mine = [b for j, b in enumerate(self.batches) if j % world_size == rank and not set(b) <= skip] or [[]]
 
     def __iter__(self):
         return iter(self.mine)
 
     def __len__(self) -> int:
         return len(self.mine)
+
+    @property
+    def num_items(self) -> int:
+        """Items this rank computes (0 for the empty batch of an idle rank)."""
+        return sum(len(b) for b in self.mine)
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,7 +211,9 @@ class MeasurementDataModule(LightningDataModule):
     a mask image of the same name (white = observed) gives an inpainting operator's mask,
     otherwise the operator draws its parameters as in simulated mode. No metrics are computed.
 
-    Each item gets a seed from ``(seed, index)`` (see :func:`item_seeds`).
+    Each item gets its seeds from ``(seed, identity)``, where the identity is a hash of the file's
+    name and content (and of its mask's): see :func:`item_seeds`. Entries of the folder that are
+    not files (subfolders, broken links) are skipped with one warning line naming them.
 
     Args:
         operator: the forward operator ``A``, shared with the solver.
@@ -189,6 +244,8 @@ class MeasurementDataModule(LightningDataModule):
             raise DWGFError("give either --data.images (ground truth to degrade) or --data.measurements (degraded images), not both")
         if masks is not None and measurements is None:
             raise DWGFError("--data.masks goes with --data.measurements (with --data.images the operator draws the mask)")
+        if masks is not None and type(operator).params_from_mask is ForwardOperator.params_from_mask:
+            raise DWGFError(f"--data.masks: {type(operator).__name__} takes no mask; remove --data.masks or use an inpainting operator")
         if batch_size < 1:
             raise DWGFError(f"--data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -216,6 +273,10 @@ class MeasurementDataModule(LightningDataModule):
             raise DWGFError("MeasurementDataModule: image_size and channels are needed when no prior is attached")
         return int(size), int(channels)
 
+    @property
+    def _is_first_process(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
     def setup(self, stage: str) -> None:
         if self.dataset is not None:
             return
@@ -223,7 +284,7 @@ class MeasurementDataModule(LightningDataModule):
         if self.images is None and self.measurements is None:
             raise DWGFError("no input: give --data.images DIR (ground-truth images) or --data.measurements DIR")
         if self.measurements is not None:
-            files = list_images(self.measurements, "--data.measurements", (*IMAGE_SUFFIXES, ".npy"))
+            files = list_images(self.measurements, "--data.measurements", (*IMAGE_SUFFIXES, ".npy"), warn_skipped=self._is_first_process)
             masks = None
             if self.masks is not None:
                 masks = Path(self.masks).expanduser()
@@ -231,7 +292,7 @@ class MeasurementDataModule(LightningDataModule):
                     raise DWGFError(f"--data.masks {self.masks!r}: no such folder")
             self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks)
         else:
-            files = list_images(self.images, "--data.images")
+            files = list_images(self.images, "--data.images", warn_skipped=self._is_first_process)
             self.operator.measurement_shape((channels, size, size))  # fails early on a bad factor
             self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed)
         # a configuration that cannot work on any item (a box larger than the image) fails here, once
