@@ -100,6 +100,10 @@ class DWGFCLI(LightningCLI):
             _check_finite(config)
             _check_trainer(config["trainer"])
             _same_threads_in_every_process(config["trainer"])
+            for key in ("images", "measurements", "masks"):
+                folder = init_args.get(key) if init_args is not None else None
+                if folder and Path(folder).expanduser().resolve() == output.resolve():
+                    raise DWGFError(f"--output {str(config['output'])!r} is also an input folder (--data.{key}); choose another --output")
             if not _is_secondary_process():  # lock before the prior is loaded: a second run stops at once
                 lock = OutputLock(output)
                 lock.acquire()
@@ -175,7 +179,8 @@ class _StopOnSignal(Callback):
 
 def _option(path: list[Any]) -> str:
     """``--model.step_size.lr`` from a config path (``init_args`` levels dropped)."""
-    return "--" + ".".join(str(p) for p in path if p != "init_args")
+    parts = [part for p in path for part in str(p).split(".")]
+    return "--" + ".".join(p for p in parts if p != "init_args")
 
 
 def _check_finite(config: Any, path: Optional[list[Any]] = None) -> None:
@@ -205,7 +210,10 @@ def _check_trainer(trainer: Any) -> None:
             bad = len(devices) == 0
         if bad:
             raise DWGFError(f"--trainer.devices: expected a number of devices >= 1, -1 (all), a list of device indices or 'auto', got {devices!r}")
-        if devices in (-1, "-1") and str(trainer.get("accelerator") or "auto") == "cpu":
+        import torch
+
+        accelerator = str(trainer.get("accelerator") or "auto")
+        if devices in (-1, "-1") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
             raise DWGFError("--trainer.devices: -1 (all devices) is for GPUs; on the CPU give a number of processes >= 1")
 
 

@@ -75,6 +75,35 @@ def _init_params(class_path: str) -> list[str]:
         return []
 
 
+def _missing_class(path: str) -> str:
+    """Why ``module.Class`` does not import: no such module, or no such class in it (with the closest name)."""
+    import importlib
+    import inspect
+
+    module, _, name = path.rpartition(".")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as err:
+        return f"cannot import module '{module}' for class_path '{path}' ({err})"
+    except Exception as err:  # noqa: BLE001 - the user's module failed while importing
+        return f"importing module '{module}' for class_path '{path}' failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    classes = [n for n, obj in vars(mod).items() if inspect.isclass(obj) and not n.startswith("_")]
+    return f"no class '{name}' in module '{module}'{_suggest(name, classes)}"
+
+
+def _precisions() -> list:
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    def literals(t) -> list:
+        if typing.get_origin(t) is typing.Literal:
+            return list(typing.get_args(t))
+        return [v for a in typing.get_args(t) for v in literals(a)]
+
+    return list(dict.fromkeys(str(v) for v in literals(_PRECISION_INPUT)))
+
+
 _GENERIC = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>", "Parser key", "Problem with given class_path")
 
 
@@ -103,6 +132,13 @@ def summarize_parser_error(message: str, options=()) -> str:
         name = bad_class.group(1).strip("'\"")
         return (f"{option or 'a config value'}: unknown class '{name}'{_suggest(name, builtin_classes())}: give a built-in short "
                 "name (dwgf predict --help lists them) or a full class_path such as my_module.MyClass")
+    not_a_path = re.search(r"Expected a path but (\S+) either not accessible", message)
+    if not_a_path and "." in not_a_path.group(1):
+        return f"{option or 'a config value'}: {_missing_class(not_a_path.group(1))}"
+    if option == "--trainer.precision" and "Expected a" in message:
+        given = re.search(r"Given value type: <class '\w+'>, value: (\S+)|Got value: (\S+)", message)
+        value = next((g for g in given.groups() if g), None) if given else None
+        return f"--trainer.precision: expected one of {', '.join(map(str, _precisions()))}" + (f"; got {value}" if value else "")
     unrecognized = re.search(r"Unrecognized arguments: (.*)", message, re.IGNORECASE)
     if unrecognized:
         args = unrecognized.group(1).split()

@@ -1,6 +1,9 @@
 """Reliability: resume, exactly-once multi-process runs, failed items, numerical guard, bad input."""
 
 import csv
+import hashlib
+import json
+import signal
 import os
 import subprocess
 import sys
@@ -9,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dwgf.cli import main
+from dwgf.outputs import ITEM_MANIFEST, item_folder_names
 from dwgf.testing import make_images
-from dwgf.writers import COMPLETE, safe_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
@@ -32,6 +36,12 @@ def predict(ldm_path, images, out, *extra):
 
 def item_files(out: Path, name: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / name).iterdir()) if p.name != "summary.png" and p.name != "metrics.json"}
+
+
+def state(out: Path, name: str) -> str:
+    import json
+
+    return json.loads((out / name / ITEM_MANIFEST).read_text())["state"]
 
 
 def mtimes(out: Path, name: str) -> dict[str, int]:
@@ -59,7 +69,8 @@ def test_resume_recomputes_a_half_written_batch_without_rewriting_its_finished_i
     out, ref = tmp_path / "out", tmp_path / "ref"
     predict(ldm_path, five_images, ref)
     predict(ldm_path, five_images, out)
-    (out / "img3" / COMPLETE).unlink()  # killed while writing img3: its files may be partial
+    manifest = out / "img3" / ITEM_MANIFEST  # killed while writing img3: its files may be partial
+    manifest.write_text(manifest.read_text().replace('"complete"', '"writing"'))
     (out / "img3" / "mean.png").write_bytes(b"partial")
     kept = mtimes(out, "img2")
     predict(ldm_path, five_images, out)
@@ -123,7 +134,7 @@ def test_measurement_with_nan_and_mask_of_wrong_size_are_failed_items(ldm_path, 
         "nan": f"{meas / 'nan.npy'}: measurement contains NaN or Inf",
         "wrongmask": f"{masks / 'wrongmask.png'}: mask is 20x20, expected 32x32 (the prior's resolution)",
     }
-    assert (out / "good" / COMPLETE).is_file()
+    assert state(out, "good") == "complete"
 
 
 NAN_REGULARIZER = textwrap.dedent(
@@ -189,9 +200,9 @@ def test_configuration_errors_are_one_line(ldm_path, five_images, tmp_path, caps
 
 
 def test_no_file_outside_the_output_folder():
-    for name in ("../../etc/passwd", "..", ".hidden", "a/b\\c", ""):
-        cleaned = safe_name(name)
-        assert "/" not in cleaned and "\\" not in cleaned and not cleaned.startswith(".") and cleaned
+    for name in ("../../etc/passwd", "..", ".hidden", "a/b\\c", "", "x\x00y.png", "con:.png"):
+        (cleaned,) = item_folder_names([name])
+        assert "/" not in cleaned and "\\" not in cleaned and "\x00" not in cleaned and not cleaned.startswith(".") and cleaned
 
 
 def test_weights_are_loaded_safely():
@@ -204,21 +215,6 @@ def test_weights_are_loaded_safely():
         assert "trust_remote_code=True" not in text, path
     text = (ROOT / "dwgf/priors/diffusers_priors.py").read_text()
     assert "use_safetensors=True" in text
-
-
-def test_two_processes_write_every_item_once_identical_to_one(ldm_path, five_images, tmp_path):
-    """DDP on CPU (gloo): each item once, bit-identical to a one-process run."""
-    common = [sys.executable, "-m", "dwgf", "predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path),
-              "--data.images", str(five_images), "--trainer.accelerator", "cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([*common, "--output", str(one), "--trainer.devices", "1"], check=True, env=env, cwd=ROOT, timeout=600)
-    subprocess.run([*common, "--output", str(two), "--trainer.devices", "2", "--trainer.strategy", "ddp"], check=True, env=env, cwd=ROOT, timeout=600)
-    for name in NAMES:
-        assert item_files(two, name) == item_files(one, name), name
-    assert (one / "metrics.csv").read_text().splitlines()[0] == (two / "metrics.csv").read_text().splitlines()[0]
-    with open(two / "metrics.csv") as f:
-        assert [r["name"] for r in csv.DictReader(f)] == NAMES  # every item exactly once
 
 
 def test_unknown_class_and_misspelled_option_suggest_the_closest(ldm_path, five_images, tmp_path, capsys):
@@ -245,3 +241,322 @@ def test_data_problems_are_found_before_the_prior_is_loaded(five_images, tmp_pat
     assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
         f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
     assert "no-prior" in one_line_error(capsys, *base, "--data.images", five_images)
+
+
+# -- issue 14: one test per numbered case ------------------------------------------------------------
+def test_case1_a_failed_item_never_deletes_or_follows_what_dwgf_did_not_write(ldm_path, tmp_path, capsys):
+    images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
+    (images / "report.png").write_bytes(b"not an image")
+    out = tmp_path / "O"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "figure1.png").write_bytes(b"the user's figure")
+    (out / "report" / "results.json").write_text('{"mine": true}')
+    (out / "img1").mkdir()
+    (out / "img1" / "notes.json").write_text("user notes")
+    with pytest.raises(SystemExit) as exc:
+        predict(ldm_path, images, out)
+    assert exc.value.code == 1
+    assert (out / "report" / "figure1.png").read_bytes() == b"the user's figure"
+    assert (out / "report" / "results.json").read_text() == '{"mine": true}'
+    assert (out / "img1" / "notes.json").read_text() == "user notes" and state(out, "img1") == "complete"
+    with pytest.raises(SystemExit):  # a rewrite (here: --overwrite) and another failure leave them too
+        predict(ldm_path, images, out, "--overwrite", "true")
+    assert (out / "report" / "figure1.png").read_bytes() == b"the user's figure"
+    assert (out / "img1" / "notes.json").read_text() == "user notes"
+    # a link where an item folder would go is never followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mean.png").write_bytes(b"precious")
+    out2 = tmp_path / "O2"
+    out2.mkdir()
+    (out2 / "img0").symlink_to(elsewhere, target_is_directory=True)
+    line = one_line_error(capsys, "predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", images,
+                          "--output", out2)
+    assert line == f"dwgf: error: --output {str(out2)!r}: img0 is a link, not a folder dwgf made; move it or choose another --output"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mean.png"] and (elsewhere / "mean.png").read_bytes() == b"precious"
+    # a file with a name dwgf writes, in an item folder, that dwgf did not write: refused, untouched
+    out3 = tmp_path / "O3"
+    (out3 / "img0").mkdir(parents=True)
+    (out3 / "img0" / "mean.png").write_bytes(b"user's mean")
+    line = one_line_error(capsys, "predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", images,
+                          "--output", out3)
+    assert line == f"dwgf: error: --output {str(out3)!r}: img0/mean.png exists and was not written by dwgf; move it or choose another --output"
+    assert (out3 / "img0" / "mean.png").read_bytes() == b"user's mean" and not (out3 / "img1").exists()
+
+
+def test_case2_inputs_never_share_an_output_folder(ldm_path, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    base = Image.new("L", (32, 32), 100)
+    names = ["a b.png", "a_b.png", "猫.png", "狗.png", "x.png", "x.jpg", "tensorboard.png", "a:b.png"]
+    for i, name in enumerate(names):
+        Image.new("L", (32, 32), 20 * i).save(images / name) if not name.endswith(".jpg") else base.save(images / name)
+    out = tmp_path / "out"
+    predict(ldm_path, images, out)
+    folders = item_folder_names(sorted(names))
+    assert len({f.casefold() for f in folders}) == len(names)
+    assert {"a b", "a_b", "猫", "狗", "x_png", "x_jpg", "tensorboard_png"} <= set(folders)
+    assert [f for f in folders if f.startswith("a_b-")]  # "a:b" became "a_b-<hash>", not "a_b"
+    with open(out / "metrics.csv", encoding="utf-8") as f:
+        rows = [r["name"] for r in csv.DictReader(f)]
+    assert sorted(rows) == sorted(folders)
+    for folder in folders:
+        assert state(out, folder) == "complete"
+        assert json.loads((out / folder / "metrics.json").read_text())["file"] in names
+    # every result comes from its own input: the ground truths differ
+    truths = {folder: (out / folder / "ground_truth.png").read_bytes() for folder in folders}
+    assert truths["a b"] != truths["a_b"] and truths["猫"] != truths["狗"]
+    assert item_folder_names(["A.png", "a.png"])[0].casefold() != item_folder_names(["A.png", "a.png"])[1].casefold()
+    assert item_folder_names(["a b.png"]) == item_folder_names(["a b.png", "zzz.png"])[:1]  # stable when others are added
+
+
+def test_case4_end_of_run_files_are_assembled_when_every_item_is_complete(ldm_path, five_images, tmp_path, capsys):
+    out = tmp_path / "o"
+    predict(ldm_path, five_images, out)
+    expected = {n: (out / n).read_bytes() for n in ("metrics.csv", "summary.png")}
+    for name in expected:  # as after a kill between the last item and the end of the run
+        (out / name).unlink()
+    predict(ldm_path, five_images, out)
+    assert {n: (out / n).read_bytes() for n in expected} == expected
+    assert "0 items" not in capsys.readouterr().err
+
+
+def test_case5_overwrite_removes_the_previous_runs_files_and_a_second_run_is_locked_out(ldm_path, five_images, tmp_path, capsys):
+    out = tmp_path / "o"
+    predict(ldm_path, five_images, out, "--model.num_particles", 4)
+    assert (out / "img0" / "particle_3.png").is_file()
+    predict(ldm_path, five_images, out, "--model.num_particles", 2, "--overwrite", "true")
+    for name in NAMES:
+        assert sorted(p.name for p in (out / name).glob("particle_*.png")) == ["particle_0.png", "particle_1.png"]
+    from dwgf.outputs import OutputLock
+
+    other = OutputLock(out)  # another run holds the folder
+    other.acquire()
+    try:
+        line = one_line_error(capsys, "predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path,
+                              "--data.images", five_images, "--output", out, "--model.num_particles", 3)
+    finally:
+        other.release()
+    assert line.startswith(f"dwgf: error: --output {str(out)!r} is in use by another dwgf run (pid {os.getpid()}, host ")
+    assert line.endswith("wait for it to end or choose another --output")
+    assert not list(out.glob("*/particle_2.png"))
+
+
+def test_case6_seeds_follow_the_item_and_resume_sees_changed_inputs(ldm_path, tmp_path):
+    images = make_images(tmp_path / "in", count=3, sizes=((32, 32),), mode="L")
+    out = tmp_path / "out"
+    predict(ldm_path, images, out, "--data.batch_size", 1)
+    before = {n: item_files(out, n) for n in ("img0", "img1", "img2")}
+    times = {n: mtimes(out, n) for n in ("img0", "img1", "img2")}
+    # a new file that sorts first shifts every position: a fresh run gives the same results for the old items
+    Image.new("L", (32, 32), 77).save(images / "aaa.png")
+    fresh = tmp_path / "fresh"
+    predict(ldm_path, images, fresh, "--data.batch_size", 1)
+    for name in before:
+        assert item_files(fresh, name) == before[name], name
+    # resume computes only the new item; a replaced image with the same name is recomputed
+    predict(ldm_path, images, out, "--data.batch_size", 1)
+    assert {n: mtimes(out, n) for n in before} == times
+    assert item_files(out, "aaa") == item_files(fresh, "aaa")
+    Image.new("L", (32, 32), 200).save(images / "img1.png")
+    predict(ldm_path, images, out, "--data.batch_size", 1)
+    assert item_files(out, "img1")["ground_truth.png"] != before["img1"]["ground_truth.png"]
+    assert mtimes(out, "img0") == times["img0"]
+    fresh2 = tmp_path / "fresh2"
+    predict(ldm_path, images, fresh2, "--data.batch_size", 1)
+    assert item_files(out, "img1") == item_files(fresh2, "img1")
+
+
+def test_case7_images_of_any_bit_depth_are_rescaled_from_their_own_range(ldm_path, tmp_path):
+    from dwgf.data import load_image
+
+    eight = np.linspace(0, 255, 32 * 32).reshape(32, 32).round().astype(np.uint8)
+    folders = {k: tmp_path / k for k in ("u8", "u16", "f32")}
+    for folder in folders.values():
+        folder.mkdir()
+    Image.fromarray(eight).save(folders["u8"] / "img.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(folders["u16"] / "img.png")  # the same picture in 16 bits
+    Image.fromarray(eight.astype(np.float32) / 255).save(folders["f32"] / "img.tif")  # and as a float TIFF in [0, 1]
+    ref = load_image(folders["u8"] / "img.png", 1, (32, 32))
+    assert torch.allclose(load_image(folders["u16"] / "img.png", 1, (32, 32)), ref, atol=1e-6)
+    assert torch.allclose(load_image(folders["f32"] / "img.tif", 1, (32, 32)), ref, atol=1e-6)
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(eight.astype(np.float32) * 4 - 100).save(wide)
+    with pytest.warns(UserWarning, match=r"float image with values in \[-100, 920\]; rescaled"):
+        assert torch.allclose(load_image(wide, 1, (32, 32)), ref, atol=1e-5)
+    outs = {}
+    for key, folder in folders.items():
+        outs[key] = tmp_path / f"out_{key}"
+        predict(ldm_path, folder, outs[key])
+    truth = (outs["u8"] / "img" / "ground_truth.png").read_bytes()
+    assert (outs["u16"] / "img" / "ground_truth.png").read_bytes() == truth
+    assert (outs["f32"] / "img" / "ground_truth.png").read_bytes() == truth
+
+
+def test_case8_user_errors_are_one_line_with_exit_2(ldm_path, five_images, tmp_path, capsys):
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
+    assert one_line_error(capsys, *base, "--trainer.devices", 0) == (
+        "dwgf: error: --trainer.devices: expected a number of devices >= 1, -1 (all), a list of device indices or 'auto', got '0'")
+    assert one_line_error(capsys, *base, "--trainer.devices", -1, "--trainer.accelerator", "cpu") == (
+        "dwgf: error: --trainer.devices: -1 (all devices) is for GPUs; on the CPU give a number of processes >= 1")
+    line = one_line_error(capsys, *base, "--trainer.precision", "bogus")
+    assert line.startswith("dwgf: error: --trainer.precision: expected one of ") and "bf16-mixed" in line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    num_steps: [1,\n")
+    assert one_line_error(capsys, *base, "--config", bad) == (
+        f"dwgf: error: --config {str(bad)!r}: invalid YAML at line 4, column 1: expected the node content, but found '<stream end>'")
+    for key, value, option in (("lr", ".inf", "--model.step_size.lr"), ("decoder_noise", ".nan", "--model.decoder_noise")):
+        cfg = tmp_path / f"{key}.yaml"
+        nested = f"    step_size:\n      init_args:\n        lr: {value}\n" if key == "lr" else f"    decoder_noise: {value}\n"
+        cfg.write_text("model:\n  init_args:\n" + nested)
+        assert one_line_error(capsys, *base, "--config", cfg) == f"dwgf: error: {option}: must be a finite number, got {'inf' if key == 'lr' else 'nan'}"
+    # a broken prior folder
+    import shutil
+
+    broken = tmp_path / "broken-prior"
+    shutil.copytree(ldm_path, broken)
+    (broken / "unet" / "config.json").write_text('{"sample_size": 8,')
+    line = one_line_error(capsys, *base, "--model.prior.pretrained", broken)
+    assert line.startswith(f"dwgf: error: --model.prior.pretrained {str(broken)!r}: unet/config.json is not valid JSON (line 1")
+    shutil.rmtree(broken)
+    shutil.copytree(ldm_path, broken)
+    sched = broken / "scheduler" / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"beta_schedule": "', '"beta_schedule": "bogus_'))
+    line = one_line_error(capsys, *base, "--model.prior.pretrained", broken)
+    assert line.startswith(f"dwgf: error: --model.prior.pretrained {str(broken)!r}: scheduler/scheduler_config.json does not describe")
+    assert "beta_schedule 'bogus_" in line
+
+
+def test_case8_a_npy_of_strings_is_a_failed_item_not_a_crash(ldm_path, tmp_path, capsys):
+    meas = tmp_path / "meas"
+    meas.mkdir()
+    np.save(meas / "good.npy", np.zeros((1, 16, 16), np.float32))
+    np.save(meas / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.measurements", str(meas),
+              "--output", str(out)])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"dwgf: error: 1 item(s) failed and were skipped; see {out / 'failures.csv'}"
+    with open(out / "failures.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["reason"] == f"{meas / 'words.npy'}: the array holds <U1 values; expected numbers (float32, C x H x W, in [-1, 1])"
+    assert state(out, "good") == "complete"
+
+
+def test_case8_a_full_disk_is_one_line_and_leaves_no_temporary_file(ldm_path, five_images, tmp_path):
+    """A real write error (the file-size limit, EFBIG, as a full disk gives ENOSPC) in a real run."""
+    import resource
+
+    out = tmp_path / "o"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    run = subprocess.run([sys.executable, "-m", "dwgf", "predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path),
+                          "--data.images", str(five_images), "--output", str(out), "--trainer.logger", "false"],
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT, preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == f"dwgf: error: {out / 'config.yaml'}: cannot write (File too large)"
+    assert not [p for p in out.rglob("*") if ".dwgf-tmp" in p.name]
+
+
+def test_case12_an_input_folder_is_never_the_output_and_no_remote_code_prompt(ldm_path, five_images, tmp_path, capsys):
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images]
+    assert one_line_error(capsys, *base, "--output", five_images) == (
+        f"dwgf: error: --output {str(five_images)!r} is also an input folder (--data.images); choose another --output")
+    assert sorted(p.name for p in five_images.iterdir()) == [f"{n}.png" for n in NAMES]
+
+
+def test_case12_a_tokenizer_that_asks_for_remote_code_is_refused_without_a_prompt(tmp_path):
+    """Under a terminal (where transformers would ask "Do you wish to run the custom code? [y/N]")."""
+    import pty
+    import select
+    import time
+
+    from dwgf.testing import make_tiny_sd_prior
+
+    prior = make_tiny_sd_prior(tmp_path / "sd")
+    config = prior / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(config.read_text())
+    cfg.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    config.write_text(json.dumps(cfg))
+    marker = tmp_path / "EVIL_RAN"
+    (prior / "tokenizer" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import CLIPTokenizer\n"
+                                                 "class EvilTokenizer(CLIPTokenizer):\n    pass\n")
+    sd = ROOT / "configs/sd21/ffhq_box_inpaint.yaml"
+    args = [sys.executable, "-m", "dwgf", "predict", "--config", str(sd), "--model.prior.pretrained", str(prior),
+            "--data.images", str(make_images(tmp_path / "in", count=1)), "--output", str(tmp_path / "o")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: dwgf under a pseudo-terminal
+        os.chdir(ROOT)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.execv(sys.executable, args)
+    text, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline and b"[y/N]" not in text:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk
+    prompted = b"[y/N]" in text
+    if prompted:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert not prompted, text.decode(errors="replace")[-500:]
+    assert os.waitstatus_to_exitcode(status) == 2
+    last = text.decode(errors="replace").strip().splitlines()[-1]
+    assert last.startswith(f"dwgf: error: --model.prior.pretrained {str(prior)!r}: could not load tokenizer/") and "custom code" in last
+    assert not marker.exists()
+
+
+def test_case12_the_installed_command_never_imports_from_the_working_directory(ldm_path, five_images, tmp_path):
+    """A stray safetensors.py in the working directory is never executed; the user's own modules still load."""
+    command = Path(sys.executable).with_name("dwgf")
+    assert command.is_file(), "the dwgf console script is installed beside the interpreter"
+    marker = tmp_path / "STRAY_RAN"
+    for stray in ("safetensors", "requests", "tensorboard", "diffusers"):
+        (tmp_path / f"{stray}.py").write_text(f"open({str(marker)!r}, 'a').write('{stray} ')\n")
+    (tmp_path / "my_reg.py").write_text(NAN_REGULARIZER)
+    run = subprocess.run([str(command), "predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path),
+                          "--data.images", str(five_images), "--output", str(tmp_path / "o"), "--trainer.logger", "false",
+                          "--model.regularizers", "[{class_path: my_reg.PoisonItem, init_args: {item: 0, at: 99}}]"],
+                         cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not marker.exists(), marker.read_text()
+
+
+def test_case13_skipped_entries_masks_and_class_paths_are_reported(ldm_path, five_images, tmp_path, capsys):
+    images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
+    (images / "sub").mkdir()
+    (images / "folder.png").mkdir()
+    (images / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    (images / "loop.png").symlink_to(images / "loop.png")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"4 entries are not image files and were skipped: broken.png \(a broken symbolic link\), "
+                                          r"folder.png \(a folder\), loop.png \(a symbolic link loop\), sub \(a folder\)"):
+        predict(ldm_path, images, out)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "tensorboard") == ["img0", "img1"]
+    # masks: a grey mask warns; a mask with an operator that takes none fails at start-up, once
+    meas, masks = tmp_path / "meas", tmp_path / "masks"
+    meas.mkdir(), masks.mkdir()
+    np.save(meas / "m.npy", np.zeros((1, 32, 32), np.float32))
+    grey = np.full((32, 32), 255, np.uint8)
+    grey[:8] = 128
+    Image.fromarray(grey).save(masks / "m.png")
+    args = ["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.measurements", str(meas),
+            "--data.masks", str(masks), "--output", str(tmp_path / "o2")]
+    assert one_line_error(capsys, *args) == (
+        "dwgf: error: --data.masks: SuperResolution takes no mask; remove --data.masks or use an inpainting operator")
+    with pytest.warns(UserWarning, match=r"m.png: the mask is not black and white; pixels brighter than mid-gray are taken as observed"):
+        main([*args, "--data.operator", "BoxInpainting", "--data.operator.size", "[8, 8]"])
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o3"]
+    assert one_line_error(capsys, *base, "--data.operator", "dwgf.operators.BoxInpaintin") == (
+        "dwgf: error: --data.operator: no class 'BoxInpaintin' in module 'dwgf.operators' (did you mean 'BoxInpainting'?)")
+    assert one_line_error(capsys, *base, "--data.operator", "nomodule.Box") == (
+        "dwgf: error: --data.operator: cannot import module 'nomodule' for class_path 'nomodule.Box' (No module named 'nomodule')")

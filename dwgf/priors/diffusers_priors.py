@@ -72,11 +72,24 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
     return Path(local)
 
 
+def _read_config(path: Path, pretrained: str) -> dict[str, Any]:
+    """A component's JSON config; a broken one is a one-line error naming the file and line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DWGFError(f"{OPTION} {pretrained!r}: cannot read {path.parent.name}/{path.name} ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(data, dict):
+        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} must hold a JSON object")
+    return data
+
+
 def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained: str) -> tuple[str, dict[str, Any]]:
     for name in names:
         cfg = root / name / "config.json"
         if cfg.is_file():
-            return name, json.loads(cfg.read_text())
+            return name, _read_config(cfg, pretrained)
     wanted = " or ".join(f"{n}/config.json" for n in names)
     raise DWGFError(f"{OPTION} {pretrained!r}: the folder lacks the {what} component (expected {wanted})")
 
@@ -84,7 +97,7 @@ def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained:
 def _load(cls: Any, root: Path, subfolder: str, pretrained: str) -> Any:
     try:
         return cls.from_pretrained(root, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except Exception as err:  # noqa: BLE001 - a broken component (bad config values, bad weights) is the folder's problem
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DWGFError(f"{OPTION} {pretrained!r}: could not load {subfolder}/ as {cls.__name__} from safetensors ({reason})") from None
 
@@ -137,9 +150,15 @@ class DiffusersLatentPrior(LatentPrior):
         cfg_path = root / "scheduler" / "scheduler_config.json"
         if not cfg_path.is_file():
             raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the scheduler component (expected scheduler/scheduler_config.json)")
-        cfg = json.loads(cfg_path.read_text())
+        cfg = _read_config(cfg_path, self.pretrained)
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
-        sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg})
+        try:
+            sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg})
+        except Exception as err:  # noqa: BLE001 - diffusers raises NotImplementedError, ValueError, TypeError for bad values
+            values = ", ".join(f"{k} {cfg[k]!r}" for k in keys if k in cfg and k != "trained_betas")
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: scheduler/scheduler_config.json does not describe a noise schedule "
+                            f"dwgf can build ({values}: {reason})") from None
         self._register_schedule(sched.alphas_cumprod)
         self.prediction_type = cfg.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -211,8 +230,8 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if not (root / "tokenizer").is_dir():
             raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the tokenizer component (expected tokenizer/)")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
-        except (OSError, ValueError) as err:
+            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", trust_remote_code=False)
+        except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
             raise DWGFError(f"{OPTION} {self.pretrained!r}: could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
         from transformers.utils import logging as hf_logging
 
