@@ -1,0 +1,196 @@
+"""Real processes: kills and signals at several points, idle ranks under DDP, 2 processes = 1 byte for byte.
+
+Every comparison is of every file the run leaves (by hash), except the lock file, TensorBoard's logs,
+the ``seconds`` timings in metrics.json / metrics.csv and the ``output:`` line of config.yaml.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dwgf.cli import main
+from dwgf.outputs import LOCK_FILE
+from dwgf.testing import make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
+PAUSE = ROOT / "tests/pause_run.py"
+NAMES = [f"img{i}" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def five_images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("five"), count=5, sizes=((32, 32), (40, 36)), mode="L")
+
+
+def args(ldm_path, images, out, *extra) -> list[str]:
+    return ["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.images", str(images),
+            "--output", str(out), "--trainer.logger", "false", *map(str, extra)]
+
+
+def env(threads: bool = True) -> dict[str, str]:
+    """The test process's environment; with ``threads``, the thread count of this (pytest) process."""
+    e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    e["HF_HUB_OFFLINE"] = "1"
+    if threads:
+        e["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    return e
+
+
+def _without_seconds(path: Path) -> bytes:
+    if path.name == "metrics.json":
+        rec = json.loads(path.read_text())
+        rec.pop("seconds", None)
+        return json.dumps(rec, sort_keys=True).encode()
+    if path.name == "config.yaml":  # the same but for the --output it names
+        return "\n".join(line for line in path.read_text().splitlines() if not line.startswith("output:")).encode()
+    if path.name == "metrics.csv":
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+        return "\n".join(",".join(r[:-1]) for r in rows).encode()
+    return path.read_bytes()
+
+
+def fingerprint(out: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Hash of every file of the output folder (recursively), timings and the output path left out."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out)
+        if path.is_dir() or rel.parts[0] == "tensorboard" or path.name == LOCK_FILE or str(rel) in skip:
+            continue
+        files[str(rel)] = hashlib.sha256(_without_seconds(path)).hexdigest()
+    return files
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended ({proc.returncode}) before {path.name}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {path.name} after {timeout} s")
+        time.sleep(0.05)
+
+
+def gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(ldm_path, five_images, tmp_path_factory):
+    """An uninterrupted run, in this process."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    main(args(ldm_path, five_images, out))
+    return fingerprint(out)
+
+
+POINTS = ["first-item", "between-items", "during-write", "after-last-item"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("point", POINTS)
+def test_killed_then_rerun_equals_an_uninterrupted_run(ldm_path, five_images, reference, tmp_path, point, sig):
+    out, sentinels = tmp_path / "out", tmp_path / "sentinels"
+    proc = subprocess.Popen([sys.executable, str(PAUSE), point, str(sentinels), *args(ldm_path, five_images, out)],
+                            env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(sentinels / "0.pid", proc)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=180)
+    err = proc.stderr.read()
+    complete = sorted(p.parent.name for p in out.glob("*/.dwgf-item.json") if json.loads(p.read_text())["state"] == "complete")
+    if sig == signal.SIGKILL:
+        assert rc == -signal.SIGKILL
+    elif point == "after-last-item":  # the work was done: the run finishes
+        assert rc == 0, err[-3000:]
+    else:
+        assert rc == 128 + signal.SIGTERM, err[-3000:]
+        assert err.strip().splitlines()[-1] == ("dwgf: stopped by SIGTERM; finished items are kept: run the same command again to resume")
+        # stopped cleanly after the iteration: finished batches stay complete, the cut batch was not written
+        expected = {"first-item": [], "between-items": ["img0", "img1"], "during-write": ["img0", "img1"]}[point]
+        assert complete == expected
+    if point == "during-write" and sig == signal.SIGKILL:
+        assert list(out.rglob(".mean.png.dwgf-tmp*")), "the kill left the temporary file of the write it interrupted"
+    main(args(ldm_path, five_images, out))  # the same command again
+    assert fingerprint(out) == reference
+    assert not [p for p in out.rglob("*") if ".dwgf-tmp" in p.name]  # interrupted writes are cleaned up
+
+
+DEVICES = ("config.yaml",)  # it records the trainer's devices and strategy, which differ by design
+
+
+def two_process_args(ldm_path, images, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "dwgf", *args(ldm_path, images, out, "--trainer.accelerator", "cpu", *extra)]
+
+
+@pytest.fixture(scope="module")
+def one_process(ldm_path, five_images, tmp_path_factory):
+    """A one-process run as a user starts it (no OMP_NUM_THREADS): the reference of the DDP tests."""
+    out = tmp_path_factory.mktemp("one") / "out"
+    subprocess.run(two_process_args(ldm_path, five_images, out, "--trainer.devices", 1), check=True, env=env(threads=False), cwd=ROOT,
+                   timeout=600, capture_output=True)
+    return out
+
+
+def test_two_processes_are_byte_identical_to_one_by_default(ldm_path, five_images, one_process, tmp_path):
+    """DDP on CPU (gloo) without OMP_NUM_THREADS: each item once, every file identical to one process."""
+    two = tmp_path / "two"
+    subprocess.run(two_process_args(ldm_path, five_images, two, "--trainer.devices", 2, "--trainer.strategy", "ddp"), check=True,
+                   env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True)
+    assert fingerprint(two, skip=DEVICES) == fingerprint(one_process, skip=DEVICES)
+    with open(two / "metrics.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == NAMES  # every item exactly once
+
+
+def test_a_process_with_no_batch_waits_and_the_run_completes(ldm_path, five_images, one_process, tmp_path):
+    """One batch for two processes, and a resume that leaves one process nothing to do."""
+    single = tmp_path / "single"
+    run = subprocess.run(two_process_args(ldm_path, five_images, single, "--trainer.devices", 2, "--trainer.strategy", "ddp",
+                                          "--data.batch_size", 8), env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(single / "metrics.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == NAMES
+    resumed = tmp_path / "resumed"
+    subprocess.run(two_process_args(ldm_path, five_images, resumed, "--trainer.devices", 1, "--trainer.limit_predict_batches", 2),
+                   check=True, env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True)
+    run = subprocess.run(two_process_args(ldm_path, five_images, resumed, "--trainer.devices", 2, "--trainer.strategy", "ddp"),
+                         env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)  # only batch 2 is left: rank 1 idles
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert fingerprint(resumed, skip=DEVICES) == fingerprint(one_process, skip=DEVICES)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_launcher_takes_its_ranks_down(ldm_path, five_images, tmp_path, sig):
+    out, sentinels = tmp_path / "out", tmp_path / "sentinels"
+    proc = subprocess.Popen([sys.executable, str(PAUSE), "first-item", str(sentinels),
+                             *args(ldm_path, five_images, out, "--trainer.accelerator", "cpu", "--trainer.devices", 2, "--trainer.strategy", "ddp")],
+                            env=env(threads=False), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(sentinels / "0.pid", proc)
+    wait_for(sentinels / "1.pid", proc)
+    rank1 = int((sentinels / "1.pid").read_text())
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=120)
+    assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM)
+    assert gone(rank1, 60), "rank 1 still runs after its launcher ended"
+    assert not list(out.glob("*/mean.png"))  # nobody went on writing
