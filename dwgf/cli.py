@@ -176,6 +176,17 @@ class _StopOnSignal(Callback):
         launcher = getattr(trainer.strategy, "launcher", None)
         stopping.add_children(list(getattr(launcher, "procs", None) or []))
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A launcher that fails (a full disk, a bug) stops its ranks too, instead of leaving them to wait."""
+        import signal
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        for proc in list(getattr(launcher, "procs", None) or []):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
 
 def _option(path: list[Any]) -> str:
     """``--model.step_size.lr`` from a config path (``init_args`` levels dropped)."""
