@@ -365,7 +365,10 @@ def main(args: Any = None) -> None:
     DWGFError.last = None
     warnings.formatwarning = _format_warning
     _quiet_lightning()
-    stopping.install()
+    predicting = "predict" in argv
+    if predicting:  # fit/validate/test keep Python's and Lightning's own Ctrl-C handling
+        stopping.install()
+    threads = os.environ.get("OMP_NUM_THREADS")
     try:
         _check_config_files([str(a) for a in argv])
         cli = DWGFCLI(args=args)
@@ -389,7 +392,10 @@ def main(args: Any = None) -> None:
         for lock in _LOCKS:
             lock.release()
         _LOCKS.clear()
-        stopping.uninstall()
+        if predicting:
+            stopping.uninstall()
+        if threads is None:  # main() may run in a caller's process (tests, benchmarks): leave its environment as it was
+            os.environ.pop("OMP_NUM_THREADS", None)
     writers = [cb for cb in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(cb, PredictionWriter)]
     failures = sum(w.num_failures for w in writers)
     if failures:
