@@ -1,7 +1,6 @@
 """Reliability: resume, exactly-once multi-process runs, failed items, numerical guard, bad input."""
 
 import csv
-import hashlib
 import json
 import signal
 import os
