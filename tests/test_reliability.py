@@ -3,6 +3,7 @@
 import csv
 import json
 import signal
+import time
 import os
 import subprocess
 import sys
@@ -327,18 +328,25 @@ def test_case5_overwrite_removes_the_previous_runs_files_and_a_second_run_is_loc
     predict(ldm_path, five_images, out, "--model.num_particles", 2, "--overwrite", "true")
     for name in NAMES:
         assert sorted(p.name for p in (out / name).glob("particle_*.png")) == ["particle_0.png", "particle_1.png"]
-    from dwgf.outputs import OutputLock
-
-    other = OutputLock(out)  # another run holds the folder
-    other.acquire()
+    # another run, paused in the middle of its first batch, holds the folder
+    sentinels = tmp_path / "sentinels"
+    command = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images,
+               "--output", out, "--model.num_particles", 2, "--trainer.logger", "false", "--overwrite", "true"]
+    other = subprocess.Popen([sys.executable, str(ROOT / "tests/pause_run.py"), "first-item", str(sentinels), *map(str, command)],
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        deadline = time.monotonic() + 180
+        while not (sentinels / "0.pid").exists():
+            assert other.poll() is None and time.monotonic() < deadline, other.stderr.read()[-2000:] if other.poll() is not None else "timeout"
+            time.sleep(0.05)
         line = one_line_error(capsys, "predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path,
                               "--data.images", five_images, "--output", out, "--model.num_particles", 3)
     finally:
-        other.release()
-    assert line.startswith(f"dwgf: error: --output {str(out)!r} is in use by another dwgf run (pid {os.getpid()}, host ")
-    assert line.endswith("wait for it to end or choose another --output")
-    assert not list(out.glob("*/particle_2.png"))
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=120) == 128 + signal.SIGTERM
+    assert line.startswith(f"dwgf: error: --output {str(out)!r} is in use by another dwgf run (pid {other.pid}, host ")
+    assert line.endswith("wait for it to end or choose another --output") and "its command: " in line
+    assert not list(out.glob("*/particle_2.png"))  # the refused run wrote nothing
 
 
 def test_case6_seeds_follow_the_item_and_resume_sees_changed_inputs(ldm_path, tmp_path):
