@@ -4,6 +4,8 @@
     python benchmarks/quality.py run   [--methods ...] [--tasks ...]   # winners on 100 *report* digits
     python benchmarks/quality.py sweep [--tasks ...] [--series K N]    # DWGF: iterations and particles
     python benchmarks/quality.py table                                  # rewrite the Markdown from the cache
+    python benchmarks/quality.py overlays                               # configs/methods/<task>/<method>.yaml
+    python benchmarks/quality.py check [--methods ...] [--tasks ...]    # the winners on examples/mnist (8 digits)
 
 Budget: 200 network (UNet) evaluations per particle for every method that uses the prior (DWGF and
 RED-diff: 200 flow iterations; Latent DPS and PSLD: 200 DDIM steps; decoder inversion: 200 Adam
@@ -172,6 +174,16 @@ def winner(method: str, task: str) -> str:
     return entry["winner"]
 
 
+def check(methods: list[str], tasks: list[str]) -> None:
+    """The tuned winners on the 8 digits of examples/mnist: what README's commands give there (not in the tables)."""
+    for task in tasks:
+        for method in methods:
+            label = winner(method, task)
+            result = cached_run(f"check|examples|{method}|{task}|{label}", task, "examples", method_args(method, task, grid(method, task)[label]))
+            print(f"CHECK {method} on {task} ({label}), examples/mnist: particle-mean PSNR {result['psnr_mean']:.2f} dB "
+                  f"over {result['items']} digits")
+
+
 def evaluate(methods: list[str], tasks: list[str]) -> None:
     for task in tasks:
         for method in methods:
@@ -291,9 +303,56 @@ def write_tables() -> None:
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
 
 
+OVERLAY_NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion"}
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    """Sets ``--model.a.b`` in a config's ``model`` tree as jsonargparse reads it (through ``init_args``)."""
+    node = tree.setdefault("init_args", {})
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {}).setdefault("init_args", {})
+    node[leaf] = value
+
+
+def tuned_overlay(method: str, task: str) -> dict:
+    """The model section that ``run`` gives ``method`` on ``task``: its overlay with the tuned winner applied."""
+    import yaml
+
+    overlay, fixed, _ = METHODS[method]
+    model = yaml.safe_load(Path(overlay).read_text())["model"] if overlay else {}
+    overrides = ["--model.num_steps", str(STEPS), *fixed, *grid(method, task)[winner(method, task)]]
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        assert key.startswith("--model."), key
+        _set(model, key[len("--model."):], yaml.safe_load(value))
+    return {"model": model}
+
+
+def write_overlays(methods: list[str], tasks: list[str]) -> None:
+    """``configs/methods/<task>/<method>.yaml``: each method's tuned setting for each task, for README's commands."""
+    import yaml
+
+    tuned = load(TUNED)
+    for task in tasks:
+        folder = Path("configs/methods") / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for method in methods:
+            if task not in tuned.get(method, {}):
+                continue
+            entry = tuned[method][task]
+            name = OVERLAY_NAMES[method]
+            header = (f"# {method} on {task}, with its tuned setting {entry['winner']} (the best particle-mean PSNR on the\n"
+                      f"# {entry['split']} digits; benchmarks/results/quality.md). Layer it over the task config:\n"
+                      f"#   dwgf predict --config configs/mnist/{task}.yaml --config configs/methods/{task}/{name}.yaml --data.images DIR\n"
+                      f"# Written by `python benchmarks/quality.py overlays` from benchmarks/results/quality_tuned.json; do not edit.\n")
+            body = yaml.safe_dump(tuned_overlay(method, task), sort_keys=False, default_flow_style=False)
+            (folder / f"{name}.yaml").write_text(header + body)
+            print(f"wrote {folder / f'{name}.yaml'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["tune", "run", "sweep", "table"])
+    parser.add_argument("mode", choices=["tune", "run", "sweep", "table", "overlays", "check"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
     parser.add_argument("--tune-split", default="tune20", choices=["tune10", "tune20", "tune50"])
@@ -310,6 +369,12 @@ def main() -> None:
         evaluate(args.methods, args.tasks)
     elif args.mode == "sweep":
         sweep(args.tasks, args.series)
+    elif args.mode == "check":
+        check(args.methods, args.tasks)
+        return
+    elif args.mode == "overlays":
+        write_overlays(args.methods, args.tasks)
+        return
     write_tables()
 
 

@@ -121,7 +121,10 @@ class DWGFCLI(LightningCLI):
 
                 check = ArgumentParser(exit_on_error=False)
                 check.add_argument("--operator", type=ForwardOperator)
-                check.instantiate_classes(Namespace(operator=init_args["operator"]))  # raises DWGFError on bad values
+                operator = check.instantiate_classes(Namespace(operator=init_args["operator"])).operator  # raises DWGFError on bad values
+                from dwgf.data.datamodule import check_masks
+
+                check_masks(operator, init_args.get("measurements"), init_args.get("masks"))
             if init_args is not None:
                 from dwgf.data.images import IMAGE_SUFFIXES, list_images
 

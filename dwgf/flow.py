@@ -1,4 +1,4 @@
-"""The DWGF iteration (DESIGN.md §1) in plain torch, batched over B items x N particles.
+"""The DWGF iteration (Wang & Akyildiz 2025, arXiv 2509.19276) in plain torch, batched over B items x N particles.
 
 Nothing here knows about Lightning: :class:`dwgf.solver.DWGF` calls :func:`dwgf_flow` from its
 predict step, and a notebook can call it directly.

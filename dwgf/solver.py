@@ -166,7 +166,8 @@ class DWGF(InverseSolver):
 
     ``N`` particles per measurement start from ``N(0, I)`` in latent space and follow Adam on the
     data term plus the regularizers for ``num_steps`` iterations while the diffusion time walks
-    from high to low noise (DESIGN.md §1). The defaults are the paper's settings for Stable
+    from high to low noise (the paper's flow, arXiv 2509.19276; one iteration is
+    :func:`dwgf.flow.flow_gradient`). The defaults are the paper's settings for Stable
     Diffusion 2.1-base: 998 iterations, 4 particles, Adam lr 1.0, ``KLPrior(weight=0.15)`` and
     ``EncoderConsistency(weight=0.1)``, decoder noise 0.01.
 

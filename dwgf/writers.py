@@ -6,7 +6,8 @@ import csv
 import io
 import json
 import os
-import textwrap
+import re
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -88,6 +89,39 @@ def image_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _discard_new_log(logger: Any) -> None:
+    """Removes the version folder a TensorBoard logger has just created for this run, while it holds
+    nothing but its own new event files (Lightning creates it before the run knows it has nothing to do)."""
+    log_dir = getattr(logger, "log_dir", None)
+    experiment = getattr(logger, "_experiment", None)
+    if log_dir is None or experiment is None:
+        return
+    experiment.close()
+    folder = Path(log_dir)
+    if folder.is_dir() and not folder.is_symlink() and all(p.is_file() and p.name.startswith(("events.out.tfevents.", "hparams.yaml"))
+                                                          for p in folder.iterdir()):
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+def wrap_name(name: str, width: int) -> list[str]:
+    """``name`` in lines of at most ``width`` characters, broken after ``_``, ``-``, ``.`` or a space
+    (``digit0_mnist_0475`` -> ``digit0_mnist_``, ``0475``); only a part longer than a line is cut."""
+    parts = re.findall(r"[^_\-. ]*[_\-. ]|[^_\-. ]+$", name) or [name]
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+            continue
+        while len(part) > width:
+            lines.append(part[:width])
+            part = part[width:]
+        if part:
+            lines.append(part)
+    return [line.strip() for line in lines] or [name]
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes every predicted item to ``<output>/<name>/`` and collects ``<output>/metrics.csv``.
 
@@ -165,6 +199,13 @@ class PredictionWriter(BasePredictionWriter):
         self.num_items = len(self._names)
         self.complete = frozenset(complete)
         datamodule.skip_items = self.complete
+        if self.complete:
+            if trainer.is_global_zero:
+                print(f"predict: {len(self.complete)} of {self.num_items} items already complete, skipped", file=sys.stderr, flush=True)
+            if len(self.complete) == self.num_items:  # nothing to compute: no empty TensorBoard version
+                for logger in trainer.loggers:
+                    _discard_new_log(logger)
+                trainer.loggers = []
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.folder.lock.release()
@@ -279,7 +320,7 @@ class PredictionWriter(BasePredictionWriter):
         y = 0
         for (name, path), pic in zip(rows, pictures):
             sheet.paste(pic, (margin, y))
-            lines = textwrap.wrap(name, 14, break_long_words=True)[:3]
+            lines = wrap_name(name, 14)[:3]
             try:  # the item's PSNR of the particle mean, when the truth is known
                 psnr = json.loads((path.parent / "metrics.json").read_text()).get("psnr_mean")
                 if psnr is not None and psnr == psnr:

@@ -38,6 +38,52 @@ def item_seeds(seed: int, identity: str) -> tuple[int, int]:
     return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
 
 
+def takes_mask(operator: ForwardOperator) -> bool:
+    """Whether ``operator`` reads its parameters from a mask (the inpainting operators)."""
+    return type(operator).params_from_mask is not ForwardOperator.params_from_mask
+
+
+def check_masks(operator: ForwardOperator, measurements: Optional[str], masks: Optional[str]) -> None:
+    """Masks go with measurements and an inpainting operator, and measured inpainting needs them."""
+    if masks is not None and not takes_mask(operator):
+        raise DWGFError(f"--data.masks: {type(operator).__name__} takes no mask; remove --data.masks or use an inpainting operator")
+    if measurements is not None and masks is None and takes_mask(operator):
+        raise DWGFError(f"--data.measurements with {type(operator).__name__} needs --data.masks DIR (one mask per measurement, same "
+                        "file name, white = observed, black = missing): without it the missing region is unknown")
+
+
+def far_from_prior(files: list[Path], channels: int, size: int, option: str, folder: str) -> Optional[str]:
+    """One line saying how many inputs are far from what the prior models, and what is done to them.
+
+    Colour images given to a grayscale prior (converted by luminance) and images 4 times or more the
+    prior's resolution on their short side (shrunk to it). ``None`` if there are none.
+    """
+    colour, large, total, flagged = 0, 0, 0, 0
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as img:
+                total += 1
+                is_large = min(img.size) >= 4 * size
+                is_colour = False
+                if channels == 1 and img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                    arr = np.asarray(img.convert("RGB"), dtype=np.int16)
+                    is_colour = bool((arr[..., 0] != arr[..., 1]).any() or (arr[..., 1] != arr[..., 2]).any())
+                large, colour, flagged = large + is_large, colour + is_colour, flagged + (is_large or is_colour)
+        except Exception:  # noqa: BLE001 - an unreadable file becomes a failed item later, with its reason
+            continue
+    if not colour and not large:
+        return None
+    what = []
+    if colour:
+        what.append(f"{colour} colour image{'s' if colour > 1 else ''} converted to grayscale for the grayscale prior")
+    if large:
+        what.append(f"{large} image{'s' if large > 1 else ''} at least 4x the prior's {size}x{size} resolution shrunk to it")
+    return (f"{option} {folder!r}: {flagged} of {total} images are far from what the prior models: {'; '.join(what)}; "
+            "expect poor results (is this the right prior?)")
+
+
 class _Items(Dataset):
     """The items of a run: one per input file, with a unique output name and an identity."""
 
@@ -244,8 +290,7 @@ class MeasurementDataModule(LightningDataModule):
             raise DWGFError("give either --data.images (ground truth to degrade) or --data.measurements (degraded images), not both")
         if masks is not None and measurements is None:
             raise DWGFError("--data.masks goes with --data.measurements (with --data.images the operator draws the mask)")
-        if masks is not None and type(operator).params_from_mask is ForwardOperator.params_from_mask:
-            raise DWGFError(f"--data.masks: {type(operator).__name__} takes no mask; remove --data.masks or use an inpainting operator")
+        check_masks(operator, measurements, masks)
         if batch_size < 1:
             raise DWGFError(f"--data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -295,6 +340,11 @@ class MeasurementDataModule(LightningDataModule):
             files = list_images(self.images, "--data.images", warn_skipped=self._is_first_process)
             self.operator.measurement_shape((channels, size, size))  # fails early on a bad factor
             self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed)
+        if self._is_first_process:
+            option, folder = ("--data.images", self.images) if self.images is not None else ("--data.measurements", self.measurements)
+            line = far_from_prior(files, channels, size, option, folder)
+            if line:
+                warnings.warn(line, DWGFWarning, stacklevel=2)
         # a configuration that cannot work on any item (a box larger than the image) fails here, once
         self.operator.sample_params((channels, size, size), torch.Generator().manual_seed(0))
 

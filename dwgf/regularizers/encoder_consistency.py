@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class EncoderConsistency(Regularizer):
-    """Pulls each decoded particle towards its autoencoder reconstruction (DESIGN.md §1, step 7).
+    """Pulls each decoded particle towards its autoencoder reconstruction (the paper's data-prior term through the autoencoder, arXiv 2509.19276).
 
     With ``x^i = D(z^i)`` and the iteration's decoder noise ``n^i``, and no gradient through the
     autoencoder, ``c^i = x^i - D(E(x^i + n^i))``; the force on ``x^i`` is ``weight * c^i / P`` with

@@ -38,7 +38,7 @@ def particle_score(z_t: torch.Tensor, means: torch.Tensor, var: torch.Tensor) ->
 
 
 class KLPrior(Regularizer):
-    """DWGF's diffusion regularizer (DESIGN.md §1, steps 1-5).
+    """DWGF's diffusion regularizer (the paper's time-weighted KL to the diffused prior, arXiv 2509.19276).
 
     Its Wasserstein gradient on particle ``z^i`` at diffusion time ``t`` is
 

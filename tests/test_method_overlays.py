@@ -1,0 +1,48 @@
+"""The per-task method overlays (configs/methods/<task>/<method>.yaml) carry the tuned winners."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dwgf.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNED = json.loads((ROOT / "benchmarks/results/quality_tuned.json").read_text())
+NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion"}
+CASES = [(method, task) for method, tasks in TUNED.items() for task in tasks]
+
+
+def setting(method: str, init: dict) -> dict[str, float]:
+    """The tuned hyperparameters of an overlay's ``init_args``, under the labels quality.py's grids use."""
+    if method in ("DWGF", "RED-diff-latent"):
+        (kl,) = init["regularizers"]  # the benchmark runs the KL term alone
+        assert kl["class_path"] == "KLPrior" and kl["init_args"]["weighting"] == "DWGFWeighting"
+        return {"w": kl["init_args"]["weight"]}
+    if method == "Latent DPS":
+        return {"zeta": init["guidance"]}
+    if method == "PSLD":
+        return {"zeta": init["guidance"], "gamma": init["gluing"]}
+    return {"lr": init["step_size"]["init_args"]["lr"]}
+
+
+@pytest.mark.parametrize("method,task", CASES, ids=[f"{t}-{NAMES[m]}" for m, t in CASES])
+def test_each_overlay_holds_the_tuned_winner(method, task):
+    overlay = yaml.safe_load((ROOT / "configs/methods" / task / f"{NAMES[method]}.yaml").read_text())
+    winner = {k: float(v) for k, v in (part.split("=") for part in TUNED[method][task]["winner"].split(","))}
+    init = overlay["model"]["init_args"]
+    assert setting(method, init) == winner
+    assert init["num_steps"] == 200  # the comparison's budget
+    assert init["num_particles"] == (1 if method == "RED-diff-latent" else 4)
+
+
+def test_layered_config_resolves_to_the_tuned_guidance(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"),
+              "--config", str(ROOT / "configs/methods/box_inpaint/dps.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["class_path"] == "dwgf.baselines.LatentDPS"
+    assert model["init_args"]["guidance"] == float(TUNED["Latent DPS"]["box_inpaint"]["winner"].split("=")[1])
+    assert model["init_args"]["prior"]["init_args"]["pretrained"] == "dwgf:mnist-ldm"  # the task's prior stays
