@@ -71,6 +71,9 @@ from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 
 
 # -- memory ------------------------------------------------------------------------------------
+
+UNET_PRECISION_NAMES = {"32": "float32", "bf16": "bfloat16 (autocast)", "16": "float16 (autocast)"}
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -530,7 +533,8 @@ def main() -> None:
     if args.compare_sizes:
         diff = check_reference(shipped, device)
         if not diff < 1e-9:
-            raise SystemExit(f"flow_speed.py: the reference-faithful iteration and dwgf_flow disagree (largest latent difference {diff:.2e}); fix before timing")
+            raise SystemExit(f"flow_speed.py: the reference-faithful iteration and dwgf_flow disagree (largest latent difference "
+                f"{diff:.2e}); fix before timing")
         print(f"reference vs dwgf: largest latent difference after 3 iterations {diff:.2e}", flush=True)
     for bn in args.compare_sizes:
         before = len(rows)
@@ -568,7 +572,7 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "gradient + decoder forward and one vector-Jacobian product [+ encoder and decoder forward with the encoder",
             "term]), timed alone right after each iteration on that iteration's tensors. iteration and floor: medians",
             "over the timed iterations; ratio: of the medians; quartiles: of the per-iteration ratios. Box inpainting,",
-            f"KL prior weight 0.25, UNet in {dict(zip(['32', 'bf16', '16'], ['float32', 'bfloat16 (autocast)', 'float16 (autocast)']))[args.precision]}. images/min at K iterations per image. Peak memory",
+            f"KL prior weight 0.25, UNet in {UNET_PRECISION_NAMES[args.precision]}. images/min at K iterations per image. Peak memory",
             "during one iteration, from a run without the floor calls: above the level before the run, and in all (CPU: the",
             "process's resident set size, which includes the runtime and every model loaded so far; GPU: allocated by torch).",
             "",
@@ -583,7 +587,7 @@ def write(args, device, rows, compare, diff, changes=()) -> None:
             "",
             "The same iteration computed as the authors' code does (autoencoder weights requiring gradients,",
             "kernel score through autograd, `loss.backward()`, one measurement per call), with the encoder term, at",
-            f"equal particles. The two give the same particles: largest latent difference after 3 iterations from",
+            "equal particles. The two give the same particles: largest latent difference after 3 iterations from",
             f"the same state and random numbers, {diff:.1e} (in float64; in float32 rounding differences, amplified by",
             "Adam's normalised first steps, reach about 1e-4).",
             "",

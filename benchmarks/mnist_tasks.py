@@ -18,7 +18,6 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import torch
 from PIL import Image
 
 from dwgf.cli import main as dwgf_main

@@ -32,8 +32,10 @@ def overrides(weight: float, enc: float, lr: float) -> list[str]:
 
 
 def tune(tasks, split, weights, encs, lrs) -> None:
-    lines = [f"\n## Tuning grid on `{split}` ({datetime.date.today()}): `python benchmarks/mnist_tune.py tune --split {split} --tasks {' '.join(tasks)}`\n",
-             "| task | prior weight | encoder weight | step size | mean PSNR | mean SSIM | particle PSNR | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"\n## Tuning grid on `{split}` ({datetime.date.today()}): `python benchmarks/mnist_tune.py tune --split {split} --tasks "
+        f"{' '.join(tasks)}`\n",
+             "| task | prior weight | encoder weight | step size | mean PSNR | mean SSIM | particle PSNR | wall s "
+                 "|", "|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         best = None
         for w, e, lr in itertools.product(weights, encs, lrs):
@@ -58,11 +60,14 @@ def report(tasks, inversion) -> None:
             cells = [c.strip() for c in line.strip("|").split("|")]
             if line.startswith("| ") and cells[0] in TASKS:
                 rows[cells[0]] = line
-    header = [f"# DWGF on the shipped MNIST prior: the 250 report digits\n",
+    header = ["# DWGF on the shipped MNIST prior: the 250 report digits\n",
               "Produced by `python benchmarks/mnist_tune.py report --tasks TASK... --inversion TASK...` (each row: its date).",
-              "PSNR/SSIM on [0, 1] images; *mean*: the particle mean; *particle*: averaged over particles; *naive*: the measurement shown as an image",
-              "(masked image with gray holes, nearest-neighbour upsampling, blurred or noisy image); *inversion*: the same flow with every regularizer removed.\n",
-              "| task | DWGF mean PSNR | DWGF mean SSIM | particle PSNR | particle SSIM | naive PSNR | inversion mean PSNR | wall s (250 digits) | date |",
+              "PSNR/SSIM on [0, 1] images; *mean*: the particle mean; *particle*: averaged over particles; *naive*: the measurement "
+                  "shown as an image",
+              "(masked image with gray holes, nearest-neighbour upsampling, blurred or noisy image); *inversion*: the same flow with "
+                  "every regularizer removed.\n",
+              "| task | DWGF mean PSNR | DWGF mean SSIM | particle PSNR | particle SSIM | naive PSNR | inversion mean PSNR | wall s "
+                  "(250 digits) | date |",
               "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         config = f"configs/mnist/{task}.yaml"

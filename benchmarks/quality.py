@@ -170,7 +170,8 @@ def tune(methods: list[str], tasks: list[str], split: str) -> None:
 def winner(method: str, task: str) -> str:
     entry = load(TUNED).get(method, {}).get(task)
     if entry is None:
-        raise SystemExit(f"quality.py: no tuned setting for {method} on {task}: run `python benchmarks/quality.py tune --methods '{method}' --tasks {task}` first")
+        raise SystemExit(f"quality.py: no tuned setting for {method} on {task}: run `python benchmarks/quality.py tune --methods "
+            f"'{method}' --tasks {task}` first")
     return entry["winner"]
 
 
@@ -268,7 +269,8 @@ def write_tables() -> None:
     tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
     if tasks:
         lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.", "",
-                  "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | s/image | naive PSNR | date |",
+                  "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | s/image | "
+                      "naive PSNR | date |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in tasks:
             rows = [(k.split("|")[2], k.split("|")[4], v) for k, v in runs.items() if k.split("|")[3] == task]

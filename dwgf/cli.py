@@ -30,9 +30,10 @@ import dwgf.regularizers  # noqa: F401
 import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
 from dwgf import stopping
-from dwgf.errors import DWGFError, DWGFWarning, find_dwgf_error, summarize_parser_error
+from dwgf.errors import DWGFError, DWGFWarning
 from dwgf.outputs import OutputLock
 from dwgf.progress import FlowProgressBar
+from dwgf.registry import builtin_classes, find_dwgf_error, summarize_parser_error
 from dwgf.writers import PredictionWriter
 
 _LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), released when it returns
@@ -66,13 +67,15 @@ class DWGFCLI(LightningCLI):
             "--output",
             type=Optional[str],
             default="outputs",
-            help="Folder for the results: <output>/<name>/*.png, <output>/metrics.csv, <output>/config.yaml (predict); the trainer's default_root_dir (fit).",
+            help="Folder for the results: <output>/<name>/*.png, <output>/metrics.csv, <output>/config.yaml (predict); the trainer's "
+                "default_root_dir (fit).",
         )
         parser.add_argument(
             "--overwrite",
             type=bool,
             default=False,
-            help="predict: recompute every item. By default a run into an --output that holds complete items of the same configuration skips them (resume).",
+            help="predict: recompute every item. By default a run into an --output that holds complete items of the same configuration "
+                "skips them (resume).",
         )
 
     def _sub(self) -> Any:
@@ -138,7 +141,9 @@ class DWGFCLI(LightningCLI):
         if self.subcommand == "predict":
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
-            writer = PredictionWriter(config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite")))
+            writer = PredictionWriter(
+                config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite"))
+            )
             held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
             if held:
                 writer.folder.lock = held[0]
@@ -278,8 +283,6 @@ def builtins_help() -> str:
     import importlib
     import inspect
 
-    from dwgf.errors import builtin_classes
-
     classes = {}
     for short, path in builtin_classes().items():
         module, name = path.rsplit(".", 1)
@@ -295,6 +298,19 @@ def builtins_help() -> str:
             lines.append(f"  {title}:")
             lines += [f"    {s:<26}{_first_line(classes[s])}" for s in members]
     return "\n".join(lines)
+
+
+def _precisions() -> list:
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    def literals(t) -> list:
+        if typing.get_origin(t) is typing.Literal:
+            return list(typing.get_args(t))
+        return [v for a in typing.get_args(t) for v in literals(a)]
+
+    return list(dict.fromkeys(str(v) for v in literals(_PRECISION_INPUT)))
 
 
 class _HelpFormatter(LightningArgumentParser().formatter_class):  # jsonargparse's, keeping the epilog's lines
@@ -365,7 +381,6 @@ def main(args: Any = None) -> None:
     cwd = os.getcwd()
     sys.path[:] = [p for p in sys.path if p not in ("", cwd)] + [cwd]
     argv = list(sys.argv[1:] if args is None else args)
-    DWGFError.last = None
     warnings.formatwarning = _format_warning
     _quiet_lightning()
     predicting = "predict" in argv
@@ -377,7 +392,7 @@ def main(args: Any = None) -> None:
         cli = DWGFCLI(args=args)
     except argparse.ArgumentError as err:
         found = find_dwgf_error(err)
-        line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS)
+        line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS, _precisions())
         print(f"dwgf: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     except stopping.StopRequested as stop:

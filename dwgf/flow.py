@@ -204,7 +204,10 @@ def flow_gradient(
     return g_z + vjp.view_as(z), state
 
 
-def _flow(prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback, unet_dtype, failures):
+def _flow(
+    prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback,
+    unet_dtype, failures,
+):
     b, n = y.shape[0], num_particles
     device = y.device
     z = draw((n, *prior.latent_shape)).requires_grad_(True)

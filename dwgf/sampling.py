@@ -47,5 +47,5 @@ def ddim_sample(
         abar_prev = prior.abar(ts[i + 1].repeat(num_samples)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
         eps = prior.eps(z, tt)
         z0 = (z - (1 - abar).sqrt() * eps) / abar.sqrt()
-        z = ddim_step(z0, eps, abar, abar_prev, eta, lambda: torch.randn(z.shape, generator=generator, device=device))
+        z = ddim_step(z0, eps, abar, abar_prev, eta, lambda shape=z.shape: torch.randn(shape, generator=generator, device=device))
     return prior.decode(z)

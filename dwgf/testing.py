@@ -130,7 +130,9 @@ def make_tiny_unconditional_prior(path: str | Path, image_size: int = 32, channe
     return path
 
 
-def make_images(folder: str | Path, count: int = 3, sizes: tuple[tuple[int, int], ...] = ((40, 48), (32, 32), (64, 50)), mode: str = "RGB", seed: int = 0) -> Path:
+def make_images(
+    folder: str | Path, count: int = 3, sizes: tuple[tuple[int, int], ...] = ((40, 48), (32, 32), (64, 50)), mode: str = "RGB", seed: int = 0
+) -> Path:
     """Writes ``count`` smooth random PNG images of various sizes (``(height, width)``) to ``folder``."""
     import numpy as np
     from PIL import Image

@@ -14,7 +14,6 @@ from PIL import Image
 
 from dwgf.cli import main
 from dwgf.testing import make_images
-from dwgf.writers import png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SD_CONFIGS = [ROOT / "configs/sd21/ffhq_box_inpaint.yaml", ROOT / "configs/sd21/ffhq_sr8.yaml"]

@@ -187,10 +187,12 @@ def one_line_error(capsys, *args) -> str:
 
 def test_configuration_errors_are_one_line(ldm_path, five_images, tmp_path, capsys):
     base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--output", tmp_path / "o"]
-    assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder"
+    assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
+        f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
     (tmp_path / "empty").mkdir()
     assert one_line_error(capsys, *base, "--data.images", tmp_path / "empty") == (
-        f"dwgf: error: --data.images {str(tmp_path / 'empty')!r}: no images found (it is empty; expected .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp files)")
+        f"dwgf: error: --data.images {str(tmp_path / 'empty')!r}: no images found "
+        "(it is empty; expected .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp files)")
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -0.1) == (
         "dwgf: error: SuperResolution: sigma_y must be >= 0, got -0.1")
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.factor", 3) == (
@@ -416,7 +418,8 @@ def test_case8_user_errors_are_one_line_with_exit_2(ldm_path, five_images, tmp_p
         cfg = tmp_path / f"{key}.yaml"
         nested = f"    step_size:\n      init_args:\n        lr: {value}\n" if key == "lr" else f"    decoder_noise: {value}\n"
         cfg.write_text("model:\n  init_args:\n" + nested)
-        assert one_line_error(capsys, *base, "--config", cfg) == f"dwgf: error: {option}: must be a finite number, got {'inf' if key == 'lr' else 'nan'}"
+        expected = f"dwgf: error: {option}: must be a finite number, got {'inf' if key == 'lr' else 'nan'}"
+        assert one_line_error(capsys, *base, "--config", cfg) == expected
     # a broken prior folder
     import shutil
 

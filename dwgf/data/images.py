@@ -127,7 +127,8 @@ def _unit_array(img: Image.Image, path: Path) -> np.ndarray:
     if mode in ("L", "RGB"):
         rgb = img
     elif mode in ("1", "P", "PA", "LA", "La", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = img.convert("RGBA" if mode in ("PA", "LA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) else ("L" if mode == "1" else "RGB"))
+        transparent = mode in ("PA", "LA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
+        rgb = img.convert("RGBA" if transparent else ("L" if mode == "1" else "RGB"))
         if rgb.mode == "RGBA":  # transparent pixels show the background as white, as viewers do
             background = Image.new("RGBA", rgb.size, (255, 255, 255, 255))
             rgb = Image.alpha_composite(background, rgb).convert("RGB")

@@ -77,7 +77,8 @@ class BoxInpainting(_MaskOperator):
                 raise DWGFError(f"BoxInpainting: reference_size must be positive, got {reference_size}")
             far = [(position or (0, 0))[i] + size[i] for i in range(2)]
             if max(far) > reference_size:
-                raise DWGFError(f"BoxInpainting: box of size {list(size)} at {list(position or (0, 0))} does not fit in the {reference_size}x{reference_size} reference image")
+                raise DWGFError(f"BoxInpainting: box of size {list(size)} at {list(position or (0, 0))} does not fit in the "
+                    f"{reference_size}x{reference_size} reference image")
         self.size = tuple(int(s) for s in size)
         self.position = None if position is None else tuple(int(p) for p in position)
         self.reference_size = reference_size

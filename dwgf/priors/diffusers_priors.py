@@ -66,9 +66,11 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub is unreachable or refused it"
         if offline:
-            raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}); download it where the hub is reachable and pass the local folder") from None
+            raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}); download it where "
+                f"the hub is reachable and pass the local folder") from None
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it where the hub is reachable and pass the local folder") from None
+        raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it "
+            f"where the hub is reachable and pass the local folder") from None
     return Path(local)
 
 
@@ -77,7 +79,8 @@ def _read_config(path: Path, pretrained: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column "
+            f"{err.colno}: {err.msg})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DWGFError(f"{OPTION} {pretrained!r}: cannot read {path.parent.name}/{path.name} ({getattr(err, 'strerror', None) or err})") from None
     if not isinstance(data, dict):
@@ -224,7 +227,8 @@ class StableDiffusionPrior(DiffusersLatentPrior):
 
         _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
         if cfg.get("_class_name") not in (None, "UNet2DConditionModel"):
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a UNet2DConditionModel (use UnconditionalLatentPrior)")
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a "
+                f"UNet2DConditionModel (use UnconditionalLatentPrior)")
         self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained)
         _component_config(root, ("text_encoder",), "text_encoder", self.pretrained)
         if not (root / "tokenizer").is_dir():
@@ -270,7 +274,8 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
 
         _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
         if cfg.get("_class_name") not in (None, "UNet2DModel"):
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a UNet2DModel (use StableDiffusionPrior)")
+            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a "
+                f"UNet2DModel (use StableDiffusionPrior)")
         self.unet = _load(UNet2DModel, root, "unet", self.pretrained)
 
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

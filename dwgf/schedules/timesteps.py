@@ -34,7 +34,9 @@ class TimestepSchedule:
             raise DWGFError(f"{type(self).__name__}: t_min={self.t_min} is above t_max={t_max}")
         return t_max, self.t_min
 
-    def __call__(self, num_iterations: int, num_train_timesteps: int, generators: Sequence[torch.Generator], device: torch.device | str = "cpu") -> torch.Tensor:
+    def __call__(
+        self, num_iterations: int, num_train_timesteps: int, generators: Sequence[torch.Generator], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -138,7 +138,10 @@ class LatentDiffusionTraining(LightningModule):
         self.vae.save_pretrained(out / "vae", safe_serialization=True)
         self.ema.save_pretrained(out / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(out / "scheduler")
-        index = {"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}
+        index = {
+            "_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "scheduler": ["diffusers", "DDPMScheduler"],
+        }
         (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return out
 

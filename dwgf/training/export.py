@@ -33,7 +33,8 @@ def export(src: str | Path, dst: str | Path, max_mb: float = 25.0) -> float:
         shutil.copyfile(src / k, dst / k)
     prior = UnconditionalLatentPrior(str(dst))
     params = sum(p.numel() for p in prior.parameters())
-    print(f"exported {dst}: {size:.2f} MB, {params / 1e6:.2f}M parameters, images {prior.image_channels}x{prior.image_size}x{prior.image_size}, latents {prior.latent_shape}")
+    print(f"exported {dst}: {size:.2f} MB, {params / 1e6:.2f}M parameters, images "
+        f"{prior.image_channels}x{prior.image_size}x{prior.image_size}, latents {prior.latent_shape}")
     return size
 
 
