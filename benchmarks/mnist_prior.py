@@ -17,7 +17,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from dwgf.priors import UnconditionalLatentPrior
 from dwgf.sampling import ddim_sample
 from dwgf.training.mnist import mnist_split
-from dwgf.writers import atomic_write_bytes, png_bytes
+from dwgf.outputs import atomic_write_bytes
+from dwgf.rendering import png_bytes
 
 
 def grid(images: torch.Tensor, rows: int) -> torch.Tensor:

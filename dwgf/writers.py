@@ -1,4 +1,6 @@
-"""Writes predictions: per-item images and metrics, and ``metrics.csv`` for the run."""
+"""The prediction writer: the Lightning callback that puts each item's files in ``--output`` and assembles
+``metrics.csv``, ``failures.csv`` and the contact sheet. What the files show is :mod:`dwgf.rendering`; where and how
+they are written is :mod:`dwgf.outputs`."""
 
 from __future__ import annotations
 
@@ -6,87 +8,22 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from dwgf.errors import DWGFError
 from dwgf.outputs import OutputFolder
+from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
 METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
 FAILURES_HEADER = ("name", "file", "reason")
 FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
-STD_GAIN = 4.0  # std.png shows min(1, 4 * std) of [0, 1] images: white is a std of 0.25 or more
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` images to ``[0, 1]``."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def png_bytes(image01: torch.Tensor) -> bytes:
-    """A ``C x H x W`` image in ``[0, 1]`` as PNG bytes (8-bit, gray for ``C = 1``)."""
-    arr = (image01.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    arr = arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def image_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str, float]:
-    """PSNR/SSIM of each particle (averaged) and of the particle mean, on ``[0, 1]`` images."""
-    n = particles01.shape[0]
-    target = truth01.expand(n, -1, -1, -1)
-    psnr = peak_signal_noise_ratio(particles01, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(particles01, target, data_range=1.0, reduction="none")
-    mean = particles01.mean(0, keepdim=True)
-    psnr_mean = peak_signal_noise_ratio(mean, truth01, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim_mean = structural_similarity_index_measure(mean, truth01, data_range=1.0, reduction="none")
-    return {
-        "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-        "psnr_mean": float(psnr_mean.mean()), "ssim_mean": float(ssim_mean.mean()),
-    }
-
-
-SUMMARY_TILE = 96  # minimum tile side in summary pictures, in pixels (small images are enlarged)
-SHEET_ITEMS = 8  # items on the contact sheet <output>/summary.png
-
-
-def _tile(image01: torch.Tensor, side: int) -> Image.Image:
-    """A ``C x h x w`` image in ``[0, 1]`` as an RGB tile of ``side x side`` (nearest neighbour)."""
-    img = Image.open(io.BytesIO(png_bytes(image01))).convert("RGB")
-    return img.resize((side, side), Image.NEAREST)
-
-
-def summary_picture(tiles: Sequence[torch.Tensor], labels: Sequence[str], label_row: bool = True) -> Image.Image:
-    """Tiles side by side, 2 px apart, with their labels on a strip above (if ``label_row``)."""
-    from PIL import ImageDraw
-
-    h = max(t.shape[-1] for t in tiles)
-    side = max(SUMMARY_TILE, h * max(1, SUMMARY_TILE // h))
-    top = 14 if label_row else 0
-    sheet = Image.new("RGB", (len(tiles) * (side + 2) - 2, side + top), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (tile, label) in enumerate(zip(tiles, labels)):
-        x = i * (side + 2)
-        sheet.paste(_tile(tile, side), (x, top))
-        if label_row:
-            draw.text((x + 2, 1), label, fill="black")
-    return sheet
-
-
-def image_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _discard_new_log(logger: Any) -> None:
@@ -103,23 +40,6 @@ def _discard_new_log(logger: Any) -> None:
         for p in folder.iterdir():
             p.unlink()
         folder.rmdir()
-
-
-def wrap_name(name: str, width: int) -> list[str]:
-    """``name`` in lines of at most ``width`` characters, broken after ``_``, ``-``, ``.`` or a space
-    (``digit0_mnist_0475`` -> ``digit0_mnist_``, ``0475``); only a part longer than a line is cut."""
-    parts = re.findall(r"[^_\-. ]*[_\-. ]|[^_\-. ]+$", name) or [name]
-    lines: list[str] = []
-    for part in parts:
-        if lines and len(lines[-1]) + len(part) <= width:
-            lines[-1] += part
-            continue
-        while len(part) > width:
-            lines.append(part[:width])
-            part = part[width:]
-        if part:
-            lines.append(part)
-    return [line.strip() for line in lines] or [name]
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -222,29 +142,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
                    index: int = -1, file: str = "") -> dict[str, Any]:
-        """Writes one item's files; ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
-        files: dict[str, bytes] = {}
-        p01 = to_unit(particles)
-        for k, p in enumerate(p01):
-            files[f"particle_{k}.png"] = png_bytes(p)
-        mean = p01.mean(0)
-        files["mean.png"] = png_bytes(mean)
-        std = p01.std(0, unbiased=False).mean(0, keepdim=True) if p01.shape[0] > 1 else torch.zeros_like(mean[:1])
-        files["std.png"] = png_bytes((STD_GAIN * std).clamp(0, 1))
-        files["measurement.png"] = png_bytes(to_unit(measurement))
-        record: dict[str, Any] = {"name": name, "file": Path(file).name, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None}
-        if image is not None:
-            truth = to_unit(image)
-            files["ground_truth.png"] = png_bytes(truth)
-            record.update(image_metrics(p01, truth[None]))
-        record["seconds"] = float(seconds)
-        tiles = [to_unit(measurement), *p01, mean, (STD_GAIN * std).clamp(0, 1)]
-        labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
-        if image is not None:
-            tiles.append(truth)
-            labels.append("truth")
-        files["summary.png"] = image_bytes(summary_picture(tiles, labels))
-        files["metrics.json"] = json.dumps(record, ensure_ascii=False).encode()
+        """Writes one item's files (:func:`dwgf.rendering.render_item`); ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
+        files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name)
         self.folder.write_item(name, self._identity(index), files)
         return record
 
@@ -304,34 +203,23 @@ class PredictionWriter(BasePredictionWriter):
         self.folder.write_run_file("failures.csv", buf.getvalue().encode())
 
     def write_contact_sheet(self, names: Sequence[str]) -> None:
-        """``<output>/summary.png``: the summaries of the first items, one per row, names on the left."""
-        from PIL import ImageDraw
-
-        rows = [(n, self.output / n / "summary.png") for n in names]
-        rows = [(n, p) for n, p in rows if p.is_file()][:SHEET_ITEMS]
+        """``<output>/summary.png``: the summaries of the first items (:func:`dwgf.rendering.contact_sheet`)."""
+        rows = []
+        for name in names:
+            path = self.output / name / "summary.png"
+            if not path.is_file():
+                continue
+            try:  # the item's PSNR of the particle mean, when the truth is known
+                psnr = json.loads((path.parent / "metrics.json").read_text()).get("psnr_mean")
+            except (OSError, ValueError):
+                psnr = None
+            rows.append((name, Image.open(path).convert("RGB"), psnr))
+            if len(rows) == SHEET_ITEMS:
+                break
         if not rows:
             self.folder.remove_run_file("summary.png")
             return
-        pictures = [Image.open(p).convert("RGB") for _, p in rows]
-        margin = 90
-        width = margin + max(p.width for p in pictures)
-        sheet = Image.new("RGB", (width, sum(p.height + 4 for p in pictures)), "white")
-        draw = ImageDraw.Draw(sheet)
-        y = 0
-        for (name, path), pic in zip(rows, pictures):
-            sheet.paste(pic, (margin, y))
-            lines = wrap_name(name, 14)[:3]
-            try:  # the item's PSNR of the particle mean, when the truth is known
-                psnr = json.loads((path.parent / "metrics.json").read_text()).get("psnr_mean")
-                if psnr is not None and psnr == psnr:
-                    lines.append(f"mean {float(psnr):.1f} dB")
-            except (OSError, ValueError):
-                pass
-            top = y + pic.height // 2 - 6 * len(lines)
-            for i, line in enumerate(lines):
-                draw.text((2, top + 12 * i), line, fill="black")
-            y += pic.height + 4
-        self.folder.write_run_file("summary.png", image_bytes(sheet))
+        self.folder.write_run_file("summary.png", image_bytes(contact_sheet(rows)))
 
     def write_metrics_csv(self, names: Sequence[str]) -> None:
         """``metrics.csv`` from the ``metrics.json`` of ``names`` (complete items, in input order)."""

@@ -8,7 +8,7 @@ from dwgf.data import MeasurementDataModule, item_seeds, load_image
 from dwgf.errors import DWGFError
 from dwgf.operators import BoxInpainting, SuperResolution
 from dwgf.testing import make_images
-from dwgf.writers import png_bytes
+from dwgf.rendering import png_bytes
 
 
 def _dm(op, **kw):

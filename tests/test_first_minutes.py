@@ -9,7 +9,7 @@ from PIL import Image
 
 from dwgf.cli import main
 from dwgf.testing import make_images
-from dwgf.writers import wrap_name
+from dwgf.rendering import wrap_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
