@@ -6,11 +6,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from dwgf.testing import make_images, make_tiny_sd_prior, make_tiny_unconditional_prior  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run with torch's own default thread count, the one a `dwgf` process started by a user has, so
+# that runs in this process and in subprocesses (tests/test_processes.py) give the same bits.
 
 
 @pytest.fixture(scope="session")

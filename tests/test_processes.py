@@ -39,9 +39,9 @@ def args(ldm_path, images, out, *extra) -> list[str]:
 
 
 def env(threads: bool = True) -> dict[str, str]:
-    """The test process's environment; with ``threads``, the thread count of this (pytest) process."""
-    e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    e["HF_HUB_OFFLINE"] = "1"
+    """The test process's environment; with ``threads``, pinned to this (pytest) process's thread count;
+    without, as a user has it (no OMP_NUM_THREADS unless the user's environment sets it)."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if threads:
         e["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     return e
@@ -107,10 +107,13 @@ def reference(ldm_path, five_images, tmp_path_factory):
 
 
 POINTS = ["first-item", "between-items", "during-write", "after-last-item"]
+# the default suite kills at two points (each kill starts dwgf anew, ~6 s); -m slow runs the other six
+DEFAULT_KILLS = {("during-write", signal.SIGKILL), ("between-items", signal.SIGTERM)}
+KILLS = [pytest.param(point, sig, id=f"{point}-{sig.name}", marks=() if (point, sig) in DEFAULT_KILLS else pytest.mark.slow)
+         for point in POINTS for sig in (signal.SIGKILL, signal.SIGTERM)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point,sig", KILLS)
 def test_killed_then_rerun_equals_an_uninterrupted_run(ldm_path, five_images, reference, tmp_path, point, sig):
     out, sentinels = tmp_path / "out", tmp_path / "sentinels"
     proc = subprocess.Popen([sys.executable, str(PAUSE), point, str(sentinels), *args(ldm_path, five_images, out)],
@@ -144,43 +147,37 @@ def two_process_args(ldm_path, images, out, *extra) -> list[str]:
     return [sys.executable, "-m", "dwgf", *args(ldm_path, images, out, "--trainer.accelerator", "cpu", *extra)]
 
 
-@pytest.fixture(scope="module")
-def one_process(ldm_path, five_images, tmp_path_factory):
-    """A one-process run as a user starts it (no OMP_NUM_THREADS): the reference of the DDP tests."""
-    out = tmp_path_factory.mktemp("one") / "out"
-    subprocess.run(two_process_args(ldm_path, five_images, out, "--trainer.devices", 1), check=True, env=env(threads=False), cwd=ROOT,
-                   timeout=600, capture_output=True)
-    return out
-
-
-def test_two_processes_are_byte_identical_to_one_by_default(ldm_path, five_images, one_process, tmp_path):
-    """DDP on CPU (gloo) without OMP_NUM_THREADS: each item once, every file identical to one process."""
-    two = tmp_path / "two"
-    subprocess.run(two_process_args(ldm_path, five_images, two, "--trainer.devices", 2, "--trainer.strategy", "ddp"), check=True,
-                   env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True)
-    assert fingerprint(two, skip=DEVICES) == fingerprint(one_process, skip=DEVICES)
+def test_two_processes_with_an_idle_one_are_byte_identical_to_one_by_default(ldm_path, five_images, tmp_path):
+    """DDP on CPU (gloo) as a user starts it (no OMP_NUM_THREADS): 5 images in one batch of 8 for two
+    processes, so rank 1 has nothing to do and must wait; every file identical to a one-process run."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    # the one-process run is this process's (torch's default thread count, as a user's dwgf has: conftest.py)
+    main(args(ldm_path, five_images, one, "--trainer.accelerator", "cpu", "--data.batch_size", 8))
+    run = subprocess.run(two_process_args(ldm_path, five_images, two, "--trainer.devices", 2, "--trainer.strategy", "ddp",
+                                          "--data.batch_size", 8), env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert fingerprint(two, skip=DEVICES) == fingerprint(one, skip=DEVICES)
     with open(two / "metrics.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == NAMES  # every item exactly once
 
 
-def test_a_process_with_no_batch_waits_and_the_run_completes(ldm_path, five_images, one_process, tmp_path):
-    """One batch for two processes, and a resume that leaves one process nothing to do."""
-    single = tmp_path / "single"
-    run = subprocess.run(two_process_args(ldm_path, five_images, single, "--trainer.devices", 2, "--trainer.strategy", "ddp",
-                                          "--data.batch_size", 8), env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    with open(single / "metrics.csv") as f:
-        assert [r["name"] for r in csv.DictReader(f)] == NAMES
+def reference_with(ldm_path, images, out) -> dict[str, str]:
+    """An uninterrupted run in this process (this process's thread count), as the fingerprint DDP tests compare."""
+    main(args(ldm_path, images, out, "--trainer.accelerator", "cpu"))
+    return fingerprint(out, skip=DEVICES)
+
+
+def test_a_resume_that_leaves_a_process_idle_completes_and_equals_an_uninterrupted_run(ldm_path, five_images, tmp_path):
+    """Batches of 2: batches 0 and 1 done here, in this process; two processes resume and rank 1 has nothing left."""
     resumed = tmp_path / "resumed"
-    subprocess.run(two_process_args(ldm_path, five_images, resumed, "--trainer.devices", 1, "--trainer.limit_predict_batches", 2),
-                   check=True, env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True)
+    main(args(ldm_path, five_images, resumed, "--trainer.accelerator", "cpu", "--trainer.limit_predict_batches", 2))
     run = subprocess.run(two_process_args(ldm_path, five_images, resumed, "--trainer.devices", 2, "--trainer.strategy", "ddp"),
-                         env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)  # only batch 2 is left: rank 1 idles
+                         env=env(), cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert fingerprint(resumed, skip=DEVICES) == fingerprint(one_process, skip=DEVICES)
+    assert fingerprint(resumed, skip=DEVICES) == reference_with(ldm_path, five_images, tmp_path / "ref")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_launcher_takes_its_ranks_down(ldm_path, five_images, tmp_path, sig):
     out, sentinels = tmp_path / "out", tmp_path / "sentinels"
     proc = subprocess.Popen([sys.executable, str(PAUSE), "first-item", str(sentinels),

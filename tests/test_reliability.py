@@ -330,6 +330,23 @@ def test_case5_overwrite_removes_the_previous_runs_files_and_a_second_run_is_loc
     predict(ldm_path, five_images, out, "--model.num_particles", 2, "--overwrite", "true")
     for name in NAMES:
         assert sorted(p.name for p in (out / name).glob("particle_*.png")) == ["particle_0.png", "particle_1.png"]
+    from dwgf.outputs import OutputLock
+
+    other = OutputLock(out)  # another run's lock (an flock on its own open file; -m slow runs a real second dwgf)
+    other.acquire()
+    try:
+        line = one_line_error(capsys, "predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path,
+                              "--data.images", five_images, "--output", out, "--model.num_particles", 3)
+    finally:
+        other.release()
+    assert line.startswith(f"dwgf: error: --output {str(out)!r} is in use by another dwgf run (pid {os.getpid()}, host ")
+    assert line.endswith("wait for it to end or choose another --output")
+    assert not list(out.glob("*/particle_2.png"))  # the refused run wrote nothing
+
+
+@pytest.mark.slow
+def test_case5_a_second_run_is_locked_out_by_a_running_one(ldm_path, five_images, tmp_path, capsys):
+    out = tmp_path / "o"
     # another run, paused in the middle of its first batch, holds the folder
     sentinels = tmp_path / "sentinels"
     command = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images,

@@ -7,11 +7,12 @@ from typing import Optional, Sequence
 import torch
 
 from dwgf.errors import DWGFError
+from dwgf.reprs import ArgumentsRepr
 
 Params = dict[str, torch.Tensor]
 
 
-class ForwardOperator:
+class ForwardOperator(ArgumentsRepr):
     """A degradation ``A`` with optional per-item parameters and additive Gaussian noise.
 
     Images ``x`` are ``B x C x H x W`` in ``[-1, 1]``. Per-item parameters (a mask, a blur kernel)
@@ -165,9 +166,6 @@ class ForwardOperator:
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         return grad, loss.detach()
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"
 
 
 def repeat_params(params: Params, n: int) -> Params:

@@ -32,7 +32,7 @@ def bicubic_taps(factor: int) -> tuple[torch.Tensor, int]:
     last = math.ceil(centre + half) - 1
     positions = torch.arange(first, last + 1, dtype=torch.float64)
     taps = _cubic((positions - centre) / factor)
-    return (taps / taps.sum()).float(), -first
+    return taps / taps.sum(), -first  # float64: cast to the image's dtype where used
 
 
 class SuperResolution(ForwardOperator):

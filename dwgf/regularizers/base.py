@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
     from dwgf.flow import FlowState
 
 
-class Regularizer:
+class Regularizer(ArgumentsRepr):
     """A term of the flow's objective, given by its gradient ("force") on the particles.
 
     The flow calls :meth:`force` once per iteration with the current :class:`~dwgf.flow.FlowState`.
@@ -35,6 +36,3 @@ class Regularizer:
     def force(self, state: "FlowState") -> torch.Tensor:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from dwgf.reprs import ArgumentsRepr
 
 
-class TimeWeighting:
+class TimeWeighting(ArgumentsRepr):
     """``lambda(abar)``, the weight of the diffusion term at noise level ``abar = abar_t``.
 
     Subclass and implement :meth:`__call__` to add one.
@@ -14,8 +15,6 @@ class TimeWeighting:
     def __call__(self, abar: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class DWGFWeighting(TimeWeighting):

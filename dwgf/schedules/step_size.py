@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 from dwgf.errors import DWGFError
+from dwgf.reprs import ArgumentsRepr
 
 
-class StepSizeSchedule:
+class StepSizeSchedule(ArgumentsRepr):
     """The step size (Adam's learning rate) at iteration ``k`` of ``K`` (``k = 0 .. K-1``).
 
     Subclass and implement :meth:`__call__` to add one; name it by ``class_path`` under
@@ -29,8 +30,6 @@ class StepSizeSchedule:
     def _progress(k: int, num_iterations: int) -> float:
         return k / (num_iterations - 1) if num_iterations > 1 else 0.0
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
 
 class _Decaying(StepSizeSchedule):

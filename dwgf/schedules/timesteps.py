@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 import torch
 
 from dwgf.errors import DWGFError
+from dwgf.reprs import ArgumentsRepr
 
 
-class TimestepSchedule:
+class TimestepSchedule(ArgumentsRepr):
     """Integer diffusion timesteps for ``K`` iterations, one row per item: a ``(B, K)`` tensor.
 
     Random schedules draw from each item's own generator, so an item's timesteps do not depend on
@@ -39,8 +40,6 @@ class TimestepSchedule:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
 
 class DescendingTimesteps(TimestepSchedule):
