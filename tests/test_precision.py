@@ -25,25 +25,32 @@ def quickstart_psnr(out: Path, precision: str, *extra: str, digits: int = 8) -> 
     return sum(float(r["psnr_mean"]) for r in rows) / len(rows)
 
 
+def masked_psnr(out: Path) -> float:
+    """The PSNR of the measurement itself (the image with its box), averaged over the run's items."""
+    import numpy as np
+    from PIL import Image
+
+    values = []
+    for truth in out.glob("*/ground_truth.png"):
+        a = np.asarray(Image.open(truth), dtype=np.float64) / 255
+        b = np.asarray(Image.open(truth.with_name("measurement.png")), dtype=np.float64) / 255
+        values.append(10 * np.log10(1 / np.mean((a - b) ** 2)))
+    return float(np.mean(values))
+
+
 def check_within(tmp_path, precisions, extra, tolerance=0.5, digits=8):
     psnr = {p: quickstart_psnr(tmp_path / p, p, *extra, digits=digits) for p in ("32-true", *precisions)}
-    # the reconstructions are good (not two equally bad runs) and the low precision stays close
-    assert psnr["32-true"] > 20, psnr
+    # the reconstructions are good (well above the masked image; not two equally bad runs) and the low precision stays close
+    assert psnr["32-true"] > masked_psnr(tmp_path / "32-true") + 3, psnr
     for p in precisions:
         assert abs(psnr[p] - psnr["32-true"]) <= tolerance, psnr
 
 
 @pytest.mark.filterwarnings("ignore:.*16-mixed.*:UserWarning")
 def test_mixed_precision_keeps_the_quickstart_psnr_short_run(tmp_path, monkeypatch):
-    """4 of the quickstart's digits at 60 iterations (a quarter of its budget), float32 vs bf16-mixed."""
-    import shutil
-
+    """The quickstart's 8 digits at 40 iterations (a fifth of its budget), float32 vs bf16-mixed."""
     monkeypatch.chdir(ROOT)
-    digits = tmp_path / "digits"
-    digits.mkdir()
-    for path in sorted((ROOT / "examples/mnist").glob("*.png"))[:4]:
-        shutil.copy(path, digits / path.name)
-    check_within(tmp_path, ["bf16-mixed"], ["--model.num_steps", "60", "--data.images", str(digits)], digits=4)
+    check_within(tmp_path, ["bf16-mixed"], ["--model.num_steps", "40"])
 
 
 @pytest.mark.slow
