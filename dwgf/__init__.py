@@ -9,7 +9,7 @@ The Python API, without the CLI or config files::
 
     import dwgf
     prior = dwgf.UnconditionalLatentPrior("dwgf:mnist-ldm")
-    x = dwgf.load_image("examples/mnist/mnist_0475.png", prior.image_channels, (32, 32))[None]
+    x = dwgf.load_image("examples/mnist/digit0_mnist_0475.png", prior.image_channels, (32, 32))[None]
     op = dwgf.BoxInpainting(size=[12, 12], sigma_y=0.01)
     y, params = op.measure(x, seeds=[0])
     solver = dwgf.DWGF(prior, num_steps=200, num_particles=4, regularizers=[dwgf.KLPrior(0.25)],

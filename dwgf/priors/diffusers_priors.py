@@ -114,10 +114,9 @@ class DiffusersLatentPrior(LatentPrior):
     Args:
         pretrained: a local diffusers folder, a hub id (only if reachable or already cached), or
             ``dwgf:<name>`` for a prior that ships with dwgf.
-        channels_last: store the autoencoder's weights channels-last (default ``True``). On the
-            2-core CPU, for 200 MNIST latents, decode + VJP took 0.77 s instead of 1.13 s and encode
-            0.23 s instead of 0.30 s, with results equal to float rounding (4e-6); the UNet gained
-            nothing, so it stays as it is.
+        channels_last: store the autoencoder's weights channels-last (default ``True``; results
+            equal to float rounding). What it is worth is measured by ``benchmarks/flow_speed.py
+            --changes vae_channels_last`` (README, "Performance").
     """
 
     def __init__(self, pretrained: str, channels_last: bool = True):
