@@ -3,6 +3,7 @@
 - :class:`LatentDPS`: diffusion posterior sampling (Chung et al. 2023) in latent space: DDIM
   sampling of the prior, each step pushed down the gradient of ``||y - A(D(z0_hat(z_t)))||``.
 - :class:`PSLD`: Latent DPS plus PSLD's "gluing" term (Rout et al. 2023).
+  Both are thin LightningModules over :func:`dwgf.dps.dps_sample` (plain torch).
 - :class:`DecoderInversion`: Adam on the latents against the data term alone (no prior): the floor.
 - RED-diff in latent space (Mardani et al. 2023) is not a class: it is :class:`~dwgf.solver.DWGF`
   with one particle and the score-distillation regularizer only (``configs/methods/reddiff.yaml``).
@@ -13,16 +14,15 @@ per item, so that an item's result does not depend on the batch it is in.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 
+from dwgf.dps import SamplerState, dps_sample
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, item_generators, unet_precision
-from dwgf.operators.base import ForwardOperator, Params, repeat_params
+from dwgf.flow import ItemNoise, item_generators
+from dwgf.operators.base import ForwardOperator, Params
 from dwgf.priors.base import LatentPrior
-from dwgf.sampling import ddim_step, ddim_timesteps
 from dwgf.schedules.step_size import StepSizeSchedule
 from dwgf.solver import DWGF, InverseSolver
 
@@ -61,47 +61,25 @@ class LatentDPS(InverseSolver):
         self.guidance = float(guidance)
         self.eta = float(eta)
 
-    def guidance_loss(self, z0: torch.Tensor, x0: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
-        """Per-sample loss whose gradient with respect to ``z_t`` guides the step, shape ``(B*N,)``."""
-        return self.guidance * self.operator.residual_norm(x0, y, params)
-
     @property
-    def guided(self) -> bool:
-        return self.guidance > 0
+    def gluing_weight(self) -> float:
+        return 0.0
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
-        device = y.device
-        unet_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            return self._sample(y, params, ItemNoise(item_generators(seeds, device), device), unet_dtype)
+        draw = ItemNoise(item_generators(seeds, y.device), y.device)
+        self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
+        return dps_sample(self.prior, self.operator, y, params, draw, num_particles=self.num_particles, num_steps=self.num_steps,
+                          guidance=self.guidance, eta=self.eta, gluing=self.gluing_weight, callback=self.on_sampler_iteration)
 
-    def _sample(self, y, params, draw: ItemNoise, unet_dtype) -> torch.Tensor:
-        prior, b, n = self.prior, y.shape[0], self.num_particles
-        z = draw((n, *prior.latent_shape)).flatten(0, 1)
-        y_n, params_n = y.repeat_interleave(n, dim=0), repeat_params(params, n)
-        ts = ddim_timesteps(self.num_steps, prior.num_train_timesteps).to(y.device)
-        for i, t in enumerate(ts):
-            tt = t.repeat(b * n)
-            abar = prior.abar(tt).view(-1, 1, 1, 1)
-            abar_prev = prior.abar(ts[i + 1].repeat(b * n)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
-            z_in = z.detach().requires_grad_(self.guided)
-            with contextlib.ExitStack() as stack:
-                if not self.guided:
-                    stack.enter_context(torch.no_grad())
-                with unet_precision(y.device.type, unet_dtype):
-                    eps = prior.eps(z_in, tt)
-                z0 = (z_in - (1 - abar).sqrt() * eps) / abar.sqrt()
-                noise = lambda: draw((n, *prior.latent_shape)).flatten(0, 1)  # noqa: E731
-                z_next = ddim_step(z0.detach(), eps.detach(), abar, abar_prev, self.eta, noise)
-                if self.guided:
-                    loss = self.guidance_loss(z0, prior.decode(z0), y_n, params_n)
-                    (grad,) = torch.autograd.grad(loss.sum(), z_in)
-                    z_next = z_next - grad
-            z = z_next.detach()
-            self.report_iteration(i, len(ts))
-        with torch.no_grad():
-            x = prior.decode(z)
-        return x.view(b, n, *x.shape[1:])
+    def on_sampler_iteration(self, state: SamplerState) -> None:
+        """After every DDIM step: the first non-finite step of each item, then progress, stop check and logging."""
+        bad = ~torch.isfinite(state.z).flatten(1).all(1)
+        if bad.any() and self.failed_iterations is not None:
+            first = (self.failed_iterations < 0) & bad
+            self.failed_iterations[first] = state.iteration
+        self.report_iteration(state.iteration, state.num_iterations)
+        if self._trainer is not None and self.logger is not None:
+            self.logger.log_metrics({f"predict/batch_{self._batch_idx:04d}/t": float(state.t.float().mean())}, step=state.iteration)
 
 
 class PSLD(LatentDPS):
@@ -130,19 +108,12 @@ class PSLD(LatentDPS):
         self.gluing = float(gluing)
 
     @property
-    def guided(self) -> bool:
-        return self.guidance > 0 or self.gluing > 0
+    def gluing_weight(self) -> float:
+        return self.gluing
 
     def check_operator(self, operator: ForwardOperator) -> None:
         if not operator.linear:
             raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(operator).__name__} is not linear: use LatentDPS or DWGF")
-
-    def guidance_loss(self, z0: torch.Tensor, x0: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
-        loss = super().guidance_loss(z0, x0, y, params)
-        if self.gluing > 0:
-            glued = self.prior.encode(self.operator.project(x0, y, params))
-            loss = loss + self.gluing * (z0 - glued).flatten(1).norm(dim=1)
-        return loss
 
 
 class DecoderInversion(DWGF):

@@ -6,12 +6,12 @@ predict step, and a notebook can call it directly.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from dwgf.precision import float32_but_the_unet, unet_precision
 from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
@@ -41,11 +41,6 @@ def item_generators(seeds: Sequence[int] | torch.Tensor, device: torch.device | 
     """One generator per item on ``device``, seeded with the item's seed."""
     seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-
-def unet_precision(device_type: str, dtype: Optional[torch.dtype]):
-    """Autocast to ``dtype`` around the network call (mixed precision), or nothing when ``None``."""
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -136,11 +131,8 @@ def dwgf_flow(
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError("dwgf_flow needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
-    device_type = y.device.type
-    unet_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    # Lightning's predict loop runs under no_grad; under mixed precision only the network call
-    # runs in the low precision (flow_gradient re-enables autocast around it), the rest in float32.
-    with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+    # under mixed precision only the network call runs in the low precision (dwgf.precision)
+    with float32_but_the_unet(y.device.type) as unet_dtype:
         return _flow(
             prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps,
             betas, decoder_noise, callback, unet_dtype, failures,

@@ -1,11 +1,13 @@
-"""Unconditional sampling from a latent prior (DDIM), in plain torch."""
+"""DDIM in plain torch: the update, one loop (unconditional or guided), unconditional sampling."""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Optional
 
 import torch
 
+from dwgf.precision import unet_precision
 from dwgf.priors.base import LatentPrior
 
 
@@ -28,24 +30,56 @@ def ddim_step(z0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, abar_prev
     return z
 
 
+def ddim_loop(
+    prior: LatentPrior, z: torch.Tensor, num_steps: int, eta: float, noise: Callable[[], torch.Tensor], *,
+    guidance: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, unet_dtype: Optional[torch.dtype] = None,
+    callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
+) -> torch.Tensor:
+    """DDIM from ``z`` (at the first DDIM timestep) down to ``t = 0``; returns the final latents.
+
+    Each step: ``eps_hat = eps_theta(z_t, t)``, ``z0_hat = (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar)``,
+    then :func:`ddim_step` to the next timestep. With ``guidance``, a per-sample loss of ``z0_hat``, the
+    step also goes down its gradient with respect to ``z_t`` (Latent DPS and PSLD); the network is then
+    differentiated, otherwise it runs without gradient.
+
+    Args:
+        prior: the latent prior. z: ``M x c x h x w`` starting latents (``N(0, I)``).
+        num_steps: DDIM steps. eta: DDIM's stochasticity (0: deterministic).
+        noise: draws a tensor shaped like ``z`` (per-item generators keep items independent of their batch).
+        guidance: ``loss(z0_hat) -> (M,)``, or ``None``.
+        unet_dtype: the network call's autocast dtype (:mod:`dwgf.precision`).
+        callback: ``callback(i, num_steps, t, z)`` after each step, ``t`` the step's ``(M,)`` timesteps.
+    """
+    ts = ddim_timesteps(num_steps, prior.num_train_timesteps).to(z.device)
+    m = z.shape[0]
+    for i, t in enumerate(ts):
+        tt = t.repeat(m)
+        abar = prior.abar(tt).view(-1, 1, 1, 1)
+        abar_prev = prior.abar(ts[i + 1].repeat(m)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
+        z_in = z.detach().requires_grad_(guidance is not None)
+        with contextlib.ExitStack() as stack:
+            if guidance is None:
+                stack.enter_context(torch.no_grad())
+            with unet_precision(z.device.type, unet_dtype):
+                eps = prior.eps(z_in, tt)
+            z0 = (z_in - (1 - abar).sqrt() * eps) / abar.sqrt()
+            z_next = ddim_step(z0.detach(), eps.detach(), abar, abar_prev, eta, noise)
+            if guidance is not None:
+                (grad,) = torch.autograd.grad(guidance(z0).sum(), z_in)
+                z_next = z_next - grad
+        z = z_next.detach()
+        if callback is not None:
+            callback(i, len(ts), tt, z)
+    return z
+
+
 @torch.no_grad()
 def ddim_sample(
     prior: LatentPrior, num_samples: int, num_steps: int = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``num_samples`` images ``B x C x H x W`` by DDIM (Song et al. 2021) from ``z_T ~ N(0, I)``.
-
-    ``z_{t'} = sqrt(abar') z0_hat + sqrt(1 - abar' - s^2) eps_hat + s e``, with
-    ``z0_hat = (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar)`` and ``s = eta sqrt((1-abar')/(1-abar)
-    (1 - abar/abar'))``; ``eta = 0`` is deterministic.
-    """
-    z = torch.randn(num_samples, *prior.latent_shape, generator=generator, device=device)
-    ts = ddim_timesteps(num_steps, prior.num_train_timesteps).to(device)
-    for i, t in enumerate(ts):
-        tt = t.repeat(num_samples)
-        abar = prior.abar(tt).view(-1, 1, 1, 1)
-        abar_prev = prior.abar(ts[i + 1].repeat(num_samples)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
-        eps = prior.eps(z, tt)
-        z0 = (z - (1 - abar).sqrt() * eps) / abar.sqrt()
-        z = ddim_step(z0, eps, abar, abar_prev, eta, lambda shape=z.shape: torch.randn(shape, generator=generator, device=device))
+    """``num_samples`` images ``B x C x H x W`` by DDIM (Song et al. 2021) from ``z_T ~ N(0, I)`` (:func:`ddim_loop`)."""
+    shape = (num_samples, *prior.latent_shape)
+    z = torch.randn(shape, generator=generator, device=device)
+    z = ddim_loop(prior, z, num_steps, eta, lambda: torch.randn(shape, generator=generator, device=device))
     return prior.decode(z)

@@ -175,3 +175,20 @@ def test_reddiff_config_is_dwgf_with_one_particle(ldm_path, image_dir, tmp_path)
     a = DWGF(prior, num_steps=4, num_particles=1, regularizers=[KLPrior(0.25)]).set_operator(op).solve(y, params, [1, 2])
     b = DWGF(prior, num_steps=4, num_particles=1, regularizers=[KLPrior(0.25, particle_term=False)]).set_operator(op).solve(y, params, [1, 2])
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_dps_sample_is_plain_torch_and_reports_every_step(ldm_prior):
+    """The maths runs without Lightning: dps_sample gives the module's samples and calls back once per step."""
+    from dwgf.dps import dps_sample
+    from dwgf.flow import ItemNoise, item_generators
+
+    op = BoxInpainting(size=[8, 8], sigma_y=0.01)
+    y, params = measurement(op, ldm_prior)
+    states = []
+    direct = dps_sample(ldm_prior, op, y, params, ItemNoise(item_generators([3, 4], "cpu"), "cpu"), num_particles=2, num_steps=4,
+                        guidance=0.1, gluing=0.1, callback=states.append)
+    module = PSLD(ldm_prior, num_steps=4, num_particles=2, guidance=0.1, gluing=0.1).set_operator(op).solve(y, params, [3, 4])
+    assert torch.equal(direct, module)
+    assert [s.iteration for s in states] == [0, 1, 2, 3] and all(s.num_iterations == 4 for s in states)
+    assert states[0].z.shape == (2, 2, *ldm_prior.latent_shape) and states[0].t.shape == (2,)
+    assert states[0].t[0] > states[-1].t[0] == 0  # from high noise down to t = 0
