@@ -134,8 +134,9 @@ def dwgf_flow(
     # under mixed precision only the network call runs in the low precision (dwgf.precision)
     with float32_but_the_unet(y.device.type) as unet_dtype:
         return _flow(
-            prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps,
-            betas, decoder_noise, callback, unet_dtype, failures,
+            prior, operator, y, params, draw, num_particles=num_particles, num_steps=num_steps, regularizers=regularizers,
+            step_size=step_size, timesteps=timesteps, betas=betas, decoder_noise=decoder_noise, callback=callback,
+            unet_dtype=unet_dtype, failures=failures,
         )
 
 
@@ -197,9 +198,12 @@ def flow_gradient(
 
 
 def _flow(
-    prior, operator, y, params, draw, num_particles, num_steps, regularizers, step_size, timesteps, betas, decoder_noise, callback,
-    unet_dtype, failures,
-):
+    prior: LatentPrior, operator: ForwardOperator, y: torch.Tensor, params: Params, draw: ItemNoise, *, num_particles: int,
+    num_steps: int, regularizers: Sequence[Regularizer], step_size: StepSizeSchedule, timesteps: TimestepSchedule,
+    betas: tuple[float, float], decoder_noise: float, callback: Optional[Callable[[FlowState], None]],
+    unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
     b, n = y.shape[0], num_particles
     device = y.device
     z = draw((n, *prior.latent_shape)).requires_grad_(True)
