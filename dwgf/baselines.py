@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from dwgf.dps import SamplerState, dps_sample
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.flow import ItemNoise, item_generators
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.priors.base import LatentPrior
@@ -50,13 +50,13 @@ class LatentDPS(InverseSolver):
     def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0):
         super().__init__(prior, num_particles)
         if num_steps < 1:
-            raise DWGFError(f"--model.num_steps must be >= 1, got {num_steps}")
+            raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if num_steps > prior.num_train_timesteps:
-            raise DWGFError(f"--model.num_steps must be <= the prior's {prior.num_train_timesteps} timesteps, got {num_steps}")
+            raise argument_error(self, "num_steps", f" must be <= the prior's {prior.num_train_timesteps} timesteps, got {num_steps}")
         if not guidance >= 0:
-            raise DWGFError(f"--model.guidance must be >= 0, got {guidance}")
+            raise argument_error(self, "guidance", f" must be >= 0, got {guidance}")
         if not 0 <= eta <= 1:
-            raise DWGFError(f"--model.eta must be in [0, 1], got {eta}")
+            raise argument_error(self, "eta", f" must be in [0, 1], got {eta}")
         self.num_steps = int(num_steps)
         self.guidance = float(guidance)
         self.eta = float(eta)
@@ -104,7 +104,7 @@ class PSLD(LatentDPS):
     ):
         super().__init__(prior, num_steps, num_particles, guidance, eta)
         if not gluing >= 0:
-            raise DWGFError(f"--model.gluing must be >= 0, got {gluing}")
+            raise argument_error(self, "gluing", f" must be >= 0, got {gluing}")
         self.gluing = float(gluing)
 
     @property

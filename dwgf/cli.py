@@ -33,7 +33,7 @@ from dwgf import stopping
 from dwgf.errors import DWGFError, DWGFWarning
 from dwgf.outputs import OutputLock
 from dwgf.progress import FlowProgressBar
-from dwgf.registry import builtin_classes, find_dwgf_error, summarize_parser_error
+from dwgf.registry import builtin_classes, find_dwgf_error, option_message, summarize_parser_error
 from dwgf.writers import PredictionWriter
 
 _LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), released when it returns
@@ -124,10 +124,16 @@ class DWGFCLI(LightningCLI):
 
                 check = ArgumentParser(exit_on_error=False)
                 check.add_argument("--operator", type=ForwardOperator)
-                operator = check.instantiate_classes(Namespace(operator=init_args["operator"])).operator  # raises DWGFError on bad values
                 from dwgf.data.datamodule import check_masks
 
-                check_masks(operator, init_args.get("measurements"), init_args.get("masks"))
+                try:
+                    operator = check.instantiate_classes(Namespace(operator=init_args["operator"])).operator  # raises on bad values
+                    check_masks(operator, init_args.get("measurements"), init_args.get("masks"))
+                except Exception as err:  # noqa: BLE001 - jsonargparse may wrap the operator's DWGFError
+                    found = find_dwgf_error(err)
+                    if found is None:
+                        raise
+                    raise option_message(found, config.as_dict()) from err
             if init_args is not None:
                 from dwgf.data.images import IMAGE_SUFFIXES, list_images
 
@@ -136,6 +142,27 @@ class DWGFCLI(LightningCLI):
                         list_images(init_args[key], f"--data.{key}", suffixes)
         elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
             config["trainer"]["default_root_dir"] = config["output"]
+
+    def _config_dict(self) -> dict:
+        config = self._sub()
+        return config.as_dict() if hasattr(config, "as_dict") else dict(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except DWGFError as err:
+            raise option_message(err, self._config_dict()) from err
+        except Exception as err:  # noqa: BLE001 - jsonargparse may wrap a class's error
+            found = find_dwgf_error(err)
+            if found is None:
+                raise
+            raise option_message(found, self._config_dict()) from err
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except DWGFError as err:
+            raise option_message(err, self._config_dict()) from err
 
     def instantiate_trainer(self, **kwargs: Any):
         if self.subcommand == "predict":

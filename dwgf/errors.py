@@ -14,3 +14,16 @@ class DWGFError(Exception):
 
 class DWGFWarning(UserWarning):
     """Something the user should know that does not stop the run; ``dwgf`` prints it as one line."""
+
+
+def argument_error(owner: object, argument: str, detail: str) -> DWGFError:
+    """A :class:`DWGFError` about one argument of a class, worded for the Python API.
+
+    The message is ``"<Class>: <argument><detail>"`` (``"DWGF: num_steps must be >= 1, got 0"``); the
+    ``dwgf`` command, which knows where the class sits in the config, names the option instead
+    (``"--model.num_steps must be >= 1, got 0"``). ``owner`` is the instance or its class name.
+    """
+    name = owner if isinstance(owner, str) else type(owner).__name__
+    err = DWGFError(f"{name}: {argument}{detail}")
+    err.owner, err.argument, err.detail = name, argument, detail
+    return err

@@ -7,6 +7,8 @@ what the CLI knows of Lightning (the trainer's precisions, the data module base)
 from __future__ import annotations
 
 
+from typing import Any
+
 from dwgf.errors import DWGFError
 
 
@@ -124,3 +126,33 @@ def summarize_parser_error(message: str, options=(), precisions=()) -> str:
     useful = [ln for ln in lines if not ln.startswith(_GENERIC)]
     detail = useful[0] if useful else (lines[-1] if lines else "invalid arguments")
     return f"{option}: {detail}" if option else detail
+
+
+def _find_owner(tree: Any, owner: str, path: tuple[str, ...] = ()) -> "tuple[str, ...] | None":
+    """The config path (``init_args`` levels left out) of the first class named ``owner`` in ``tree``."""
+    if isinstance(tree, dict):
+        class_path = tree.get("class_path")
+        if isinstance(class_path, str) and class_path.rsplit(".", 1)[-1] == owner:
+            return path
+        for key, value in tree.items():
+            found = _find_owner(value, owner, path if key == "init_args" else (*path, str(key)))
+            if found is not None:
+                return found
+    elif isinstance(tree, list):
+        for value in tree:
+            found = _find_owner(value, owner, path)
+            if found is not None:
+                return found
+    return None
+
+
+def option_message(err: DWGFError, config: dict) -> DWGFError:
+    """``err`` worded for the command line: an argument error of a class in ``config`` names its option
+    (``DWGF: num_steps must ...`` -> ``--model.num_steps must ...``); any other error is returned as it is."""
+    owner, argument = getattr(err, "owner", None), getattr(err, "argument", None)
+    if not owner or not argument:
+        return err
+    path = _find_owner(config, owner)
+    if path is None:
+        return err
+    return DWGFError(f"--{'.'.join((*path, argument))}{err.detail}")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
 from dwgf.flow import FlowState, ItemNoise, dwgf_flow, item_generators
 from dwgf.operators.base import ForwardOperator, Params
@@ -41,7 +41,7 @@ class InverseSolver(LightningModule):
     def __init__(self, prior: LatentPrior, num_particles: int = 4):
         super().__init__()
         if num_particles < 1:
-            raise DWGFError(f"--model.num_particles must be >= 1, got {num_particles}")
+            raise argument_error(self, "num_particles", f" must be >= 1, got {num_particles}")
         self.prior = prior
         self.prior.freeze()
         self.num_particles = int(num_particles)
@@ -203,9 +203,9 @@ class DWGF(InverseSolver):
     ):
         super().__init__(prior, num_particles)
         if num_steps < 1:
-            raise DWGFError(f"--model.num_steps must be >= 1, got {num_steps}")
+            raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if decoder_noise < 0:
-            raise DWGFError(f"--model.decoder_noise must be >= 0, got {decoder_noise}")
+            raise argument_error(self, "decoder_noise", f" must be >= 0, got {decoder_noise}")
         self.num_steps = int(num_steps)
         self.regularizers = list(regularizers) if regularizers is not None else [KLPrior(), EncoderConsistency()]
         self.step_size = step_size if step_size is not None else ConstantStepSize(1.0)
@@ -213,7 +213,7 @@ class DWGF(InverseSolver):
         self.betas = (float(betas[0]), float(betas[1]))
         self.decoder_noise = float(decoder_noise)
         if log_images_every is not None and log_images_every < 0:
-            raise DWGFError(f"--model.log_images_every must be >= 0 (0: never), got {log_images_every}")
+            raise argument_error(self, "log_images_every", f" must be >= 0 (0: never), got {log_images_every}")
         self.log_images_every = log_images_every
         self.compile_networks = bool(compile)
         if self.compile_networks:

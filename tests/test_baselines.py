@@ -127,13 +127,13 @@ def test_frozen_weights_get_no_grad(ldm_prior):
 
 
 def test_bad_hyperparameters_fail_clearly(ldm_prior):
-    with pytest.raises(DWGFError, match="--model.guidance must be >= 0"):
+    with pytest.raises(DWGFError, match="^LatentDPS: guidance must be >= 0"):
         LatentDPS(ldm_prior, guidance=-1)
-    with pytest.raises(DWGFError, match="--model.eta must be in"):
+    with pytest.raises(DWGFError, match="^LatentDPS: eta must be in"):
         LatentDPS(ldm_prior, eta=2)
-    with pytest.raises(DWGFError, match="--model.num_steps must be <= the prior's 1000"):
+    with pytest.raises(DWGFError, match="^LatentDPS: num_steps must be <= the prior's 1000"):
         LatentDPS(ldm_prior, num_steps=5000)
-    with pytest.raises(DWGFError, match="--model.gluing must be >= 0"):
+    with pytest.raises(DWGFError, match="^PSLD: gluing must be >= 0"):
         PSLD(ldm_prior, gluing=-0.1)
 
 

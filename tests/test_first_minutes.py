@@ -28,8 +28,8 @@ def test_measured_inpainting_without_masks_is_an_error_naming_the_option(ldm_pat
               "--data.operator.size", "[8, 8]"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "dwgf: error: --data.measurements with BoxInpainting needs --data.masks DIR (one mask per measurement, same file name, "
-        "white = observed, black = missing): without it the missing region is unknown")
+        "dwgf: error: --data.measurements with BoxInpainting need masks (a folder: one mask per measurement, same file name, "
+        "white = observed, black = missing): without them the missing region is unknown")
     assert not (tmp_path / "o" / "photo").exists()
 
 

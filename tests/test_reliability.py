@@ -194,9 +194,9 @@ def test_configuration_errors_are_one_line(ldm_path, five_images, tmp_path, caps
         f"dwgf: error: --data.images {str(tmp_path / 'empty')!r}: no images found "
         "(it is empty; expected .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp files)")
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -0.1) == (
-        "dwgf: error: SuperResolution: sigma_y must be >= 0, got -0.1")
+        "dwgf: error: --data.operator.sigma_y must be >= 0, got -0.1")
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.factor", 3) == (
-        "dwgf: error: SuperResolution: factor 3 does not divide the 32x32 image size")
+        "dwgf: error: --data.operator.factor 3 does not divide the 32x32 image size")
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator", "BoxInpainting", "--data.operator.size", "[40, 8]") == (
         "dwgf: error: BoxInpainting: the 40x8 box is larger than the 32x32 image")
 
@@ -239,7 +239,7 @@ def test_data_problems_are_found_before_the_prior_is_loaded(five_images, tmp_pat
     """The prior path does not exist, yet the data and operator errors come first."""
     base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", tmp_path / "no-prior", "--output", tmp_path / "o"]
     assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -1) == (
-        "dwgf: error: SuperResolution: sigma_y must be >= 0, got -1.0")
+        "dwgf: error: --data.operator.sigma_y must be >= 0, got -1.0")
     assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
         f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
     assert "no-prior" in one_line_error(capsys, *base, "--data.images", five_images)
@@ -579,7 +579,7 @@ def test_case13_skipped_entries_masks_and_class_paths_are_reported(ldm_path, fiv
     args = ["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.measurements", str(meas),
             "--data.masks", str(masks), "--output", str(tmp_path / "o2")]
     assert one_line_error(capsys, *args) == (
-        "dwgf: error: --data.masks: SuperResolution takes no mask; remove --data.masks or use an inpainting operator")
+        "dwgf: error: --data.masks: SuperResolution takes no mask; give no masks or an inpainting operator")
     with pytest.warns(UserWarning, match=r"m.png: the mask is not black and white; pixels brighter than mid-gray are taken as observed"):
         main([*args, "--data.operator", "BoxInpainting", "--data.operator.size", "[8, 8]"])
     base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o3"]
@@ -587,3 +587,19 @@ def test_case13_skipped_entries_masks_and_class_paths_are_reported(ldm_path, fiv
         "dwgf: error: --data.operator: no class 'BoxInpaintin' in module 'dwgf.operators' (did you mean 'BoxInpainting'?)")
     assert one_line_error(capsys, *base, "--data.operator", "nomodule.Box") == (
         "dwgf: error: --data.operator: cannot import module 'nomodule' for class_path 'nomodule.Box' (No module named 'nomodule')")
+
+
+def test_library_errors_name_arguments_and_the_cli_names_options(ldm_prior, five_images, ldm_path, tmp_path, capsys):
+    """The Python API speaks of a class's own arguments; the command line turns them into its options."""
+    from dwgf.errors import DWGFError
+    from dwgf.operators import SuperResolution
+    from dwgf.solver import DWGF
+
+    with pytest.raises(DWGFError, match=r"^DWGF: num_steps must be >= 1, got 0$"):
+        DWGF(ldm_prior, num_steps=0)
+    with pytest.raises(DWGFError, match=r"^SuperResolution: sigma_y must be >= 0, got -1$"):
+        SuperResolution(2, sigma_y=-1)
+    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
+    assert one_line_error(capsys, *base, "--model.num_steps", 0) == "dwgf: error: --model.num_steps must be >= 1, got 0"
+    assert one_line_error(capsys, *base, "--model.step_size.lr", -1) == "dwgf: error: --model.step_size.lr must be > 0, got -1.0"
+    assert one_line_error(capsys, *base, "--data.batch_size", 0) == "dwgf: error: --data.batch_size must be >= 1, got 0"

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, list_images, load_image
-from dwgf.errors import DWGFError, DWGFWarning
+from dwgf.errors import DWGFError, DWGFWarning, argument_error
 from dwgf.operators.base import ForwardOperator
 from dwgf.outputs import item_folder_names
 
@@ -46,10 +46,10 @@ def takes_mask(operator: ForwardOperator) -> bool:
 def check_masks(operator: ForwardOperator, measurements: Optional[str], masks: Optional[str]) -> None:
     """Masks go with measurements and an inpainting operator, and measured inpainting needs them."""
     if masks is not None and not takes_mask(operator):
-        raise DWGFError(f"--data.masks: {type(operator).__name__} takes no mask; remove --data.masks or use an inpainting operator")
+        raise argument_error("MeasurementDataModule", "masks", f": {type(operator).__name__} takes no mask; give no masks or an inpainting operator")
     if measurements is not None and masks is None and takes_mask(operator):
-        raise DWGFError(f"--data.measurements with {type(operator).__name__} needs --data.masks DIR (one mask per measurement, same "
-                        "file name, white = observed, black = missing): without it the missing region is unknown")
+        raise argument_error("MeasurementDataModule", "measurements", f" with {type(operator).__name__} need masks (a folder: one mask per "
+                             "measurement, same file name, white = observed, black = missing): without them the missing region is unknown")
 
 
 def far_from_prior(files: list[Path], channels: int, size: int, option: str, folder: str) -> Optional[str]:
@@ -165,7 +165,8 @@ class GivenMeasurements(_Items):
         path = self._mask_file(index)
         if path is None:
             stem = self.files[index].stem
-            raise DWGFError(f"--data.masks {str(self.masks)!r}: no mask for {self.files[index].name} (expected {stem}.png)")
+            raise argument_error("MeasurementDataModule", "masks",
+                                 f" {str(self.masks)!r}: no mask for {self.files[index].name} (expected {stem}.png)")
         mask = load_image(path, 1, None)
         if tuple(mask.shape[1:]) != (self.size, self.size):
             raise DWGFError(f"{path}: mask is {mask.shape[2]}x{mask.shape[1]}, expected {self.size}x{self.size} (the prior's resolution)")
@@ -289,12 +290,12 @@ class MeasurementDataModule(LightningDataModule):
         if images is not None and measurements is not None:
             raise DWGFError("give either --data.images (ground truth to degrade) or --data.measurements (degraded images), not both")
         if masks is not None and measurements is None:
-            raise DWGFError("--data.masks goes with --data.measurements (with --data.images the operator draws the mask)")
+            raise argument_error(self, "masks", " go with measurements (with images the operator draws the mask)")
         check_masks(operator, measurements, masks)
         if batch_size < 1:
-            raise DWGFError(f"--data.batch_size must be >= 1, got {batch_size}")
+            raise argument_error(self, "batch_size", f" must be >= 1, got {batch_size}")
         if num_workers < 0:
-            raise DWGFError(f"--data.num_workers must be >= 0, got {num_workers}")
+            raise argument_error(self, "num_workers", f" must be >= 0, got {num_workers}")
         self.operator = operator
         self.images, self.measurements, self.masks = images, measurements, masks
         self.image_size, self.channels = image_size, channels
@@ -334,7 +335,7 @@ class MeasurementDataModule(LightningDataModule):
             if self.masks is not None:
                 masks = Path(self.masks).expanduser()
                 if not masks.is_dir():
-                    raise DWGFError(f"--data.masks {self.masks!r}: no such folder")
+                    raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
             self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks)
         else:
             files = list_images(self.images, "--data.images", warn_skipped=self._is_first_process)

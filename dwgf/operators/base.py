@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.reprs import ArgumentsRepr
 
 Params = dict[str, torch.Tensor]
@@ -35,7 +35,7 @@ class ForwardOperator(ArgumentsRepr):
 
     def __init__(self, sigma_y: float = 0.0):
         if not (sigma_y >= 0.0):  # also rejects NaN
-            raise DWGFError(f"{type(self).__name__}: sigma_y must be >= 0, got {sigma_y}")
+            raise argument_error(self, "sigma_y", f" must be >= 0, got {sigma_y}")
         self.sigma_y = float(sigma_y)
 
     # -- parameters ------------------------------------------------------------------------------

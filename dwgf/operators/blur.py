@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dwgf.errors import DWGFError
+from dwgf.errors import argument_error
 from dwgf.operators.base import ForwardOperator, Params
 
 
@@ -55,7 +55,7 @@ class Blur(ForwardOperator):
     def __init__(self, kernel_size: int, sigma_y: float = 0.0):
         super().__init__(sigma_y)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise DWGFError(f"{type(self).__name__}: kernel_size must be a positive odd integer, got {kernel_size}")
+            raise argument_error(self, "kernel_size", f" must be a positive odd integer, got {kernel_size}")
         self.kernel_size = int(kernel_size)
 
     def _conv(self, x: torch.Tensor, kernel: torch.Tensor, transpose: bool) -> torch.Tensor:
@@ -85,7 +85,7 @@ class GaussianBlur(Blur):
     def __init__(self, kernel_size: int = 61, sigma: float = 3.0, sigma_y: float = 0.0):
         super().__init__(kernel_size, sigma_y)
         if not sigma > 0:
-            raise DWGFError(f"GaussianBlur: sigma must be > 0, got {sigma}")
+            raise argument_error("GaussianBlur", "sigma", f" must be > 0, got {sigma}")
         self.sigma = float(sigma)
         self._kernel = gaussian_kernel(self.kernel_size, self.sigma)
 
@@ -105,7 +105,7 @@ class MotionBlur(Blur):
     def __init__(self, kernel_size: int = 61, intensity: float = 0.5, sigma_y: float = 0.0):
         super().__init__(kernel_size, sigma_y)
         if not 0.0 <= intensity <= 1.0:
-            raise DWGFError(f"MotionBlur: intensity must be in [0, 1], got {intensity}")
+            raise argument_error("MotionBlur", "intensity", f" must be in [0, 1], got {intensity}")
         self.intensity = float(intensity)
 
     def sample_params(self, shape: tuple[int, int, int], generator: torch.Generator) -> Params:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.operators.base import ForwardOperator, Params
 
 
@@ -69,12 +69,12 @@ class BoxInpainting(_MaskOperator):
     ):
         super().__init__(sigma_y)
         if len(size) != 2 or min(size) < 1:
-            raise DWGFError(f"BoxInpainting: size must be [height, width] of positive integers, got {list(size)}")
+            raise argument_error("BoxInpainting", "size", f" must be [height, width] of positive integers, got {list(size)}")
         if position is not None and (len(position) != 2 or min(position) < 0):
-            raise DWGFError(f"BoxInpainting: position must be [top, left] of integers >= 0, got {list(position)}")
+            raise argument_error("BoxInpainting", "position", f" must be [top, left] of integers >= 0, got {list(position)}")
         if reference_size is not None:
             if reference_size < 1:
-                raise DWGFError(f"BoxInpainting: reference_size must be positive, got {reference_size}")
+                raise argument_error("BoxInpainting", "reference_size", f" must be positive, got {reference_size}")
             far = [(position or (0, 0))[i] + size[i] for i in range(2)]
             if max(far) > reference_size:
                 raise DWGFError(f"BoxInpainting: box of size {list(size)} at {list(position or (0, 0))} does not fit in the "
@@ -117,7 +117,7 @@ class RandomInpainting(_MaskOperator):
     def __init__(self, missing: float = 0.7, sigma_y: float = 0.0):
         super().__init__(sigma_y)
         if not (0.0 <= missing < 1.0):
-            raise DWGFError(f"RandomInpainting: missing must be in [0, 1), got {missing}")
+            raise argument_error("RandomInpainting", "missing", f" must be in [0, 1), got {missing}")
         self.missing = float(missing)
 
     def sample_params(self, shape: tuple[int, int, int], generator: torch.Generator) -> Params:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from dwgf.errors import DWGFError
+from dwgf.errors import argument_error
 from dwgf.operators.base import ForwardOperator, Params
 
 
@@ -61,9 +61,9 @@ class SuperResolution(ForwardOperator):
     def __init__(self, factor: int = 4, kernel: Literal["box", "bicubic"] = "box", sigma_y: float = 0.0):
         super().__init__(sigma_y)
         if int(factor) != factor or factor < 1:
-            raise DWGFError(f"SuperResolution: factor must be a positive integer, got {factor}")
+            raise argument_error("SuperResolution", "factor", f" must be a positive integer, got {factor}")
         if kernel not in ("box", "bicubic"):
-            raise DWGFError(f"SuperResolution: kernel must be 'box' or 'bicubic', got {kernel!r}")
+            raise argument_error("SuperResolution", "kernel", f" must be 'box' or 'bicubic', got {kernel!r}")
         self.factor = int(factor)
         self.kernel = kernel
         self._taps, self._offset = bicubic_taps(self.factor)
@@ -71,7 +71,7 @@ class SuperResolution(ForwardOperator):
     def measurement_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         c, h, w = shape
         if h % self.factor or w % self.factor:
-            raise DWGFError(f"SuperResolution: factor {self.factor} does not divide the {h}x{w} image size")
+            raise argument_error("SuperResolution", "factor", f" {self.factor} does not divide the {h}x{w} image size")
         return (c, h // self.factor, w // self.factor)
 
     def input_shape(self, measurement_shape: tuple[int, ...]) -> tuple[int, ...]:

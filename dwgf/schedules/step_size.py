@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from dwgf.errors import DWGFError
+from dwgf.errors import argument_error
 from dwgf.reprs import ArgumentsRepr
 
 
@@ -20,7 +20,7 @@ class StepSizeSchedule(ArgumentsRepr):
 
     def __init__(self, lr: float = 1.0):
         if not lr > 0:
-            raise DWGFError(f"{type(self).__name__}: lr must be > 0, got {lr}")
+            raise argument_error(self, "lr", f" must be > 0, got {lr}")
         self.lr = float(lr)
 
     def __call__(self, k: int, num_iterations: int) -> float:
@@ -36,7 +36,7 @@ class _Decaying(StepSizeSchedule):
     def __init__(self, lr: float = 1.0, final_lr: float = 0.0):
         super().__init__(lr)
         if not final_lr >= 0:
-            raise DWGFError(f"{type(self).__name__}: final_lr must be >= 0, got {final_lr}")
+            raise argument_error(self, "final_lr", f" must be >= 0, got {final_lr}")
         self.final_lr = float(final_lr)
 
 
@@ -78,7 +78,7 @@ class ExponentialStepSize(StepSizeSchedule):
         super().__init__(lr)
         final_lr = self.lr / 100 if final_lr is None else final_lr
         if not final_lr > 0:
-            raise DWGFError(f"ExponentialStepSize: final_lr must be > 0, got {final_lr}")
+            raise argument_error("ExponentialStepSize", "final_lr", f" must be > 0, got {final_lr}")
         self.final_lr = float(final_lr)
 
     def __call__(self, k: int, num_iterations: int) -> float:

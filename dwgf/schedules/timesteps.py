@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.reprs import ArgumentsRepr
 
 
@@ -30,9 +30,9 @@ class TimestepSchedule(ArgumentsRepr):
     def bounds(self, num_train_timesteps: int) -> tuple[int, int]:
         t_max = num_train_timesteps - 1 if self.t_max is None else int(self.t_max)
         if t_max >= num_train_timesteps:
-            raise DWGFError(f"{type(self).__name__}: t_max={t_max} is beyond the prior's {num_train_timesteps} timesteps")
+            raise argument_error(self, "t_max", f" {t_max} is beyond the prior's {num_train_timesteps} timesteps")
         if self.t_min > t_max:
-            raise DWGFError(f"{type(self).__name__}: t_min={self.t_min} is above t_max={t_max}")
+            raise argument_error(self, "t_min", f" {self.t_min} is above t_max {t_max}")
         return t_max, self.t_min
 
     def __call__(
