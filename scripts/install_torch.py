@@ -74,7 +74,7 @@ def main() -> None:
         if not cuda:
             print(f"install_torch: with {CPU_INDEX} as the index (and any configured extra indexes): {', '.join(names)}")
             if not dry:
-                pip("install", "--quiet", "torch", "--index-url", CPU_INDEX)
+                pip("install", "--quiet", "torch", "--index-url", CPU_INDEX, "--timeout", "20", "--retries", "1")
             return
     except RuntimeError as err:
         print(f"install_torch: {CPU_INDEX} is not reachable ({err}); trying the configured package indexes")
