@@ -42,6 +42,8 @@ _LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), r
 class DWGFCLI(LightningCLI):
     """LightningCLI with dwgf's defaults: seed 0, gradients on in predict, results in ``--output``."""
 
+    writer: Optional[PredictionWriter] = None  # the predict run's writer, once the trainer is built
+
     def __init__(self, args: Any = None, run: bool = True):
         super().__init__(
             model_class=LightningModule,
@@ -169,11 +171,12 @@ class DWGFCLI(LightningCLI):
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
             writer = PredictionWriter(
-                config["output"], config_text=text, fingerprint=self._fingerprint(config), overwrite=bool(config.get("overwrite"))
+                config["output"], config_text=text, fingerprint=fingerprint(yaml.safe_load(text)), overwrite=bool(config.get("overwrite"))
             )
             held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
             if held:
                 writer.folder.lock = held[0]
+            self.writer = writer  # main() reads the run's failures from it
             callbacks = [*(self._get(self.config_init, "trainer").get("callbacks") or []), writer, _StopOnSignal()]
             if config["trainer"].get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(FlowProgressBar())
@@ -181,25 +184,24 @@ class DWGFCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-    def _fingerprint(self, config: Any) -> str:
-        """A hash of the settings that determine an item's result (not devices, workers, folders): with
-        the item's identity (its file name and content), the resume key."""
-        import hashlib
+def fingerprint(full: dict) -> str:
+    """A hash of the settings that determine an item's result (not devices, workers, folders): with the
+    item's identity (its file name and content), the resume key. ``full`` is the resolved config as
+    config.yaml holds it (the same dump, so the two never disagree)."""
+    import hashlib
 
-        parser = self._parser(self.subcommand)
-        full = yaml.safe_load(parser.dump(config, skip_none=False))
-        data = dict(full.get("data") or {})
-        init = dict(data.get("init_args") or {})
-        init.pop("num_workers", None)
-        model = dict(full.get("model") or {})
-        model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items() if k != "log_images_every"}
-        for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
-            if init.get(key):
-                init[key] = "given"
-        data["init_args"] = init
-        key = {"model": model, "data": data, "seed": full.get("seed_everything"),
-               "precision": (full.get("trainer") or {}).get("precision")}
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    data = dict(full.get("data") or {})
+    init = dict(data.get("init_args") or {})
+    init.pop("num_workers", None)
+    model = dict(full.get("model") or {})
+    model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items() if k != "log_images_every"}
+    for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
+        if init.get(key):
+            init[key] = "given"
+    data["init_args"] = init
+    key = {"model": model, "data": data, "seed": full.get("seed_everything"),
+           "precision": (full.get("trainer") or {}).get("precision")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _StopOnSignal(Callback):
@@ -441,10 +443,10 @@ def main(args: Any = None) -> None:
             stopping.uninstall()
         if threads is None:  # main() may run in a caller's process (tests, benchmarks): leave its environment as it was
             os.environ.pop("OMP_NUM_THREADS", None)
-    writers = [cb for cb in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(cb, PredictionWriter)]
-    failures = sum(w.num_failures for w in writers)
+    writer = getattr(cli, "writer", None)  # the predict run's writer (None for fit, validate, test)
+    failures = writer.num_failures if writer is not None else 0
     if failures:
-        output = writers[0].output
+        output = writer.output
         print(f"dwgf: error: {failures} item(s) failed and were skipped; see {output / 'failures.csv'}", file=sys.stderr)
         raise SystemExit(1)
 
