@@ -15,7 +15,6 @@ import csv
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -55,10 +54,7 @@ def run(config: str, split: str, output: str, overrides: list[str]) -> dict[str,
     folder = digits_folder(split)
     start = time.perf_counter()
     # --overwrite: a benchmark always computes (and times) every item, even into a used folder
-    # the run is given as args; the benchmark's own command line is hidden from LightningCLI, which
-    # otherwise warns that it got both
-    with mock.patch.object(sys, "argv", sys.argv[:1]):
-        dwgf_main(["predict", "--config", config, "--data.images", str(folder), "--output", output, "--overwrite", "true", *overrides])
+    dwgf_main(["predict", "--config", config, "--data.images", str(folder), "--output", output, "--overwrite", "true", *overrides])
     wall = time.perf_counter() - start
     with open(Path(output) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

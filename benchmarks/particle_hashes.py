@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -48,7 +47,7 @@ def particle_hashes(config: str, steps: int | None) -> dict[str, str]:
                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
         if steps:
             args += ["--model.num_steps", str(steps)]
-        with mock.patch.object(sys, "argv", sys.argv[:1]), mock.patch.object(PredictionWriter, "write_on_batch_end", record):
+        with mock.patch.object(PredictionWriter, "write_on_batch_end", record):
             dwgf_main(args)
     return dict(sorted(found.items()))
 

@@ -33,6 +33,7 @@ import contextlib
 import csv
 import datetime
 import fcntl
+import functools
 import json
 import os
 import statistics
@@ -84,6 +85,7 @@ def grid(method: str, task: str) -> dict[str, list[str]]:
     return g(task) if callable(g) else g
 
 
+@functools.cache
 def prior_id() -> str:
     """A short hash of the shipped prior's weights: cached runs of another prior are not reused."""
     import hashlib
@@ -96,7 +98,6 @@ def prior_id() -> str:
     return digest.hexdigest()[:12]
 
 
-PRIOR = prior_id()
 
 
 def load(path: Path) -> dict:
@@ -139,11 +140,11 @@ def output_dir(key: str) -> Path:
 
 def cached_run(key: str, task: str, split: str, args: list[str]) -> dict:
     cache = load(CACHE)
-    if key not in cache or cache[key].get("prior", PRIOR) != PRIOR:
+    if key not in cache or cache[key].get("prior", prior_id()) != prior_id():
         result = run(f"configs/mnist/{task}.yaml", split, str(output_dir(key)), args)
         result["args"] = args
         result["date"] = str(datetime.date.today())
-        result["prior"] = PRIOR
+        result["prior"] = prior_id()
         result["threads"] = torch.get_num_threads()
         with locked():
             cache = load(CACHE)

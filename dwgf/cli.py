@@ -418,7 +418,10 @@ def main(args: Any = None) -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     try:
         _check_config_files([str(a) for a in argv])
-        cli = DWGFCLI(args=args)
+        with warnings.catch_warnings():
+            if args is not None:  # main(args) from Python (a benchmark, a test): the caller's own argv is not ours
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+            cli = DWGFCLI(args=args)
     except argparse.ArgumentError as err:
         found = find_dwgf_error(err)
         line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS, _precisions())
