@@ -166,24 +166,24 @@ class PredictionWriter(BasePredictionWriter):
             if int(failure.get("index", -1)) not in self.complete:
                 self.write_failure(failure)
 
-    def _current(self, state: str) -> list[str]:
-        """Names of this run's items whose manifest has ``state`` for this configuration and input."""
-        found = []
+    def _current(self) -> dict[str, list[str]]:
+        """This run's complete and failed items (manifests of this configuration and input), in input order."""
+        found: dict[str, list[str]] = {"complete": [], "failed": []}
         for name, identity in zip(self._names, self._identities):
             rec = self.folder.item_record(name)
-            if rec is not None and rec.state == state and rec.config == self.fingerprint and rec.input == identity:
-                found.append(name)
+            if rec is not None and rec.state in found and rec.config == self.fingerprint and rec.input == identity:
+                found[rec.state].append(name)
         return found
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.strategy.barrier()
+        trainer.strategy.barrier()  # every process has written its items
+        current = self._current()  # each manifest read once
         if trainer.is_global_zero:
-            complete = self._current("complete")
-            self.write_metrics_csv(complete)
-            self.write_failures_csv(self._current("failed"))
-            self.write_contact_sheet(complete)
+            self.write_metrics_csv(current["complete"])
+            self.write_failures_csv(current["failed"])
+            self.write_contact_sheet(current["complete"])
         trainer.strategy.barrier()
-        self.num_failures = len(self._current("failed"))
+        self.num_failures = len(current["failed"])
 
     def write_failures_csv(self, names: Sequence[str]) -> None:
         """``failures.csv`` from the items' ``failure.json`` (removed when no item failed)."""

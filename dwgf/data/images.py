@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import warnings
 from pathlib import Path
@@ -19,15 +20,13 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pil
 
 def _describe(path: Path) -> Optional[str]:
     """Why a folder entry is not an item (``None``: it is one)."""
-    if path.name.startswith("."):
-        return None
     if path.is_symlink() and not path.exists():
         try:
             path.resolve(strict=True)
-        except RuntimeError:
+        except RuntimeError:  # Python < 3.13 reports a loop so
             return "a symbolic link loop"
-        except OSError:
-            return "a broken symbolic link"
+        except OSError as err:
+            return "a symbolic link loop" if err.errno == errno.ELOOP else "a broken symbolic link"
         return "a broken symbolic link"
     if path.is_dir():
         return "a folder"
