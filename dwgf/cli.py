@@ -31,12 +31,13 @@ import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
 from dwgf import stopping
 from dwgf.errors import DWGFError, DWGFWarning
-from dwgf.outputs import OutputLock
+from dwgf.outputs import OutputLock, Resume
 from dwgf.progress import FlowProgressBar
-from dwgf.registry import builtin_classes, find_dwgf_error, option_message, summarize_parser_error
+from dwgf.registry import builtin_classes, find_dwgf_error, option_message, option_text, summarize_parser_error
 from dwgf.writers import PredictionWriter
 
 _LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), released when it returns
+_RUN_CONFIG: dict = {}  # the running command's config, for wording warnings about arguments as options
 
 
 class DWGFCLI(LightningCLI):
@@ -85,6 +86,8 @@ class DWGFCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._sub()
+        _RUN_CONFIG.clear()
+        _RUN_CONFIG.update(config.as_dict() if hasattr(config, "as_dict") else dict(config))
         data = config.get("data")
         init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
         if init_args is not None and "seed" in init_args and init_args.get("seed") is None:
@@ -111,37 +114,26 @@ class DWGFCLI(LightningCLI):
                     raise DWGFError(f"--output {str(config['output'])!r} is also an input folder (--data.{key}); choose another --output")
             if not _is_secondary_process():  # lock before the prior is loaded: a second run stops at once
                 lock = OutputLock(output)
-                lock.acquire()
+                try:
+                    lock.acquire()
+                except DWGFError as err:
+                    raise option_message(err, config.as_dict()) from None
                 _LOCKS.append(lock)
             if config["trainer"].get("logger") in (None, True):  # default: TensorBoard under the output folder
                 config["trainer"]["logger"] = Namespace(
                     class_path="lightning.pytorch.loggers.TensorBoardLogger",
                     init_args=Namespace(save_dir=str(output), name="tensorboard", default_hp_metric=False),
                 )
-            # input folders and the operator's arguments are checked before any model is loaded
-            if init_args is not None and init_args.get("operator") is not None:
-                from jsonargparse import ArgumentParser
-
-                from dwgf.operators.base import ForwardOperator
-
-                check = ArgumentParser(exit_on_error=False)
-                check.add_argument("--operator", type=ForwardOperator)
-                from dwgf.data.datamodule import check_masks
-
-                try:
-                    operator = check.instantiate_classes(Namespace(operator=init_args["operator"])).operator  # raises on bad values
-                    check_masks(operator, init_args.get("measurements"), init_args.get("masks"))
-                except Exception as err:  # noqa: BLE001 - jsonargparse may wrap the operator's DWGFError
-                    found = find_dwgf_error(err)
-                    if found is None:
-                        raise
-                    raise option_message(found, config.as_dict()) from err
+            # input folders are checked before any model is loaded (the operator is: the data module is built first)
             if init_args is not None:
                 from dwgf.data.images import IMAGE_SUFFIXES, list_images
 
                 for key, suffixes in (("images", IMAGE_SUFFIXES), ("measurements", (*IMAGE_SUFFIXES, ".npy"))):
                     if init_args.get(key):
-                        list_images(init_args[key], f"--data.{key}", suffixes)
+                        try:
+                            list_images(init_args[key], key, suffixes, owner=str(data.get("class_path", "")).rsplit(".", 1)[-1])
+                        except DWGFError as err:
+                            raise option_message(err, config.as_dict()) from None
         elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
             config["trainer"]["default_root_dir"] = config["output"]
 
@@ -166,13 +158,31 @@ class DWGFCLI(LightningCLI):
         except DWGFError as err:
             raise option_message(err, self._config_dict()) from err
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Trainer, data, model: in this order jsonargparse builds the data module (and its operator,
+        cheap and the most often misconfigured) before the solver (and its prior, slow to load), so a
+        bad operator argument is reported at once."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+
     def instantiate_trainer(self, **kwargs: Any):
         if self.subcommand == "predict":
             config = self._sub()
             text = self._parser(self.subcommand).dump(config, skip_none=False)
-            writer = PredictionWriter(
-                config["output"], config_text=text, fingerprint=fingerprint(yaml.safe_load(text)), overwrite=bool(config.get("overwrite"))
-            )
+            # the run's links, all made here: data and solver share the operator configured under
+            # data.operator; the data takes the prior's image size and channels unless given its own;
+            # the writer tells the data (through one Resume) which items an earlier run completed
+            model, data = self.model, self.datamodule
+            model.set_operator(data.operator)
+            if hasattr(data, "use_prior"):
+                data.use_prior(model.prior)
+            resume = Resume()
+            if hasattr(data, "resume"):
+                data.resume = resume
+            writer = PredictionWriter(config["output"], data, resume, config_text=text, fingerprint=fingerprint(yaml.safe_load(text)),
+                                      overwrite=bool(config.get("overwrite")))
             held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
             if held:
                 writer.folder.lock = held[0]
@@ -355,9 +365,11 @@ _python_formatwarning = warnings.formatwarning
 
 
 def _format_warning(message, category, filename, lineno, line=None):
-    """dwgf's own warnings as one line, ``dwgf: warning: ...``; others as Python formats them."""
+    """dwgf's own warnings as one line, ``dwgf: warning: ...`` (one about a class's argument names its
+    option); others as Python formats them."""
     if issubclass(category, DWGFWarning):
-        return f"dwgf: warning: {message}\n"
+        text = option_text(message, _RUN_CONFIG) if _RUN_CONFIG else None
+        return f"dwgf: warning: {text or message}\n"
     return _python_formatwarning(message, category, filename, lineno, line)
 
 
@@ -439,6 +451,7 @@ def main(args: Any = None) -> None:
         print(f"dwgf: error: {found}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
+        _RUN_CONFIG.clear()
         for lock in _LOCKS:
             lock.release()
         _LOCKS.clear()

@@ -1,5 +1,7 @@
 """Errors that dwgf reports to the user as one line, without a traceback. A leaf: imports nothing from dwgf."""
 
+from __future__ import annotations
+
 
 class DWGFError(Exception):
     """A problem the user can fix (bad option, bad file, missing model).
@@ -16,14 +18,28 @@ class DWGFWarning(UserWarning):
     """Something the user should know that does not stop the run; ``dwgf`` prints it as one line."""
 
 
-def argument_error(owner: object, argument: str, detail: str) -> DWGFError:
+def _about(kind: type, owner: object, argument: str, detail: str, also: tuple[str, ...]) -> Exception:
+    name = owner if isinstance(owner, str) else type(owner).__name__
+    text = detail
+    for other in also:
+        text = text.replace(f"<{other}>", other)
+    obj = kind(f"{name}: {argument}{text}")
+    obj.owner, obj.argument, obj.detail, obj.also = name, argument, detail, tuple(also)
+    return obj
+
+
+def argument_error(owner: object, argument: str, detail: str, also: tuple[str, ...] = ()) -> DWGFError:
     """A :class:`DWGFError` about one argument of a class, worded for the Python API.
 
     The message is ``"<Class>: <argument><detail>"`` (``"DWGF: num_steps must be >= 1, got 0"``); the
     ``dwgf`` command, which knows where the class sits in the config, names the option instead
     (``"--model.num_steps must be >= 1, got 0"``). ``owner`` is the instance or its class name.
+    Other arguments of the same class that ``detail`` mentions are written ``<name>`` and listed in
+    ``also``: the Python API shows them as ``name``, the command as their option (``--data.name``).
     """
-    name = owner if isinstance(owner, str) else type(owner).__name__
-    err = DWGFError(f"{name}: {argument}{detail}")
-    err.owner, err.argument, err.detail = name, argument, detail
-    return err
+    return _about(DWGFError, owner, argument, detail, also)  # type: ignore[return-value]
+
+
+def argument_warning(owner: object, argument: str, detail: str, also: tuple[str, ...] = ()) -> DWGFWarning:
+    """A :class:`DWGFWarning` about one argument of a class, worded like :func:`argument_error`."""
+    return _about(DWGFWarning, owner, argument, detail, also)  # type: ignore[return-value]

@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
+
+
+def _output_error(folder: str, detail: str) -> DWGFError:
+    """An error about the output folder, the writer's ``output`` (the command's ``--output``)."""
+    return argument_error("PredictionWriter", "output", f" {folder!r}{detail}", also=("output", "overwrite"))
 
 ITEM_MANIFEST = ".dwgf-item.json"
 RUN_MANIFEST = ".dwgf-run.json"
@@ -203,7 +208,7 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
-                raise DWGFError(f"--output {str(self.path.parent)!r}: cannot create the lock file {LOCK_FILE} ({err.strerror})") from None
+                raise _output_error(str(self.path.parent), f": cannot create the lock file {LOCK_FILE} ({err.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -211,8 +216,8 @@ class OutputLock:
                 os.close(fd)
                 who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "started") if holder.get(k) is not None) or "unknown holder"
                 command = f"; its command: {holder['command']}" if holder.get("command") else ""
-                raise DWGFError(f"--output {str(self.path.parent)!r} is in use by another dwgf run ({who}{command}); "
-                                "wait for it to end or choose another --output") from None
+                raise _output_error(str(self.path.parent), f" is in use by another dwgf run ({who}{command}); "
+                                "wait for it to end or choose another <output>") from None
             try:  # the file may have been replaced between open and lock: lock the one the path names
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except OSError:
@@ -233,6 +238,15 @@ class OutputLock:
 
 
 # -- the run ---------------------------------------------------------------------------------------
+@dataclass
+class Resume:
+    """What a run takes over from the previous runs into its output folder: the indices of the items
+    already complete (same configuration, same input). The writer fills it in when it has read the
+    folder; the data module leaves those items' batches out. The CLI gives both the same object."""
+
+    complete: frozenset[int] = frozenset()
+
+
 class OutputFolder:
     """The files dwgf owns in ``--output``: item folders, run-level files, manifests, the lock.
 
@@ -259,14 +273,14 @@ class OutputFolder:
         root = self.root
         for folder in inputs:
             if folder.resolve() == root.resolve():
-                raise DWGFError(f"--output {str(root)!r} is also an input folder; choose another --output")
+                raise _output_error(str(root), " is also an input folder; choose another <output>")
         self.lock.acquire()
         self._adopt_earlier_version(overwrite)
         run = self._run_files()
         for name in RUN_FILES:
             path = root / name
             if (path.exists() or path.is_symlink()) and name not in run:
-                raise DWGFError(f"--output {str(root)!r}: {name} exists and was not written by dwgf; move it or choose another --output")
+                raise _output_error(str(root), f": {name} exists and was not written by dwgf; move it or choose another <output>")
         clean_temporary_files(root)
         if overwrite:
             self._remove_previous_run()
@@ -275,7 +289,7 @@ class OutputFolder:
             folder = root / name
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
                 kind = "a link" if folder.is_symlink() else "a file"
-                raise DWGFError(f"--output {str(root)!r}: {name} is {kind}, not a folder dwgf made; move it or choose another --output")
+                raise _output_error(str(root), f": {name} is {kind}, not a folder dwgf made; move it or choose another <output>")
             if not folder.is_dir():
                 continue
             clean_temporary_files(folder)
@@ -283,13 +297,13 @@ class OutputFolder:
             owned = set(record.files) if record else set()
             for path in sorted(folder.iterdir()):
                 if ITEM_FILE.match(path.name) and path.name not in owned:
-                    raise DWGFError(f"--output {str(root)!r}: {name}/{path.name} exists and was not written by dwgf; "
-                                    "move it or choose another --output")
+                    raise _output_error(str(root), f": {name}/{path.name} exists and was not written by dwgf; "
+                                    "move it or choose another <output>")
             if record is None or record.state != "complete":
                 continue
             if record.config != self.config:
-                raise DWGFError(f"--output {str(root)!r} holds results of a different configuration ({name}); "
-                                "use --overwrite true to replace them or choose another --output")
+                raise _output_error(str(root), f" holds results of a different configuration ({name}); "
+                                "use <overwrite> true to replace them or choose another <output>")
             if record.input == identity:
                 complete.add(index)
         return frozenset(complete)
@@ -304,8 +318,8 @@ class OutputFolder:
         if not legacy:
             return
         if not overwrite:
-            raise DWGFError(f"--output {str(self.root)!r} holds results of an earlier dwgf version ({legacy[0].name}); "
-                            "use --overwrite true to replace them or choose another --output")
+            raise _output_error(str(self.root), f" holds results of an earlier dwgf version ({legacy[0].name}); "
+                            "use <overwrite> true to replace them or choose another <output>")
         for folder in legacy:
             files = [p.name for p in folder.iterdir() if p.is_file() and (ITEM_FILE.match(p.name) or p.name == ".complete")]
             ItemRecord("earlier-version", "", "", files).write(folder)
@@ -349,7 +363,7 @@ class OutputFolder:
     def item_folder(self, name: str) -> Path:
         folder = self.root / name
         if folder.is_symlink():
-            raise DWGFError(f"--output {str(self.root)!r}: {name} is a link, not a folder dwgf made; move it or choose another --output")
+            raise _output_error(str(self.root), f": {name} is a link, not a folder dwgf made; move it or choose another <output>")
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

@@ -146,13 +146,30 @@ def _find_owner(tree: Any, owner: str, path: tuple[str, ...] = ()) -> "tuple[str
     return None
 
 
+# classes the command builds itself, whose arguments are top-level options (``--output``)
+_TOP_LEVEL = {"PredictionWriter": (), "OutputFolder": (), "OutputLock": ()}
+
+
+def option_text(obj: BaseException, config: dict) -> "str | None":
+    """The message of an argument error or warning (:func:`dwgf.errors.argument_error`) worded for the
+    command line, naming options instead of arguments; ``None`` if ``obj`` is not about an argument
+    of a class in ``config``."""
+    owner, argument = getattr(obj, "owner", None), getattr(obj, "argument", None)
+    if not owner or not argument:
+        return None
+    path = _TOP_LEVEL.get(owner)
+    if path is None:
+        path = _find_owner(config, owner)
+    if path is None:
+        return None
+    detail = obj.detail
+    for other in getattr(obj, "also", ()):
+        detail = detail.replace(f"<{other}>", "--" + ".".join((*path, other)))
+    return f"--{'.'.join((*path, argument))}{detail}"
+
+
 def option_message(err: DWGFError, config: dict) -> DWGFError:
     """``err`` worded for the command line: an argument error of a class in ``config`` names its option
     (``DWGF: num_steps must ...`` -> ``--model.num_steps must ...``); any other error is returned as it is."""
-    owner, argument = getattr(err, "owner", None), getattr(err, "argument", None)
-    if not owner or not argument:
-        return err
-    path = _find_owner(config, owner)
-    if path is None:
-        return err
-    return DWGFError(f"--{'.'.join((*path, argument))}{err.detail}")
+    text = option_text(err, config)
+    return err if text is None else DWGFError(text)

@@ -23,8 +23,8 @@ from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
 class InverseSolver(LightningModule):
     """Base class of the solvers: owns the frozen prior, runs :meth:`solve` in ``predict_step``.
 
-    The operator is configured once, under ``data.operator``, and taken from the datamodule at
-    setup (or set with :meth:`set_operator` when the solver is used without a datamodule).
+    The forward operator is given with :meth:`set_operator`; the CLI gives the one configured
+    under ``data.operator`` when it assembles the run, so that data and solver share one operator.
 
     ``predict_step`` returns, for a batch, a dict with ``names``, ``indices``, ``particles``
     (``B x N x C x H x W`` in ``[-1, 1]``), ``measurement`` (the measurement as an image),
@@ -106,18 +106,13 @@ class InverseSolver(LightningModule):
     def check_operator(self, operator: ForwardOperator) -> None:
         """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.operator is None and datamodule is not None and getattr(datamodule, "operator", None) is not None:
-            self.set_operator(datamodule.operator)
-
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
         """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``."""
         raise NotImplementedError
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.operator is None:
-            raise DWGFError("the solver has no forward operator: configure data.operator (or call set_operator)")
+            raise DWGFError("the solver has no forward operator: call set_operator(operator) first")
         check_stop()  # a SIGTERM or SIGINT received since the last batch stops the run before this one
         failed = list(batch.get("failed", []))
         out: dict[str, Any] = {"names": [], "indices": [], "particles": None, "measurement": None, "image": None, "seconds": 0.0, "failed": failed}

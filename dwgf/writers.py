@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from dwgf.errors import DWGFError
-from dwgf.outputs import OutputFolder
+from dwgf.outputs import OutputFolder, Resume
 from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
 METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
@@ -68,15 +68,22 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output: the output folder (``--output``).
+        data: the run's data module (:class:`~dwgf.data.MeasurementDataModule`): its items' names
+            and identities, and its input folders (never written into).
+        resume: filled in at setup with the items already complete; give the data module the same
+            object (its ``resume``) so that it leaves them out.
         config_text: the resolved config, written to ``<output>/config.yaml`` by rank 0.
         fingerprint: what must match for a complete item to be reused (the CLI hashes the model,
             data and seed settings).
         overwrite: remove the previous run's files and recompute every item (``--overwrite``).
     """
 
-    def __init__(self, output: str | os.PathLike, config_text: Optional[str] = None, fingerprint: Optional[str] = None, overwrite: bool = False):
+    def __init__(self, output: str | os.PathLike, data: Any, resume: Optional[Resume] = None, config_text: Optional[str] = None,
+                 fingerprint: Optional[str] = None, overwrite: bool = False):
         super().__init__(write_interval="batch")
         self.output = Path(output)
+        self.data = data
+        self.resume = resume if resume is not None else Resume()
         self.config_text = config_text
         self.fingerprint = fingerprint or ""
         self.overwrite = bool(overwrite)
@@ -87,38 +94,32 @@ class PredictionWriter(BasePredictionWriter):
         self._identities: list[str] = []
         self._names: list[str] = []
 
-    @staticmethod
-    def _dataset(trainer: Trainer) -> Any:
-        datamodule = trainer.datamodule
-        dataset = getattr(datamodule, "dataset", None)
-        if dataset is None or not hasattr(dataset, "identities"):
-            raise DWGFError("PredictionWriter needs a MeasurementDataModule (items with names and identities)")
-        return dataset
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        datamodule, dataset = trainer.datamodule, self._dataset(trainer)
+        dataset = getattr(self.data, "dataset", None)
+        if dataset is None or not hasattr(dataset, "identities"):
+            raise DWGFError("PredictionWriter needs a MeasurementDataModule that is set up (items with names and identities)")
         outcome: tuple[Any, ...]
         if trainer.is_global_zero:  # the first process checks, locks and prepares the folder; the others take its word
             try:
                 self.output.mkdir(parents=True, exist_ok=True)
-                inputs = [Path(p).expanduser() for p in (getattr(datamodule, k, None) for k in ("images", "measurements", "masks")) if p]
+                inputs = [Path(p).expanduser() for p in (getattr(self.data, k, None) for k in ("images", "measurements", "masks")) if p]
                 identities = dataset.identities()
                 complete = self.folder.prepare(dataset.names, identities, self.overwrite, inputs)
                 outcome = (None, identities, complete)
-            except DWGFError as err:
-                outcome = (str(err), None, None)
+            except DWGFError as err:  # sent whole: the command words an argument error as its option
+                outcome = (err, None, None)
         else:
             outcome = (None, None, None)
         error, identities, complete = trainer.strategy.broadcast(outcome, src=0)
         if error is not None:
-            raise DWGFError(error)
+            raise error
         dataset.set_identities(identities)
         self._identities, self._names = list(identities), list(dataset.names)
         self.num_items = len(self._names)
         self.complete = frozenset(complete)
-        datamodule.skip_items = self.complete
+        self.resume.complete = self.complete  # the data module leaves these items' batches out
         if self.complete:
             if trainer.is_global_zero:
                 print(f"predict: {len(self.complete)} of {self.num_items} items already complete, skipped", file=sys.stderr, flush=True)

@@ -159,6 +159,46 @@ def test_bad_prior_path_is_one_line_exit_2(image_dir, tmp_path, capsys):
     assert err[-1].startswith("dwgf: error: --model.prior.pretrained") and "no such folder" in err[-1]
 
 
+def test_operator_errors_come_before_the_prior_is_loaded(image_dir, tmp_path, capsys):
+    """The data module (and its operator) is built before the solver: a bad operator argument is
+    reported even when the prior could not be loaded at all."""
+    with pytest.raises(SystemExit) as exc:
+        run("predict", "--config", LDM_CONFIG, "--model.prior.pretrained", tmp_path / "missing",
+            "--data.operator.factor", 0, "--data.images", image_dir, "--output", tmp_path / "x")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dwgf: error: --data.operator.factor") and "pretrained" not in err[-1]
+
+
+def test_the_cli_links_operator_prior_and_resume_explicitly(ldm_path, image_dir, tmp_path, monkeypatch):
+    """One operator for data and solver, the prior's resolution for the data, one Resume for writer and data."""
+    from dwgf import cli
+
+    seen = {}
+    build = cli.DWGFCLI.instantiate_trainer
+
+    def spy(self, **kwargs):
+        trainer = build(self, **kwargs)
+        seen.update(model=self.model, data=self.datamodule, writer=self.writer)
+        return trainer
+
+    monkeypatch.setattr(cli.DWGFCLI, "instantiate_trainer", spy)
+    run("predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", image_dir,
+        "--model.num_steps", 2, "--output", tmp_path / "o")
+    model, data, writer = seen["model"], seen["data"], seen["writer"]
+    assert model.operator is data.operator and writer.data is data and writer.resume is data.resume
+    assert data.dataset.size == model.prior.image_size and data.dataset.channels == model.prior.image_channels
+
+
+def test_the_data_module_needs_a_shape_or_a_prior(image_dir):
+    from dwgf.data import MeasurementDataModule
+    from dwgf.errors import DWGFError
+    from dwgf.operators import Denoising
+
+    with pytest.raises(DWGFError, match="image_size and channels, or call use_prior"):
+        MeasurementDataModule(Denoising(), images=str(image_dir)).setup("predict")
+
+
 def test_mixed_precision_runs_on_cpu(ldm_path, image_dir, tmp_path):
     out = tmp_path / "bf16"
     run("predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", image_dir,

@@ -3,6 +3,9 @@
 import re
 from pathlib import Path
 
+import sys
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -33,15 +36,21 @@ def test_measured_inpainting_without_masks_is_an_error_naming_the_option(ldm_pat
     assert not (tmp_path / "o" / "photo").exists()
 
 
-def test_inputs_far_from_the_prior_get_one_warning_line(ldm_path, tmp_path):
+def test_inputs_far_from_the_prior_get_one_warning_line(ldm_path, tmp_path, capsys):
     images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
     rgb = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(images / "photo.png")  # a colour photograph, 8x the prior's 32 px
     Image.fromarray(rgb[:40, :40]).save(images / "patch.png")  # colour, near the prior's size
-    with pytest.warns(UserWarning) as record:
+
+    def to_terminal(message, category, filename, lineno, file=None, line=None):  # as Python shows a warning, not as pytest records it
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = to_terminal
         main([*base(ldm_path, tmp_path / "o"), "--data.images", str(images)])
-    lines = [str(w.message) for w in record if "far from what the prior models" in str(w.message)]
-    assert lines == [f"--data.images {str(images)!r}: 2 of 4 images are far from what the prior models: 2 colour images converted "
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "far from what the prior models" in ln]
+    assert lines == [f"dwgf: warning: --data.images {str(images)!r}: 2 of 4 images are far from what the prior models: 2 colour images converted "
                      "to grayscale for the grayscale prior; 1 image at least 4x the prior's 32x32 resolution shrunk to it; "
                      "expect poor results (is this the right prior?)"]
 

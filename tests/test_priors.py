@@ -73,7 +73,7 @@ def _one_line(err):
 def test_missing_folder(tmp_path):
     with pytest.raises(DWGFError) as err:
         StableDiffusionPrior(str(tmp_path / "nope"))
-    assert "--model.prior.pretrained" in _one_line(err) and "no such folder" in str(err.value)
+    assert _one_line(err).startswith("StableDiffusionPrior: pretrained ") and "no such folder" in str(err.value)
 
 
 def test_hub_id_offline_is_one_clear_line():

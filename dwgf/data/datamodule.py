@@ -14,9 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, list_images, load_image
-from dwgf.errors import DWGFError, DWGFWarning, argument_error
+from dwgf.errors import DWGFError, DWGFWarning, argument_error, argument_warning
 from dwgf.operators.base import ForwardOperator
-from dwgf.outputs import item_folder_names
+from dwgf.outputs import Resume, item_folder_names
 
 
 # ShardedBatches returns every item exactly once (no drop_last); Lightning cannot know that and warns.
@@ -52,8 +52,9 @@ def check_masks(operator: ForwardOperator, measurements: Optional[str], masks: O
                              "measurement, same file name, white = observed, black = missing): without them the missing region is unknown")
 
 
-def far_from_prior(files: list[Path], channels: int, size: int, option: str, folder: str) -> Optional[str]:
-    """One line saying how many inputs are far from what the prior models, and what is done to them.
+def far_from_prior(files: list[Path], channels: int, size: int) -> Optional[str]:
+    """How many inputs are far from what the prior models, and what is done to them (the end of a line
+    that names the folder).
 
     Colour images given to a grayscale prior (converted by luminance) and images 4 times or more the
     prior's resolution on their short side (shrunk to it). ``None`` if there are none.
@@ -80,8 +81,7 @@ def far_from_prior(files: list[Path], channels: int, size: int, option: str, fol
         what.append(f"{colour} colour image{'s' if colour > 1 else ''} converted to grayscale for the grayscale prior")
     if large:
         what.append(f"{large} image{'s' if large > 1 else ''} at least 4x the prior's {size}x{size} resolution shrunk to it")
-    return (f"{option} {folder!r}: {flagged} of {total} images are far from what the prior models: {'; '.join(what)}; "
-            "expect poor results (is this the right prior?)")
+    return f"{flagged} of {total} images are far from what the prior models: {'; '.join(what)}; expect poor results (is this the right prior?)"
 
 
 class _Items(Dataset):
@@ -264,7 +264,7 @@ class MeasurementDataModule(LightningDataModule):
 
     Args:
         operator: the forward operator ``A``, shared with the solver.
-        images: folder of ground-truth png/jpg images (``--data.images``).
+        images: folder of ground-truth png/jpg images.
         measurements: folder of measurement images (instead of ``images``).
         masks: folder of mask images for ``measurements`` (inpainting).
         image_size: side of the images; ``None`` (default): the prior's resolution.
@@ -288,7 +288,8 @@ class MeasurementDataModule(LightningDataModule):
     ):
         super().__init__()
         if images is not None and measurements is not None:
-            raise DWGFError("give either --data.images (ground truth to degrade) or --data.measurements (degraded images), not both")
+            raise argument_error(self, "images", " (ground truth to degrade) and <measurements> (degraded images) are both given; give one of them",
+                                 also=("measurements",))
         if masks is not None and measurements is None:
             raise argument_error(self, "masks", " go with measurements (with images the operator draws the mask)")
         check_masks(operator, measurements, masks)
@@ -302,21 +303,26 @@ class MeasurementDataModule(LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.seed = 0 if seed is None else int(seed)
         self.dataset: Optional[Dataset] = None
-        self.skip_items: frozenset[int] = frozenset()  # complete items of an earlier run (set by the writer)
+        self.resume = Resume()  # the items to leave out; the CLI shares one with the writer, which fills it in
+        self._prior_shape: Optional[tuple[int, int]] = None
 
     @property
     def has_ground_truth(self) -> bool:
         return self.measurements is None
 
+    def use_prior(self, prior: Any) -> "MeasurementDataModule":
+        """Takes the image size and channels the data module was not given from ``prior`` (its
+        ``image_size`` and ``image_channels``). The CLI calls it when it assembles a run."""
+        self._prior_shape = (int(prior.image_size), int(prior.image_channels))
+        return self
+
     def _resolve_shape(self) -> tuple[int, int]:
         size, channels = self.image_size, self.channels
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        prior = getattr(module, "prior", None)
-        if prior is not None:
-            size = prior.image_size if size is None else size
-            channels = prior.image_channels if channels is None else channels
+        if self._prior_shape is not None:
+            size = self._prior_shape[0] if size is None else size
+            channels = self._prior_shape[1] if channels is None else channels
         if size is None or channels is None:
-            raise DWGFError("MeasurementDataModule: image_size and channels are needed when no prior is attached")
+            raise DWGFError("MeasurementDataModule: give image_size and channels, or call use_prior(prior) to take the prior's")
         return int(size), int(channels)
 
     @property
@@ -328,9 +334,10 @@ class MeasurementDataModule(LightningDataModule):
             return
         size, channels = self._resolve_shape()
         if self.images is None and self.measurements is None:
-            raise DWGFError("no input: give --data.images DIR (ground-truth images) or --data.measurements DIR")
+            raise argument_error(self, "images", " or <measurements> must be given: a folder of ground-truth images to degrade, or of "
+                                 "degraded images", also=("measurements",))
         if self.measurements is not None:
-            files = list_images(self.measurements, "--data.measurements", (*IMAGE_SUFFIXES, ".npy"), warn_skipped=self._is_first_process)
+            files = list_images(self.measurements, "measurements", (*IMAGE_SUFFIXES, ".npy"), warn_skipped=self._is_first_process)
             masks = None
             if self.masks is not None:
                 masks = Path(self.masks).expanduser()
@@ -338,18 +345,18 @@ class MeasurementDataModule(LightningDataModule):
                     raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
             self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks)
         else:
-            files = list_images(self.images, "--data.images", warn_skipped=self._is_first_process)
+            files = list_images(self.images, "images", warn_skipped=self._is_first_process)
             self.operator.measurement_shape((channels, size, size))  # fails early on a bad factor
             self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed)
         if self._is_first_process:
-            option, folder = ("--data.images", self.images) if self.images is not None else ("--data.measurements", self.measurements)
-            line = far_from_prior(files, channels, size, option, folder)
+            argument, folder = ("images", self.images) if self.images is not None else ("measurements", self.measurements)
+            line = far_from_prior(files, channels, size)
             if line:
-                warnings.warn(line, DWGFWarning, stacklevel=2)
+                warnings.warn(argument_warning(self, argument, f" {folder!r}: {line}"), stacklevel=2)
         # a configuration that cannot work on any item (a box larger than the image) fails here, once
         self.operator.sample_params((channels, size, size), torch.Generator().manual_seed(0))
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        sampler = ShardedBatches(len(self.dataset), self.batch_size, rank, world, self.skip_items)
+        sampler = ShardedBatches(len(self.dataset), self.batch_size, rank, world, self.resume.complete)
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_items)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from dwgf.errors import DWGFError, DWGFWarning
+from dwgf.errors import DWGFError, DWGFWarning, argument_error, argument_warning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's convert("L")
@@ -35,8 +35,12 @@ def _describe(path: Path) -> Optional[str]:
     return None
 
 
-def list_images(folder: str | Path, option: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, warn_skipped: bool = False) -> list[Path]:
+def list_images(folder: str | Path, argument: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, warn_skipped: bool = False,
+                owner: str = "MeasurementDataModule") -> list[Path]:
     """The items of ``folder``: every visible file directly inside it, sorted by name.
+
+    ``folder`` is the value of ``owner``'s argument ``argument`` (``images``): errors and warnings
+    name it (:func:`dwgf.errors.argument_error`).
 
     Files whose suffix is not in ``suffixes`` are kept: they become failed items ("unsupported
     file type", see :func:`check_suffix`) so that a stray file is reported, not silently ignored.
@@ -44,15 +48,18 @@ def list_images(folder: str | Path, option: str, suffixes: tuple[str, ...] = IMA
     link loops are not items; with ``warn_skipped`` one warning line names them. A folder with no
     file of a supported type is an error.
     """
+    def error(detail: str) -> DWGFError:
+        return argument_error(owner, argument, f" {str(folder)!r}: {detail}")
+
     path = Path(folder).expanduser()
     if not path.exists():
-        raise DWGFError(f"{option} {str(folder)!r}: no such folder")
+        raise error("no such folder")
     if not path.is_dir():
-        raise DWGFError(f"{option} {str(folder)!r}: not a folder")
+        raise error("not a folder")
     try:
         entries = sorted(path.iterdir())
     except OSError as err:
-        raise DWGFError(f"{option} {str(folder)!r}: cannot list the folder ({err.strerror})") from None
+        raise error(f"cannot list the folder ({err.strerror})") from None
     files, skipped = [], []
     for entry in entries:
         if entry.name.startswith("."):
@@ -64,11 +71,11 @@ def list_images(folder: str | Path, option: str, suffixes: tuple[str, ...] = IMA
             skipped.append(f"{entry.name} ({why})")
     if skipped and warn_skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        warnings.warn(f"{option} {str(folder)!r}: {len(skipped)} entr{'y is' if len(skipped) == 1 else 'ies are'} not image files "
-                      f"and were skipped: {shown}", DWGFWarning, stacklevel=2)
+        warnings.warn(argument_warning(owner, argument, f" {str(folder)!r}: {len(skipped)} entr{'y is' if len(skipped) == 1 else 'ies are'} "
+                                       f"not image files and were skipped: {shown}"), stacklevel=2)
     if not any(p.suffix.lower() in suffixes for p in files):
         found = f"{len(files)} file(s) of other types" if files else "it is empty"
-        raise DWGFError(f"{option} {str(folder)!r}: no images found ({found}; expected {', '.join(suffixes)} files)")
+        raise error(f"no images found ({found}; expected {', '.join(suffixes)} files)")
     return files
 
 

@@ -10,10 +10,14 @@ from typing import Any, Optional
 
 import torch
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 from dwgf.priors.base import LatentPrior
 
-OPTION = "--model.prior.pretrained"
+
+
+def _pretrained_error(owner: str, pretrained: str, detail: str) -> DWGFError:
+    """An error about the ``pretrained`` argument of the prior class ``owner`` (the CLI names the option)."""
+    return argument_error(owner, "pretrained", f" {pretrained!r}{detail}")
 
 # What a diffusers pipeline folder must hold for each prior, besides model_index.json.
 _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.model"]
@@ -33,14 +37,14 @@ def shipped_priors() -> list[str]:
     return sorted(p.name for p in assets.iterdir() if p.is_dir() and (p / "model_index.json").is_file())
 
 
-def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
+def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLatentPrior") -> Path:
     """A local folder for ``pretrained``: a shipped prior, the folder itself, or a hub id's snapshot.
 
     ``dwgf:<name>`` names a prior that ships with the package (``dwgf:mnist-ldm``).
 
     Hub ids are fetched with ``huggingface_hub`` (safetensors and configs only); with
     ``HF_HUB_OFFLINE=1`` or no network, only an already-cached snapshot works. Every failure is a
-    one-line :class:`~dwgf.errors.DWGFError` naming ``pretrained``.
+    one-line :class:`~dwgf.errors.DWGFError` about ``owner``'s ``pretrained`` argument.
     """
     text = str(pretrained)
     if text.startswith(SHIPPED_PREFIX):
@@ -49,15 +53,16 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
         name = text[len(SHIPPED_PREFIX) :]
         shipped = shipped_priors()
         if name not in shipped:
-            raise DWGFError(f"{OPTION} {text!r}: no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})")
+            raise _pretrained_error(owner, text, f": no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})")
         return Path(str(files("dwgf") / "assets" / name))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise DWGFError(f"{OPTION} {text!r} is a file; expected a diffusers folder (with model_index.json or vae/, unet/, scheduler/ subfolders)")
+            raise _pretrained_error(owner, text, " is a file; expected a diffusers folder "
+                                    "(with model_index.json or vae/, unet/, scheduler/ subfolders)")
         return path
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is None:  # hub ids are "org/name"
-        raise DWGFError(f"{OPTION} {text!r}: no such folder (and it is not a hub id of the form 'org/name')")
+        raise _pretrained_error(owner, text, ": no such folder (and it is not a hub id of the form 'org/name')")
     from huggingface_hub import snapshot_download
 
     try:
@@ -66,43 +71,44 @@ def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub is unreachable or refused it"
         if offline:
-            raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}); download it where "
+            raise _pretrained_error(owner, text, f": not a local folder, and it could not be loaded as a hub id ({why}); download it where "
                 f"the hub is reachable and pass the local folder") from None
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise DWGFError(f"{OPTION} {text!r}: not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it "
+        raise _pretrained_error(owner, text, f": not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it "
             f"where the hub is reachable and pass the local folder") from None
     return Path(local)
 
 
-def _read_config(path: Path, pretrained: str) -> dict[str, Any]:
+def _read_config(path: Path, pretrained: str, owner: str) -> dict[str, Any]:
     """A component's JSON config; a broken one is a one-line error naming the file and line."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column "
+        raise _pretrained_error(owner, pretrained, f": {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column "
             f"{err.colno}: {err.msg})") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DWGFError(f"{OPTION} {pretrained!r}: cannot read {path.parent.name}/{path.name} ({getattr(err, 'strerror', None) or err})") from None
+        reason = getattr(err, "strerror", None) or err
+        raise _pretrained_error(owner, pretrained, f": cannot read {path.parent.name}/{path.name} ({reason})") from None
     if not isinstance(data, dict):
-        raise DWGFError(f"{OPTION} {pretrained!r}: {path.parent.name}/{path.name} must hold a JSON object")
+        raise _pretrained_error(owner, pretrained, f": {path.parent.name}/{path.name} must hold a JSON object")
     return data
 
 
-def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained: str) -> tuple[str, dict[str, Any]]:
+def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained: str, owner: str) -> tuple[str, dict[str, Any]]:
     for name in names:
         cfg = root / name / "config.json"
         if cfg.is_file():
-            return name, _read_config(cfg, pretrained)
+            return name, _read_config(cfg, pretrained, owner)
     wanted = " or ".join(f"{n}/config.json" for n in names)
-    raise DWGFError(f"{OPTION} {pretrained!r}: the folder lacks the {what} component (expected {wanted})")
+    raise _pretrained_error(owner, pretrained, f": the folder lacks the {what} component (expected {wanted})")
 
 
-def _load(cls: Any, root: Path, subfolder: str, pretrained: str) -> Any:
+def _load(cls: Any, root: Path, subfolder: str, pretrained: str, owner: str) -> Any:
     try:
         return cls.from_pretrained(root, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as err:  # noqa: BLE001 - a broken component (bad config values, bad weights) is the folder's problem
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DWGFError(f"{OPTION} {pretrained!r}: could not load {subfolder}/ as {cls.__name__} from safetensors ({reason})") from None
+        raise _pretrained_error(owner, pretrained, f": could not load {subfolder}/ as {cls.__name__} from safetensors ({reason})") from None
 
 
 class DiffusersLatentPrior(LatentPrior):
@@ -119,11 +125,14 @@ class DiffusersLatentPrior(LatentPrior):
             --changes vae_channels_last`` (README, "Performance").
     """
 
+    def _pretrained_error(self, detail: str) -> DWGFError:
+        return _pretrained_error(type(self).__name__, self.pretrained, detail)
+
     def __init__(self, pretrained: str, channels_last: bool = True):
         super().__init__()
         self.pretrained = str(pretrained)
         self.channels_last = bool(channels_last)
-        root = resolve_pretrained(pretrained)
+        root = resolve_pretrained(pretrained, type(self).__name__)
         self._root = root
         self._load_autoencoder(root)
         self._load_schedule(root)
@@ -137,12 +146,12 @@ class DiffusersLatentPrior(LatentPrior):
     def _load_autoencoder(self, root: Path) -> None:
         from diffusers import AutoencoderKL, VQModel
 
-        sub, cfg = _component_config(root, ("vae", "vqvae"), "autoencoder", self.pretrained)
+        sub, cfg = _component_config(root, ("vae", "vqvae"), "autoencoder", self.pretrained, type(self).__name__)
         cls_name = cfg.get("_class_name", "AutoencoderKL")
         classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
         if cls_name not in classes:
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: {sub}/ is a {cls_name}; expected AutoencoderKL or VQModel")
-        self.vae = _load(classes[cls_name], root, sub, self.pretrained)
+            raise self._pretrained_error(f": {sub}/ is a {cls_name}; expected AutoencoderKL or VQModel")
+        self.vae = _load(classes[cls_name], root, sub, self.pretrained, type(self).__name__)
         self.is_vq = cls_name == "VQModel"
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
 
@@ -151,20 +160,20 @@ class DiffusersLatentPrior(LatentPrior):
 
         cfg_path = root / "scheduler" / "scheduler_config.json"
         if not cfg_path.is_file():
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the scheduler component (expected scheduler/scheduler_config.json)")
-        cfg = _read_config(cfg_path, self.pretrained)
+            raise self._pretrained_error(": the folder lacks the scheduler component (expected scheduler/scheduler_config.json)")
+        cfg = _read_config(cfg_path, self.pretrained, type(self).__name__)
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
         try:
             sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg})
         except Exception as err:  # noqa: BLE001 - diffusers raises NotImplementedError, ValueError, TypeError for bad values
             values = ", ".join(f"{k} {cfg[k]!r}" for k in keys if k in cfg and k != "trained_betas")
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: scheduler/scheduler_config.json does not describe a noise schedule "
+            raise self._pretrained_error(f": scheduler/scheduler_config.json does not describe a noise schedule "
                             f"dwgf can build ({values}: {reason})") from None
         self._register_schedule(sched.alphas_cumprod)
         self.prediction_type = cfg.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+            raise self._pretrained_error(f": prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
 
     def _load_denoiser(self, root: Path) -> None:
         raise NotImplementedError
@@ -224,24 +233,24 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         from diffusers import UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
-        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
+        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
         if cfg.get("_class_name") not in (None, "UNet2DConditionModel"):
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a "
+            raise self._pretrained_error(f": unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a "
                 f"UNet2DConditionModel (use UnconditionalLatentPrior)")
-        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained)
-        _component_config(root, ("text_encoder",), "text_encoder", self.pretrained)
+        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__)
+        _component_config(root, ("text_encoder",), "text_encoder", self.pretrained, type(self).__name__)
         if not (root / "tokenizer").is_dir():
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: the folder lacks the tokenizer component (expected tokenizer/)")
+            raise self._pretrained_error(": the folder lacks the tokenizer component (expected tokenizer/)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", trust_remote_code=False)
         except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
+            raise self._pretrained_error(f": could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
         from transformers.utils import logging as hf_logging
 
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 1-second load needs no progress bar
         try:
-            text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained)
+            text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained, type(self).__name__)
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
@@ -271,11 +280,11 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
     def _load_denoiser(self, root: Path) -> None:
         from diffusers import UNet2DModel
 
-        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained)
+        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
         if cfg.get("_class_name") not in (None, "UNet2DModel"):
-            raise DWGFError(f"{OPTION} {self.pretrained!r}: unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a "
+            raise self._pretrained_error(f": unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a "
                 f"UNet2DModel (use StableDiffusionPrior)")
-        self.unet = _load(UNet2DModel, root, "unet", self.pretrained)
+        self.unet = _load(UNet2DModel, root, "unet", self.pretrained, type(self).__name__)
 
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(z_t, t).sample
@@ -287,8 +296,8 @@ def load_prior(pretrained: str) -> DiffusersLatentPrior:
     Example:
         >>> prior = load_prior("path/to/folder")  # doctest: +SKIP
     """
-    root = resolve_pretrained(pretrained)
-    _, cfg = _component_config(root, ("unet",), "unet", str(pretrained))
+    root = resolve_pretrained(pretrained, "load_prior")
+    _, cfg = _component_config(root, ("unet",), "unet", str(pretrained), "load_prior")
     if cfg.get("_class_name") == "UNet2DConditionModel":
         return StableDiffusionPrior(str(root))
     return UnconditionalLatentPrior(str(root))
