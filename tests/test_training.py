@@ -65,7 +65,7 @@ def test_continued_training_starts_from_the_given_unet(trained):
 
 def test_continued_training_refuses_a_missing_or_mismatched_unet(trained, tmp_path):
     tiny, _, _ = trained
-    with pytest.raises(DWGFError, match="--model.init_unet 'nowhere': no trained UNet2DModel there"):
+    with pytest.raises(DWGFError, match="^LatentDiffusionTraining: init_unet 'nowhere': no trained UNet2DModel there"):
         LatentDiffusionTraining(str(tiny / "vae"), init_unet="nowhere")
     other = make_tiny_unconditional_prior(tmp_path / "other", image_size=64)
     with pytest.raises(DWGFError, match="takes 4x32x32 latents, the autoencoder makes 4x16x16"):

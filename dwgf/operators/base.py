@@ -45,7 +45,7 @@ class ForwardOperator(ArgumentsRepr):
 
     def params_from_mask(self, mask: torch.Tensor) -> Params:
         """Parameters from a user-supplied mask (``1 x H x W``, 1 = observed); inpainting only."""
-        raise DWGFError(f"{type(self).__name__} takes no mask; remove --data.masks or use an inpainting operator")
+        raise DWGFError(f"{type(self).__name__} takes no mask; give no masks or use an inpainting operator")
 
     def measurement_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """Shape of ``A(x)`` for one image of ``shape = (C, H, W)``."""

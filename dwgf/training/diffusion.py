@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
-from dwgf.errors import DWGFError
+from dwgf.errors import argument_error
 
 
 class LatentDiffusionTraining(LightningModule):
@@ -58,20 +58,21 @@ class LatentDiffusionTraining(LightningModule):
 
         self.save_hyperparameters()
         if not (Path(vae) / "config.json").is_file():
-            raise DWGFError(f"--model.vae {vae!r}: no trained autoencoder there (run dwgf fit --config configs/train/mnist_vae.yaml first)")
+            raise argument_error(self, "vae", f" {vae!r}: no trained autoencoder there (run dwgf fit --config configs/train/mnist_vae.yaml first)")
         self.vae = AutoencoderKL.from_pretrained(vae, use_safetensors=True, low_cpu_mem_usage=False)
         self.vae.requires_grad_(False).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
         latent_size = self.vae.config.sample_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
         if init_unet is not None:
             if not (Path(init_unet) / "config.json").is_file():
-                raise DWGFError(f"--model.init_unet {init_unet!r}: no trained UNet2DModel there (expected config.json and safetensors weights)")
+                raise argument_error(self, "init_unet", f" {init_unet!r}: no trained UNet2DModel there "
+                                     "(expected config.json and safetensors weights)")
             self.unet = UNet2DModel.from_pretrained(init_unet, use_safetensors=True, low_cpu_mem_usage=False)
             size = self.unet.config.sample_size
             size = (size, size) if isinstance(size, int) else tuple(size)
             if size != (latent_size, latent_size) or self.unet.config.in_channels != self.vae.config.latent_channels:
-                raise DWGFError(
-                    f"--model.init_unet {init_unet!r}: it takes {self.unet.config.in_channels}x{size[0]}x{size[1]} latents, "
+                raise argument_error(
+                    self, "init_unet", f" {init_unet!r}: it takes {self.unet.config.in_channels}x{size[0]}x{size[1]} latents, "
                     f"the autoencoder makes {self.vae.config.latent_channels}x{latent_size}x{latent_size}"
                 )
         else:
