@@ -64,7 +64,7 @@ import torch
 
 from dwgf.flow import ItemNoise, dwgf_flow, item_generators
 from dwgf.operators import BoxInpainting
-from dwgf.priors import UnconditionalLatentPrior
+from dwgf.priors import StableDiffusionPrior, UnconditionalLatentPrior
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers import EncoderConsistency, KLPrior
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
@@ -121,48 +121,30 @@ class PeakMemory:
 
 
 # -- priors ------------------------------------------------------------------------------------
-class SDLayoutPrior(LatentPrior):
-    """Stable Diffusion 2.1-base's UNet and autoencoder with random weights, built in memory.
+def sd_layout_prior(image_size: int = 512, seed: int = 0) -> StableDiffusionPrior:
+    """Stable Diffusion 2.1-base's UNet and autoencoder with random weights, as dwgf's own
+    :class:`~dwgf.priors.StableDiffusionPrior` (built with ``from_modules``: no 5 GB folder to write).
 
     The prompt embedding is a fixed random 77 x 1024 tensor (the text encoder does not run in the
     flow). ``image_size`` sets the resolution (512 for the real model; smaller is cheaper on CPU).
     """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    def __init__(self, image_size: int = 512, seed: int = 0):
-        super().__init__()
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-        torch.manual_seed(seed)
-        self.vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215,
-        )
-        self.unet = UNet2DConditionModel(
-            sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-            cross_attention_dim=1024, use_linear_projection=True,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        )
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-        self._register_schedule(sched.alphas_cumprod)
-        self.register_buffer("prompt_embedding", torch.randn(1, 77, 1024), persistent=False)
-        self.scaling_factor = 0.18215
-        self.image_size, self.image_channels = image_size, 3
-        self.latent_shape = (4, image_size // 8, image_size // 8)
-        self.vae.to(memory_format=torch.channels_last)
-        self.freeze()
-
-    def _encode(self, x, noise):
-        dist = self.vae.encode(x).latent_dist
-        return (dist.mean if noise is None else dist.mean + dist.std * noise) * self.scaling_factor
-
-    def _decode(self, z):
-        return self.vae.decode(z / self.scaling_factor).sample
-
-    def _eps(self, z_t, t):
-        return self.unet(z_t, t, encoder_hidden_states=self.prompt_embedding.expand(z_t.shape[0], -1, -1)).sample
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024, use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return StableDiffusionPrior.from_modules(vae, unet, sched.alphas_cumprod, prompt_embedding=torch.randn(1, 77, 1024))
 
 
 # -- problem -----------------------------------------------------------------------------------
@@ -514,7 +496,8 @@ def main() -> None:
                         help="optional changes timed against the iteration without them on the shipped prior "
                              "(default: all but bf16_unet; none: skip)")
     parser.add_argument("--change-sizes", type=int, nargs="*", default=[16, 32], help="B x N for the changes")
-    parser.add_argument("--output", default="benchmarks/results/flow_speed.md")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "flow_speed.md"),
+                        help="the Markdown table (default: benchmarks/results/flow_speed.md)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -549,7 +532,7 @@ def main() -> None:
     changes = measure_changes(args.changes, args.change_sizes, args.iters, args.warmup, args.rounds, device, unet_dtype)
 
     for res, sizes in [] if args.skip_sd else args.sd:
-        sd = SDLayoutPrior(res).to(device)
+        sd = sd_layout_prior(res).to(device)
         measure(f"SD-2.1-base layout {res}px", sd, sizes, args.sd_iters, 1, 1, False, device, 998, rows, unet_dtype)
         del sd
 

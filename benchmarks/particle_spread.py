@@ -18,11 +18,17 @@ are the written 8-bit PNGs in [0, 1] (the quantisation moves PSNR by < 0.01 dB).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as ``python benchmarks/particle_spread.py``: the repository becomes importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from PIL import Image
-from quality import CACHE, METHODS, RESULTS, TASKS, load, output_dir
+
+from benchmarks.harness import RESULTS, TASKS
+from benchmarks.quality import CACHE, METHODS
 
 
 def read(path: Path) -> np.ndarray:
@@ -48,7 +54,7 @@ def decompose(folder: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    runs = {k: v for k, v in load(CACHE).items() if k.startswith("run|")}
+    runs = [k for k, _ in CACHE.items() if k.kind == "run"]
     if not runs:
         raise SystemExit("particle_spread.py: no comparison runs cached: run `python benchmarks/quality.py run` first")
     lines = [
@@ -60,12 +66,10 @@ def main() -> None:
         "| task | method | setting | mean PSNR | particle MSE | mean MSE | spread | gain dB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    order = sorted(runs, key=lambda k: (TASKS.index(k.split("|")[3]), list(METHODS).index(k.split("|")[2])))
-    for key in order:
-        _, _, method, task, label = key.split("|")
-        d = decompose(output_dir(key))
+    for key in sorted(runs, key=lambda k: (TASKS.index(k.task), list(METHODS).index(k.method))):
+        d = decompose(key.folder())
         gain = 10 * math.log10(d["particle"] / d["mean"])
-        line = (f"| {task} | {method} | {label} | {d['mean_psnr']:.2f} | {d['particle'] * 1e3:.2f}e-3 | {d['mean'] * 1e3:.2f}e-3 | "
+        line = (f"| {key.task} | {key.method} | {key.label} | {d['mean_psnr']:.2f} | {d['particle'] * 1e3:.2f}e-3 | {d['mean'] * 1e3:.2f}e-3 | "
                 f"{d['spread'] * 1e3:.2f}e-3 | {gain:.2f} |")
         print(line, flush=True)
         lines.append(line)

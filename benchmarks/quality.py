@@ -6,6 +6,9 @@
     python benchmarks/quality.py table                                  # rewrite the Markdown from the cache
     python benchmarks/quality.py overlays                               # configs/methods/<task>/<method>.yaml
     python benchmarks/quality.py check [--methods ...] [--tasks ...]    # the winners on examples/mnist (8 digits)
+    python benchmarks/quality.py tune-configs [--tasks ...] [--tune-split tune50] [--weights ..] [--encs ..] [--lrs ..]
+                                                                        # the task configs' own grid (KL weight x encoder weight x step)
+    python benchmarks/quality.py configs [--tasks ...] [--inversion ...] # the task configs as committed on the 250 report digits
 
 Budget: 200 network (UNet) evaluations per particle for every method that uses the prior (DWGF and
 RED-diff: 200 flow iterations; Latent DPS and PSLD: 200 DDIM steps; decoder inversion: 200 Adam
@@ -21,34 +24,41 @@ weight at 1000, 500, 250 and 100 iterations (N = 4; ``--series K``) and with 1, 
 benchmark processes share a 2-core CPU (a file lock keeps the shared cache consistent); on the
 2-core CPU this did not get more done than one process with two threads (Latent DPS, box
 inpainting: 6.3 s/image per process side by side against 3.0 s alone with two threads). Every run goes through
-``dwgf predict`` (benchmarks/mnist_tasks.py) and is cached in ``benchmarks/results/quality_runs.json``
-so that an interrupted benchmark resumes; the tables are rewritten to
-``benchmarks/results/quality.md`` after every run.
+``dwgf predict`` (:func:`benchmarks.harness.run`) and is cached in ``benchmarks/results/quality_runs.json``
+under a structured key (:class:`benchmarks.harness.RunKey`) so that an interrupted benchmark resumes;
+the tables are rewritten to ``benchmarks/results/quality.md`` after every run.
+
+The task configs (``configs/mnist/<task>.yaml``) are tuned with the same machinery: ``tune-configs``
+runs their grid on the tune digits (cached as method ``DWGF config``) and appends a table, headed
+by its command, to ``benchmarks/results/mnist_tuning.md``; ``configs`` runs each config as
+committed (and, for the tasks given with ``--inversion``, with every regularizer removed) on the
+250 report digits and rewrites ``benchmarks/results/mnist_tasks.md`` (rows of tasks not run are kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
-import fcntl
-import functools
-import json
-import os
+import itertools
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
-import torch
-from mnist_tasks import run
+if __package__ in (None, ""):  # run as ``python benchmarks/quality.py``: the repository becomes importable, from any folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = Path("benchmarks/results")
-CACHE = RESULTS / "quality_runs.json"
+import torch
+
+from benchmarks.harness import RESULTS, ROOT, TASKS, RunCache, RunKey, load_json, prior_id, run, save_json, task_config
+
+CACHE = RunCache(RESULTS / "quality_runs.json")
 TUNED = RESULTS / "quality_tuned.json"
-TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur", "motion_deblur", "denoise"]
 DEFAULT_TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur"]
 STEPS = 200
 PARTICLES = 4
+CONFIG_METHOD = "DWGF config"  # the task configs themselves, as tune-configs tunes them
 
 
 def kl(weight: float) -> list[str]:
@@ -68,14 +78,14 @@ def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ..
 METHODS: dict[str, tuple] = {
     "DWGF": (None, ["--model.num_particles", str(PARTICLES)], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.003, 0.01, 0.03, 0.1))),
     "RED-diff-latent": (
-        "configs/methods/reddiff.yaml", [], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.001, 0.003, 0.01, 0.03, 0.1)),
+        ROOT / "configs/methods/reddiff.yaml", [], lambda task: kl_grid(task, (0.03, 0.1, 0.25, 0.5, 1.0), (0.001, 0.003, 0.01, 0.03, 0.1)),
     ),
-    "Latent DPS": ("configs/methods/dps.yaml", [], {f"zeta={g}": ["--model.guidance", str(g)] for g in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}),
+    "Latent DPS": (ROOT / "configs/methods/dps.yaml", [], {f"zeta={g}": ["--model.guidance", str(g)] for g in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}),
     "PSLD": (
-        "configs/methods/psld.yaml", [],
+        ROOT / "configs/methods/psld.yaml", [],
         {f"zeta={g},gamma={c}": ["--model.guidance", str(g), "--model.gluing", str(c)] for g in (0.03, 0.1, 0.3, 1.0) for c in (0.1, 1.0)},
     ),
-    "decoder inversion": ("configs/methods/inversion.yaml", [], {f"lr={lr}": ["--model.step_size.lr", str(lr)] for lr in (0.1, 0.3, 1.0)}),
+    "decoder inversion": (ROOT / "configs/methods/inversion.yaml", [], {f"lr={lr}": ["--model.step_size.lr", str(lr)] for lr in (0.1, 0.3, 1.0)}),
 }
 
 
@@ -85,91 +95,49 @@ def grid(method: str, task: str) -> dict[str, list[str]]:
     return g(task) if callable(g) else g
 
 
-@functools.cache
-def prior_id() -> str:
-    """A short hash of the shipped prior's weights: cached runs of another prior are not reused."""
-    import hashlib
-
-    from dwgf.priors.diffusers_priors import resolve_pretrained
-
-    digest = hashlib.sha256()
-    for f in sorted(resolve_pretrained("dwgf:mnist-ldm").glob("*/*.safetensors")):
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def save(path: Path, data: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
-@contextlib.contextmanager
-def locked():
-    """Serialise read-modify-write of the cache between benchmark processes run side by side."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / ".quality.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # no TensorBoard in benchmark runs: the seconds column times the solver, not the logging
 NO_LOGS = ["--trainer.logger", "false"]
 
 
 def method_args(method: str, task: str, extra: list[str]) -> list[str]:
     overlay, fixed, _ = METHODS[method]
-    args = ["--config", overlay] if overlay else []
+    args = ["--config", str(overlay)] if overlay else []
     return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, *NO_LOGS]
 
 
-def output_dir(key: str) -> Path:
-    """Where the run cached under ``key`` wrote its images."""
-    return Path("outputs/quality/" + key.replace(" ", "_").replace("/", "_").replace("|", "__"))
-
-
-def cached_run(key: str, task: str, split: str, args: list[str]) -> dict:
-    cache = load(CACHE)
-    if key not in cache or cache[key].get("prior", prior_id()) != prior_id():
-        result = run(f"configs/mnist/{task}.yaml", split, str(output_dir(key)), args)
-        result["args"] = args
-        result["date"] = str(datetime.date.today())
-        result["prior"] = prior_id()
-        result["threads"] = torch.get_num_threads()
-        with locked():
-            cache = load(CACHE)
-            cache[key] = result
-            save(CACHE, cache)
+def cached_run(key: RunKey, args: list[str]) -> dict:
+    """The result of ``key``'s run (its task's config, then ``args``, on its split): from the cache when
+    it holds one made with the same prior, else computed now and cached."""
+    result = CACHE.get(key)
+    if result is None or result.get("prior", prior_id()) != prior_id():
+        result = run(task_config(key.task), key.split, key.folder(), args)
+        result.update(args=args, date=str(datetime.date.today()), prior=prior_id(), threads=torch.get_num_threads())
+        CACHE.put(key, result)
         print(f"RUN {key}: mean PSNR {result['psnr_mean']:.2f} particle PSNR {result['psnr']:.2f} "
               f"naive {result['naive']:.2f} {result['seconds']:.2f} s/image", flush=True)
-    return load(CACHE)[key]
+    return result
+
+
+def best_of(kind: str, split: str, method: str, task: str, settings: dict[str, list[str]]) -> tuple[str, dict[str, dict]]:
+    """The one tuner: runs every setting ``{label: args}`` (cached) and returns the label with the best
+    particle-mean PSNR, and every result."""
+    results = {label: cached_run(RunKey(kind, split, method, task, label), args) for label, args in settings.items()}
+    return max(results, key=lambda label: results[label]["psnr_mean"]), results
 
 
 def tune(methods: list[str], tasks: list[str], split: str) -> None:
     for task in tasks:
         for method in methods:
-            for label, extra in grid(method, task).items():
-                cached_run(f"tune|{split}|{method}|{task}|{label}", task, split, method_args(method, task, extra))
-            cache = load(CACHE)
-            scores = {label: cache[f"tune|{split}|{method}|{task}|{label}"]["psnr_mean"] for label in grid(method, task)}
-            tuned = load(TUNED)
-            tuned.setdefault(method, {})[task] = {"winner": max(scores, key=scores.get), "split": split}
-            save(TUNED, tuned)
+            settings = {label: method_args(method, task, extra) for label, extra in grid(method, task).items()}
+            won, _ = best_of("tune", split, method, task, settings)
+            tuned = load_json(TUNED)
+            tuned.setdefault(method, {})[task] = {"winner": won, "split": split}
+            save_json(TUNED, tuned)
             write_tables()
 
 
 def winner(method: str, task: str) -> str:
-    entry = load(TUNED).get(method, {}).get(task)
+    entry = load_json(TUNED).get(method, {}).get(task)
     if entry is None:
         raise SystemExit(f"quality.py: no tuned setting for {method} on {task}: run `python benchmarks/quality.py tune --methods "
             f"'{method}' --tasks {task}` first")
@@ -181,7 +149,7 @@ def check(methods: list[str], tasks: list[str]) -> None:
     for task in tasks:
         for method in methods:
             label = winner(method, task)
-            result = cached_run(f"check|examples|{method}|{task}|{label}", task, "examples", method_args(method, task, grid(method, task)[label]))
+            result = cached_run(RunKey("check", "examples", method, task, label), method_args(method, task, grid(method, task)[label]))
             print(f"CHECK {method} on {task} ({label}), examples/mnist: particle-mean PSNR {result['psnr_mean']:.2f} dB "
                   f"over {result['items']} digits")
 
@@ -190,7 +158,7 @@ def evaluate(methods: list[str], tasks: list[str]) -> None:
     for task in tasks:
         for method in methods:
             label = winner(method, task)
-            cached_run(f"run|report100|{method}|{task}|{label}", task, "report100", method_args(method, task, grid(method, task)[label]))
+            cached_run(RunKey("run", "report100", method, task, label), method_args(method, task, grid(method, task)[label]))
             write_tables()
 
 
@@ -204,39 +172,43 @@ def sweep(tasks: list[str], series: list[str]) -> None:
             knobs = [("K", k, k, PARTICLES) for k in (1000, 500, 250, 100)] if s == "K" else [("N", n, STEPS, n) for n in (1, 2, 8)]
             for name, value, steps, n in knobs:
                 args = ["--model.num_steps", str(steps), "--model.num_particles", str(n), *base, *NO_LOGS]
-                cached_run(f"sweep|report100|DWGF|{task}|{label}|{name}={value}", task, "report100", args)
+                cached_run(RunKey("sweep", "report100", "DWGF", task, label, f"{name}={value}"), args)
                 write_tables()
 
 
-def sweep_rows(cache: dict) -> list[tuple[tuple[str, str, int, int], dict]]:
+def sweep_rows(cache: dict[RunKey, dict]) -> list[tuple[tuple[str, str, int, int], dict]]:
     """The sweep's runs, with the comparison's DWGF run as its K = STEPS, N = PARTICLES point, ordered
     by task, then the iteration series (K descending), then the particle series (N ascending)."""
     rows = {}
-    for k, v in cache.items():
-        kind, _, method, task, label, *knob = k.split("|")
-        if kind == "sweep":
-            steps, n = (int(knob[0][2:]), PARTICLES) if knob[0].startswith("K=") else (STEPS, int(knob[0][2:]))
-            rows[(task, label, steps, n)] = v
-    for task in {key[0] for key in rows}:
+    for key, v in cache.items():
+        if key.kind == "sweep":
+            value = int(key.knob[2:])
+            steps, n = (value, PARTICLES) if key.knob.startswith("K=") else (STEPS, value)
+            rows[(key.task, key.label, steps, n)] = v
+    for task in {row[0] for row in rows}:
         label = winner("DWGF", task)
-        run = cache.get(f"run|report100|DWGF|{task}|{label}")
-        if run is not None:
-            rows[(task, label, STEPS, PARTICLES)] = run
-    k_series = {key[0] for key in rows if key[3] == PARTICLES and key[2] != STEPS}
+        comparison = cache.get(RunKey("run", "report100", "DWGF", task, label))
+        if comparison is not None:
+            rows[(task, label, STEPS, PARTICLES)] = comparison
+    k_series = {row[0] for row in rows if row[3] == PARTICLES and row[2] != STEPS}
     order = lambda kv: (TASKS.index(kv[0][0]), not (kv[0][3] == PARTICLES and kv[0][0] in k_series), -kv[0][2], kv[0][3])  # noqa: E731
     return sorted(rows.items(), key=order)
 
 
-def per_item(key: str) -> dict[str, float]:
-    """Particle-mean PSNR per item of the cached run ``key`` (from its metrics.csv)."""
-    path = output_dir(key) / "metrics.csv"
+def per_item(key: RunKey) -> dict[str, float]:
+    """Particle-mean PSNR per item of the cached run ``key`` (cached with it; for runs cached before
+    that, from the metrics.csv in its output folder, if still there)."""
+    cached = (CACHE.get(key) or {}).get("per_item")
+    if cached:
+        return cached
+    path = key.folder() / "metrics.csv"
     if not path.is_file():
         return {}
     with open(path) as f:
         return {r["name"]: float(r["psnr_mean"]) for r in csv.DictReader(f)}
 
 
-def paired(key_a: str, key_b: str) -> tuple[float, float] | None:
+def paired(key_a: RunKey, key_b: RunKey) -> tuple[float, float] | None:
     """Mean and standard error of the per-item PSNR difference a - b (None without both runs' files)."""
     a, b = per_item(key_a), per_item(key_b)
     names = sorted(set(a) & set(b))
@@ -247,7 +219,7 @@ def paired(key_a: str, key_b: str) -> tuple[float, float] | None:
 
 
 def write_tables() -> None:
-    cache, tuned = load(CACHE), load(TUNED)
+    cache, tuned = dict(CACHE.items()), load_json(TUNED)
     lines = [
         "# Methods compared on the shipped MNIST prior",
         "",
@@ -258,8 +230,8 @@ def write_tables() -> None:
         "digits); *mean*: the particle mean, *particle*: averaged over particles; s/image: solver time per digit on",
         "the 2-core CPU, batches of 50 digits. Hyperparameters: winners of the grids on the *tune* digits (below).",
     ]
-    runs = {k: v for k, v in cache.items() if k.startswith("run|")}
-    threads = sorted({v.get("threads") for k, v in cache.items() if k.startswith(("run|", "sweep|"))} - {None})
+    runs = {k: v for k, v in cache.items() if k.kind == "run"}
+    threads = sorted({v.get("threads") for k, v in cache.items() if k.kind in ("run", "sweep")} - {None})
     if threads == [1]:
         lines.append("The comparison and the sweep ran with one torch thread per process (`--threads 1`).")
     elif threads:
@@ -267,21 +239,21 @@ def write_tables() -> None:
         lines.append(f"The comparison ran with {', '.join(map(str, run_threads))} torch thread(s) per process; the sweep's "
                      "threads are given per row.")
     lines.append("")
-    tasks = [t for t in TASKS if any(k.split("|")[3] == t for k in runs)]
+    tasks = [t for t in TASKS if any(k.task == t for k in runs)]
     if tasks:
         lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.", "",
                   "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | s/image | "
                       "naive PSNR | date |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in tasks:
-            rows = [(k.split("|")[2], k.split("|")[4], v) for k, v in runs.items() if k.split("|")[3] == task]
-            best = max(v["psnr_mean"] for _, _, v in rows)
-            dwgf = [k for k in runs if k.split("|")[2:4] == ["DWGF", task]]
-            for method, label, v in sorted(rows, key=lambda r: list(METHODS).index(r[0])):
+            rows = [(k, v) for k, v in runs.items() if k.task == task]
+            best = max(v["psnr_mean"] for _, v in rows)
+            dwgf = [k for k in runs if (k.method, k.task) == ("DWGF", task)]
+            for key, v in sorted(rows, key=lambda r: list(METHODS).index(r[0].method)):
                 psnr = f"**{v['psnr_mean']:.2f}**" if v["psnr_mean"] == best else f"{v['psnr_mean']:.2f}"
-                diff = paired(dwgf[0], f"run|report100|{method}|{task}|{label}") if dwgf and method != "DWGF" else None
+                diff = paired(dwgf[0], key) if dwgf and key.method != "DWGF" else None
                 vs = f"{diff[0]:+.2f} ± {diff[1]:.2f}" if diff else "-"
-                lines.append(f"| {task} | {method} | {label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
+                lines.append(f"| {task} | {key.method} | {key.label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
                              f"{vs} | {v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
     sweeps = sweep_rows(cache)
     if sweeps:
@@ -293,17 +265,73 @@ def write_tables() -> None:
         for (task, label, steps, n), v in sweeps:
             lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | "
                          f"{v['seconds']:.2f} | {v.get('threads', '-')} | {v['date']} |")
-    tunes = {k: v for k, v in cache.items() if k.startswith("tune|")}
+    tunes = {k: v for k, v in cache.items() if k.kind == "tune" and k.method in METHODS}
     if tunes:
         lines += ["", "## Tuning grids (particle-mean PSNR on the tune digits; winner in bold)", "",
                   "| task | method | split | setting | mean PSNR | particle PSNR | s/image |", "|---|---|---|---|---|---|---|"]
-        for k, v in sorted(tunes.items(), key=lambda kv: (kv[0].split("|")[3], list(METHODS).index(kv[0].split("|")[2]))):
-            _, split, method, task, label = k.split("|")
-            won = tuned.get(method, {}).get(task, {}).get("winner") == label
-            setting = f"**{label}**" if won else label
-            lines.append(f"| {task} | {method} | {split} | {setting} | {v['psnr_mean']:.2f} | {v['psnr']:.2f} | {v['seconds']:.2f} |")
+        for k, v in sorted(tunes.items(), key=lambda kv: (kv[0].task, list(METHODS).index(kv[0].method))):
+            won = tuned.get(k.method, {}).get(k.task, {}).get("winner") == k.label
+            setting = f"**{k.label}**" if won else k.label
+            lines.append(f"| {k.task} | {k.method} | {k.split} | {setting} | {v['psnr_mean']:.2f} | {v['psnr']:.2f} | {v['seconds']:.2f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+
+
+# -- the task configs ----------------------------------------------------------------------------
+def config_overrides(weight: float, enc: float, lr: float) -> list[str]:
+    """The task config with KLPrior weight ``weight``, EncoderConsistency weight ``enc`` (none if 0), Adam step ``lr``."""
+    regs = [f"{{class_path: KLPrior, init_args: {{weight: {weight}}}}}"]
+    if enc > 0:
+        regs.append(f"{{class_path: EncoderConsistency, init_args: {{weight: {enc}}}}}")
+    return ["--model.regularizers", "[" + ", ".join(regs) + "]", "--model.step_size.lr", str(lr), *NO_LOGS]
+
+
+def tune_configs(tasks: list[str], split: str, weights: list[float], encs: list[float], lrs: list[float], command: str) -> None:
+    """The task configs' grid on ``split``, by :func:`best_of`; appends a table headed by ``command`` to mnist_tuning.md."""
+    lines = [f"\n## Tuning grid on `{split}` ({datetime.date.today()}): `{command}`\n",
+             "| task | prior weight | encoder weight | step size | mean PSNR | mean SSIM | particle PSNR | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        settings = {f"w={w},enc={e},lr={lr}": config_overrides(w, e, lr) for w, e, lr in itertools.product(weights, encs, lrs)}
+        won, results = best_of("tune", split, CONFIG_METHOD, task, settings)
+        for (w, e, lr), (label, r) in zip(itertools.product(weights, encs, lrs), results.items()):
+            cells = f"{w} | {e} | {lr} | {r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['psnr']:.2f} | {r['wall']:.0f}"
+            lines.append(f"| {task} | " + (" | ".join(f"**{c.strip()}**" for c in cells.split("|")) if label == won else cells) + " |")
+    with open(RESULTS / "mnist_tuning.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def report_configs(tasks: list[str], inversion: list[str]) -> None:
+    """Each task config as committed on the 250 report digits (and, for ``inversion``, with every
+    regularizer removed); rewrites mnist_tasks.md, keeping the rows of tasks not run."""
+    path = RESULTS / "mnist_tasks.md"
+    rows = {}
+    if path.is_file():  # earlier rows: "| task | ... | date |"
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("| ") and cells[0] in TASKS:
+                rows[cells[0]] = line
+    header = ["# DWGF on the shipped MNIST prior: the 250 report digits\n",
+              "Produced by `python benchmarks/quality.py configs --tasks TASK... --inversion TASK...` (each row: its date; rows",
+              "dated 2026-11-24 by its predecessor `python benchmarks/mnist_tune.py report`, the same runs).",
+              "PSNR/SSIM on [0, 1] images; *mean*: the particle mean; *particle*: averaged over particles; *naive*: the measurement "
+                  "shown as an image",
+              "(masked image with gray holes, nearest-neighbour upsampling, blurred or noisy image); *inversion*: the same flow with "
+                  "every regularizer removed.\n",
+              "| task | DWGF mean PSNR | DWGF mean SSIM | particle PSNR | particle SSIM | naive PSNR | inversion mean PSNR | wall s "
+                  "(250 digits) | date |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for task in tasks:  # always computed: the configs as they are now (a cache would hold an earlier version's figures)
+        r = run(task_config(task), "report", RunKey("configs", "report", CONFIG_METHOD, task, "as committed").folder(), [*NO_LOGS])
+        inv = [c.strip() for c in rows[task].strip("|").split("|")][6] if task in rows else ""  # kept unless recomputed
+        if task in inversion:
+            ri = run(task_config(task), "report", RunKey("configs", "report", CONFIG_METHOD, task, "no regularizers").folder(),
+                     ["--model.regularizers", "[]", *NO_LOGS])
+            inv = f"{ri['psnr_mean']:.2f}"
+        rows[task] = (f"| {task} | {r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['naive']:.2f} | "
+                      f"{inv} | {r['wall']:.0f} | {datetime.date.today()} |")
+        print("REPORT", rows[task], flush=True)
+        path.write_text("\n".join(header + [rows[t] for t in TASKS if t in rows]) + "\n")  # after every task: nothing lost
 
 
 OVERLAY_NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion"}
@@ -335,9 +363,9 @@ def write_overlays(methods: list[str], tasks: list[str]) -> None:
     """``configs/methods/<task>/<method>.yaml``: each method's tuned setting for each task, for README's commands."""
     import yaml
 
-    tuned = load(TUNED)
+    tuned = load_json(TUNED)
     for task in tasks:
-        folder = Path("configs/methods") / task
+        folder = ROOT / "configs" / "methods" / task
         folder.mkdir(parents=True, exist_ok=True)
         for method in methods:
             if task not in tuned.get(method, {}):
@@ -350,33 +378,49 @@ def write_overlays(methods: list[str], tasks: list[str]) -> None:
                       f"# Written by `python benchmarks/quality.py overlays` from benchmarks/results/quality_tuned.json; do not edit.\n")
             body = yaml.safe_dump(tuned_overlay(method, task), sort_keys=False, default_flow_style=False)
             (folder / f"{name}.yaml").write_text(header + body)
-            print(f"wrote {folder / f'{name}.yaml'}")
+            print(f"wrote {(folder / f'{name}.yaml').relative_to(ROOT)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["tune", "run", "sweep", "table", "overlays", "check"])
+    parser.add_argument("mode", choices=["tune", "run", "sweep", "table", "overlays", "check", "tune-configs", "configs"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=TASKS)
-    parser.add_argument("--tune-split", default="tune20", choices=["tune10", "tune20", "tune50"])
+    parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
+                        help=f"default: {' '.join(DEFAULT_TASKS)} (configs, tune-configs: every task)")
+    parser.add_argument("--tune-split", default=None, choices=["tune10", "tune20", "tune50", "tune100", "tune"],
+                        help="default: tune20 (tune-configs: tune50)")
     parser.add_argument("--series", nargs="+", default=["K", "N"], choices=["K", "N"],
                         help="sweep: iterations (K), particles (N) or both, in this order")
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0], help="tune-configs: KLPrior weights")
+    parser.add_argument("--encs", nargs="+", type=float, default=[0.0, 0.1], help="tune-configs: EncoderConsistency weights (0: none)")
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.3], help="tune-configs: Adam step sizes")
+    parser.add_argument("--inversion", nargs="*", default=["box_inpaint", "sr4"], help="configs: tasks also run without regularizers")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice), e.g. 1 for two benchmark processes side by side")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    whole = args.mode in ("configs", "tune-configs")
+    tasks = args.tasks or (TASKS if whole else DEFAULT_TASKS)
+    split = args.tune_split or ("tune50" if args.mode == "tune-configs" else "tune20")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode == "tune":
-        tune(args.methods, args.tasks, args.tune_split)
+        tune(args.methods, tasks, split)
     elif args.mode == "run":
-        evaluate(args.methods, args.tasks)
+        evaluate(args.methods, tasks)
     elif args.mode == "sweep":
-        sweep(args.tasks, args.series)
+        sweep(tasks, args.series)
     elif args.mode == "check":
-        check(args.methods, args.tasks)
+        check(args.methods, tasks)
         return
     elif args.mode == "overlays":
-        write_overlays(args.methods, args.tasks)
+        write_overlays(args.methods, tasks)
+        return
+    elif args.mode == "tune-configs":
+        command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        tune_configs(tasks, split, args.weights, args.encs, args.lrs, command)
+        return
+    elif args.mode == "configs":
+        report_configs(tasks, args.inversion)
         return
     write_tables()
 

@@ -115,3 +115,18 @@ def test_file_instead_of_folder(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(DWGFError, match="is a file"):
         StableDiffusionPrior(str(f))
+
+
+def test_a_prior_from_modules_computes_what_the_loaded_one_does(sd_prior):
+    """from_modules (networks in memory, as the benchmarks build SD's layout) shares the loaded prior's maths."""
+    same = StableDiffusionPrior.from_modules(sd_prior.vae, sd_prior.unet, sd_prior.alphas_cumprod.clone(),
+                                             prompt_embedding=sd_prior.prompt_embedding.clone())
+    assert (same.image_size, same.image_channels, same.latent_shape) == (sd_prior.image_size, sd_prior.image_channels, sd_prior.latent_shape)
+    assert not any(p.requires_grad for p in same.parameters())
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, *sd_prior.latent_shape, generator=gen)
+    t = torch.tensor([100, 700])
+    assert torch.equal(same.eps(z, t), sd_prior.eps(z, t))
+    assert torch.equal(same.decode(z), sd_prior.decode(z))
+    x = torch.rand(1, 3, sd_prior.image_size, sd_prior.image_size) * 2 - 1
+    assert torch.equal(same.encode(x), sd_prior.encode(x))

@@ -137,10 +137,36 @@ class DiffusersLatentPrior(LatentPrior):
         self._load_autoencoder(root)
         self._load_schedule(root)
         self._load_denoiser(root)
+        self._finish()
+
+    def _finish(self) -> None:
         self._set_shapes()
         if self.channels_last:
             self.vae.to(memory_format=torch.channels_last)
         self.freeze()
+
+    @classmethod
+    def from_modules(cls, vae: Any, unet: Any, alphas_cumprod: torch.Tensor, *, prediction_type: str = "epsilon",
+                     channels_last: bool = True, **buffers: torch.Tensor) -> "DiffusersLatentPrior":
+        """The prior made of networks already in memory, with no folder: the same maths as a loaded one.
+
+        ``vae`` is an AutoencoderKL or VQModel, ``unet`` the denoiser the class expects, ``alphas_cumprod``
+        the training noise schedule; ``buffers`` are the class's other tensors (``prompt_embedding``
+        for :class:`StableDiffusionPrior`). Benchmarks use it for networks with random weights in a
+        published layout, too large to write to disk.
+        """
+        self = cls.__new__(cls)
+        LatentPrior.__init__(self)
+        self.pretrained, self.channels_last, self._root = "(in memory)", bool(channels_last), None
+        self.vae, self.unet = vae, unet
+        self.is_vq = type(vae).__name__ == "VQModel"
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", None) or 1.0)
+        self._register_schedule(alphas_cumprod)
+        self.prediction_type = prediction_type
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+        self._finish()
+        return self
 
     # -- loading -------------------------------------------------------------------------------
     def _load_autoencoder(self, root: Path) -> None:
@@ -224,6 +250,8 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         >>> prior.latent_shape, prior.image_size  # doctest: +SKIP
         ((4, 64, 64), 512)
     """
+
+    prompt: str = ""  # the text condition (a prior built with from_modules has its embedding, not its text)
 
     def __init__(self, pretrained: str, prompt: str = "", channels_last: bool = True):
         self.prompt = prompt
