@@ -45,6 +45,36 @@ def image_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str,
     }
 
 
+COVERAGE_LEVEL = 0.9  # coverage90: the particles' central 90% interval, per pixel
+
+
+def crps(particles: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The ensemble CRPS per pixel, averaged: ``E|X - x| - 1/2 E|X - X'|`` over particles ``X, X'``
+    (all ``N^2`` pairs, the estimator torchmetrics uses), ``particles`` ``N x ...``, ``truth`` ``...``.
+    One particle: ``|X - x|`` (torchmetrics needs two)."""
+    if particles.shape[0] == 1:
+        return (particles[0] - truth).abs().mean()
+    from torchmetrics.functional.regression import continuous_ranked_probability_score
+
+    return continuous_ranked_probability_score(particles.flatten(1).T.double(), truth.flatten().double()).float()
+
+
+def uncertainty_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str, float]:
+    """How the particles (``N x C x H x W`` in ``[0, 1]``) spread around the truth (``C x H x W``), per pixel.
+
+    ``spread``: the mean over pixels of the particles' standard deviation (what ``std.png`` shows,
+    before its gain), ``crps``: :func:`crps`, ``coverage90``: the share of pixels (and channels)
+    whose truth lies between the 5% and the 95% quantile of the particles (``torch.quantile``,
+    linear between order statistics). With one particle, spread is 0 and the interval a point.
+    """
+    p, x = particles01.double(), truth01.double()
+    spread = p.std(0, unbiased=False).mean(0).mean() if p.shape[0] > 1 else torch.zeros((), dtype=torch.float64)
+    tail = (1 - COVERAGE_LEVEL) / 2
+    lo, hi = torch.quantile(p, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    coverage = ((x >= lo) & (x <= hi)).double().mean()
+    return {"spread": float(spread), "crps": float(crps(p, x)), "coverage90": float(coverage)}
+
+
 SUMMARY_TILE = 96  # minimum tile side in summary pictures, in pixels (small images are enlarged)
 SHEET_ITEMS = 8  # items on the contact sheet <output>/summary.png
 
@@ -105,13 +135,15 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     std = std_map(p01)
     files["std.png"] = png_bytes(std)
     files["measurement.png"] = png_bytes(to_unit(measurement))
-    record: dict[str, Any] = {"name": name, "file": file, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None}
+    record: dict[str, Any] = {"name": name, "file": file, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None,
+                              "spread": None, "crps": None, "coverage90": None}
     tiles = [to_unit(measurement), *p01, mean, std]
     labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
     if image is not None:
         truth = to_unit(image)
         files["ground_truth.png"] = png_bytes(truth)
         record.update(image_metrics(p01, truth[None]))
+        record.update(uncertainty_metrics(p01, truth))
         tiles.append(truth)
         labels.append("truth")
     record["seconds"] = float(seconds)

@@ -21,7 +21,7 @@ from dwgf.errors import DWGFError
 from dwgf.outputs import OutputFolder, Resume
 from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
-METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds")
+METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90")
 FAILURES_HEADER = ("name", "file", "reason")
 FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
 
@@ -49,7 +49,8 @@ class PredictionWriter(BasePredictionWriter):
     deviation across particles of the ``[0, 1]`` images, shown as ``min(1, 4 std)``, averaged over
     channels), ``measurement.png``, ``ground_truth.png`` (when known), ``summary.png`` (all of them
     side by side, labelled) and ``metrics.json``; ``<output>/summary.png`` stacks the summaries of the
-    first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds``) is assembled from
+    first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds,spread,crps,coverage90``;
+    see :func:`dwgf.rendering.uncertainty_metrics`) is assembled from
     the items' ``metrics.json`` at the end of every run (a resumed one too), on the first process;
     metrics are empty in measurement-only mode.
 

@@ -11,6 +11,7 @@ from dwgf.operators import (
     BoxInpainting,
     Denoising,
     GaussianBlur,
+    MatrixOperator,
     MotionBlur,
     RandomInpainting,
     SuperResolution,
@@ -29,6 +30,8 @@ EXAMPLES = {
     "gaussian_blur": lambda: GaussianBlur(kernel_size=9, sigma=2.0, sigma_y=0.05),
     "motion_blur": lambda: MotionBlur(kernel_size=9, intensity=0.5, sigma_y=0.05),
     "denoise": lambda: Denoising(sigma_y=0.1),
+    "matrix": lambda: MatrixOperator(torch.randn(7, 3 * 24 * 24, generator=torch.Generator().manual_seed(0)), image_shape=[3, 24, 24],
+                                     sigma_y=0.05),
 }
 
 
@@ -74,14 +77,15 @@ def test_adjointness(op):
 
 
 def test_adjoint_is_the_matrix_transpose(op):
-    """The adjoint equals the transpose of A's explicit matrix on a small image."""
-    shape = (1, 12, 12)
+    """The adjoint equals the transpose of A's explicit matrix on a small image (a matrix operator's own size)."""
+    shape = op.image_shape if isinstance(op, MatrixOperator) else (1, 12, 12)
+    n = shape[0] * shape[1] * shape[2]
     params = {k: v.double() for k, v in batch_params(op, n=1, shape=shape).items()}
-    basis = torch.eye(144, dtype=torch.float64).view(144, *shape)
-    A = op(basis, repeat_params(params, 144)).reshape(144, -1).T  # (m, 144)
+    basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    A = op(basis, repeat_params(params, n)).reshape(n, -1).T  # (m, n)
     m_shape = op.measurement_shape(shape)
     ybasis = torch.eye(A.shape[0], dtype=torch.float64).view(-1, *m_shape)
-    At = op.adjoint(ybasis, repeat_params(params, A.shape[0])).reshape(A.shape[0], -1)  # (m, 144)
+    At = op.adjoint(ybasis, repeat_params(params, A.shape[0])).reshape(A.shape[0], -1)  # (m, n)
     assert torch.allclose(At, A, atol=1e-12)
 
 
@@ -193,3 +197,22 @@ def test_box_larger_than_image_and_indivisible_factor():
         BoxInpainting(size=[12, 12]).sample_params((1, 8, 8), torch.Generator())
     with pytest.raises(DWGFError, match="does not divide the 30x30"):
         SuperResolution(4).measurement_shape((3, 30, 30))
+
+
+def test_matrix_operator_reads_files_and_names_bad_matrices(tmp_path):
+    import numpy as np
+
+    m = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "a.npy", m)
+    op = MatrixOperator(str(tmp_path / "a.npy"), image_shape=[1, 2, 2])
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    assert op(x, {}).flatten().tolist() == (m @ np.arange(4.0)).tolist()
+    assert op.measurement_shape((1, 2, 2)) == (3, 1, 1) and repr(op) == "MatrixOperator(matrix=<3x4>, image_shape=[1, 2, 2], sigma_y=0.0)"
+    with pytest.raises(DWGFError, match=r"^MatrixOperator: image_shape \[1, 3, 2\]: expected \[C, H, W\] with C\*H\*W = 4"):
+        MatrixOperator(m.tolist(), image_shape=[1, 3, 2])
+    with pytest.raises(DWGFError, match="^MatrixOperator: matrix 'nope.npy': no such file"):
+        MatrixOperator("nope.npy")
+    with pytest.raises(DWGFError, match="expected an m x n matrix, got shape \\(3,\\)"):
+        MatrixOperator([1.0, 2.0, 3.0])
+    with pytest.raises(DWGFError, match="^MatrixOperator: matrix has 4 columns; images of shape \\(1, 3, 3\\) have 9 pixels"):
+        op.measurement_shape((1, 3, 3))

@@ -8,6 +8,7 @@ from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.operators.blur import Blur, GaussianBlur, MotionBlur, gaussian_kernel, motion_kernel
 from dwgf.operators.denoising import Denoising
 from dwgf.operators.inpainting import BoxInpainting, RandomInpainting
+from dwgf.operators.matrix import MatrixOperator
 from dwgf.operators.super_resolution import SuperResolution
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "GaussianBlur",
     "MotionBlur",
     "Denoising",
+    "MatrixOperator",
     "gaussian_kernel",
     "motion_kernel",
 ]

@@ -9,6 +9,7 @@ from dwgf.priors.diffusers_priors import (
     resolve_pretrained,
     shipped_priors,
 )
+from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, grid_mixture
 
 __all__ = [
     "LatentPrior",
@@ -18,4 +19,7 @@ __all__ = [
     "load_prior",
     "resolve_pretrained",
     "shipped_priors",
+    "GaussianMixture",
+    "GaussianMixturePrior",
+    "grid_mixture",
 ]
