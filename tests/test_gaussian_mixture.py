@@ -99,3 +99,26 @@ def test_bad_arguments_name_the_argument():
         GaussianMixturePrior(_mixture(4), latent_shape=(2, 2, 2))
     with pytest.raises(DWGFError, match="^GaussianMixturePrior: decoder 'wavelet'"):
         GaussianMixturePrior(_mixture(4), decoder="wavelet")
+
+
+def test_the_fast_noise_prediction_in_high_dimension_equals_the_mixture_score():
+    """The matrix-product path (rows at several t, d = 300) against the diffused mixture's own score."""
+    mix = grid_mixture(300, generator=torch.Generator().manual_seed(0))
+    mix = GaussianMixture(mix.weights, mix.means, 0.5 + torch.rand(25, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    prior = GaussianMixturePrior(mix, schedule="linear")
+    z = torch.randn(6, 300, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 3
+    t = torch.tensor([999, 700, 300, 300, 20, 0])
+    eps = prior.eps(z, t).reshape(6, -1).double()
+    for i, ti in enumerate(t.tolist()):
+        a = float(prior.alphas_cumprod[ti])
+        expected = -math.sqrt(1 - a) * mix.diffused(a).score(z[i].reshape(1, -1))[0]
+        assert torch.allclose(eps[i], expected, rtol=1e-5, atol=1e-5), ti
+
+
+def test_schedules():
+    from dwgf.priors import ddpm_schedule
+
+    assert ddpm_schedule("scaled_linear")[-1].item() == pytest.approx(0.00466, abs=1e-5)
+    assert ddpm_schedule("linear")[-1].item() == pytest.approx(4.04e-5, rel=1e-2)
+    with pytest.raises(DWGFError, match="^GaussianMixturePrior: schedule 'cosine': expected one of scaled_linear, linear"):
+        GaussianMixturePrior(_mixture(2), schedule="cosine")

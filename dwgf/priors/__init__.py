@@ -9,7 +9,7 @@ from dwgf.priors.diffusers_priors import (
     resolve_pretrained,
     shipped_priors,
 )
-from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, grid_mixture
+from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, ddpm_schedule, grid_mixture
 
 __all__ = [
     "LatentPrior",
@@ -22,4 +22,5 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixturePrior",
     "grid_mixture",
+    "ddpm_schedule",
 ]

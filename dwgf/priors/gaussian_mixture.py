@@ -64,7 +64,8 @@ class GaussianMixture:
             logdet = self.covariances.log().sum(-1)
         else:
             chol = torch.linalg.cholesky(self.covariances)  # K x d x d
-            sol = torch.linalg.solve_triangular(chol[None], diff[..., None], upper=False)[..., 0]
+            # per component (never a B x K x d x d tensor): L_k^{-1} (x - mu_k) for all B rows at once
+            sol = torch.stack([torch.linalg.solve_triangular(chol[k], diff[:, k].T, upper=False).T for k in range(len(chol))], dim=1)
             quad = (sol**2).sum(-1)
             logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
         return self.weights.log()[None] - 0.5 * (quad + logdet[None] + self.dim * math.log(2 * math.pi))
@@ -85,7 +86,7 @@ class GaussianMixture:
         if self.diagonal:
             pulls = diff / self.covariances[None]
         else:
-            pulls = torch.linalg.solve(self.covariances[None], diff[..., None])[..., 0]
+            pulls = torch.stack([torch.linalg.solve(self.covariances[k], diff[:, k].T).T for k in range(len(self.covariances))], dim=1)
         return (r[..., None] * pulls).sum(1)
 
     def diffused(self, abar: float) -> "GaussianMixture":
@@ -137,9 +138,19 @@ def grid_mixture(dim: int, spacing: float = 4.0, grid: Sequence[float] = (-2, -1
     return GaussianMixture(weights, means, torch.full((len(pairs), dim), float(variance), dtype=torch.float64))
 
 
-def _stable_diffusion_schedule() -> torch.Tensor:
-    """``abar_t`` of the shipped prior and Stable Diffusion: scaled-linear betas 0.00085 .. 0.012, 1000 steps."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+SCHEDULES = ("scaled_linear", "linear")
+
+
+def ddpm_schedule(name: str = "scaled_linear") -> torch.Tensor:
+    """``abar_t`` for ``t = 0 .. 999``: ``"scaled_linear"`` is the shipped prior's and Stable Diffusion's
+    (betas ``0.00085 .. 0.012`` on a square-root scale, ``abar_999 = 0.0047``), ``"linear"`` DDPM's
+    (Ho et al. 2020: betas ``1e-4 .. 0.02``, ``abar_999 = 4e-5``)."""
+    if name == "scaled_linear":
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    elif name == "linear":
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
     return torch.cumprod(1 - betas, dim=0)
 
 
@@ -147,8 +158,10 @@ class GaussianMixturePrior(LatentPrior):
     """A Gaussian mixture in latent space with an exact noise prediction and a fixed linear decoder.
 
     ``eps(z_t, t) = -sqrt(1 - abar_t) grad log p_t(z_t)`` of the diffused mixture (see the module
-    docstring), on the shipped prior's DDPM schedule (scaled-linear betas 0.00085 .. 0.012, 1000
-    steps), so every solver and schedule runs on it unchanged. The decoder is ``x = D z`` on the
+    docstring), on a 1000-step DDPM schedule (by default the shipped prior's), so every solver and
+    schedule runs on it unchanged. Solvers start from ``N(0, I)``, which is close to the diffused
+    mixture at ``t = 999`` only when ``abar_999 |mu|^2`` is small: for means far from the origin in
+    many dimensions choose ``schedule="linear"`` (benchmarks/posterior.py measures the difference). The decoder is ``x = D z`` on the
     flattened latent and image, the encoder its least-squares inverse; with a linear-Gaussian
     measurement, :meth:`posterior` gives the exact posterior of the latent.
 
@@ -165,10 +178,12 @@ class GaussianMixturePrior(LatentPrior):
         factor: the upsampling factor of ``decoder="upsample"``.
         image_shape: ``(C, H, W)`` of the images for a matrix ``decoder``.
         seed: the seed of the orthogonal matrix.
+        schedule: ``"scaled_linear"`` (default: the shipped prior's) or ``"linear"`` (DDPM's); see
+            :func:`ddpm_schedule`.
     """
 
     def __init__(self, mixture: GaussianMixture, latent_shape: Optional[Sequence[int]] = None, decoder: str | torch.Tensor = "identity",
-                 factor: int = 2, image_shape: Optional[Sequence[int]] = None, seed: int = 0):
+                 factor: int = 2, image_shape: Optional[Sequence[int]] = None, seed: int = 0, schedule: str = "scaled_linear"):
         super().__init__()
         d = mixture.dim
         latent_shape = tuple(int(v) for v in (latent_shape or (d, 1, 1)))
@@ -197,7 +212,9 @@ class GaussianMixturePrior(LatentPrior):
         self.image_channels, self.image_size = int(image[0]), int(image[1])
         self.register_buffer("decoder_matrix", matrix, persistent=False)
         self.register_buffer("encoder_matrix", torch.linalg.pinv(matrix), persistent=False)
-        self._register_schedule(_stable_diffusion_schedule())
+        if schedule not in SCHEDULES:
+            raise argument_error(self, "schedule", f" {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        self._register_schedule(ddpm_schedule(schedule))
         self.freeze()
 
     # -- the maths -------------------------------------------------------------------------------
@@ -205,16 +222,20 @@ class GaussianMixturePrior(LatentPrior):
         flat = z_t.reshape(z_t.shape[0], -1).to(torch.float64).cpu()
         abar = self.alphas_cumprod.cpu()[t.long().cpu()]
         mix = self.mixture
-        if mix.diagonal:  # every row at its own t at once: N(sqrt(abar) mu_k, abar s_k + 1 - abar)
-            var = abar[:, None, None] * mix.covariances[None] + (1 - abar)[:, None, None]  # B x K x d
-            diff = abar.sqrt()[:, None, None] * mix.means[None] - flat[:, None, :]
-            logits = mix.weights.log()[None] - 0.5 * (diff**2 / var + var.log()).sum(-1)
-            score = (torch.softmax(logits, dim=-1)[..., None] * diff / var).sum(1)
-        else:
-            score = torch.empty_like(flat)
-            for value in torch.unique(abar):  # one diffused mixture per distinct timestep in the batch
-                rows = abar == value
-                score[rows] = mix.diffused(float(value)).score(flat[rows])
+        score = torch.empty_like(flat)
+        for value in torch.unique(abar):  # rows at the same t share the diffused mixture (solvers use one t per step)
+            rows = (abar == value).nonzero()[:, 0]
+            a = float(value)
+            if mix.diagonal:  # as matrix products: O(B K d), never a B x K x d tensor
+                z = flat.index_select(0, rows)
+                inv = 1 / (a * mix.covariances + 1 - a)  # K x d: 1 / variance of each diffused component
+                scaled = math.sqrt(a) * mix.means * inv
+                quad = (z * z) @ inv.T - 2 * z @ scaled.T + (a * mix.means**2 * inv).sum(1)[None]
+                r = torch.softmax(mix.weights.log()[None] - 0.5 * (quad - inv.log().sum(1)[None]), dim=-1)
+                part = r @ scaled - z * (r @ inv)
+            else:
+                part = mix.diffused(a).score(flat.index_select(0, rows))
+            score = score.index_copy(0, rows, part)
         eps = -(1 - abar).sqrt()[:, None] * score
         return eps.to(device=z_t.device, dtype=z_t.dtype).reshape(z_t.shape)
 
