@@ -28,6 +28,9 @@ OUTPUTS = ROOT / "outputs"
 # the MNIST tasks, each a config configs/mnist/<task>.yaml; the order of every table
 TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur", "motion_deblur", "denoise"]
 
+# metrics.csv's uncertainty columns, averaged over digits like PSNR
+UNCERTAINTY = ("spread", "crps", "coverage90")
+
 # split name -> (which held-out digits, digits per class); "examples" is the 8 digits of examples/mnist
 SPLITS = {
     "tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune20": ("tune", 2), "tune50": ("tune", 5),
@@ -83,6 +86,9 @@ def run(config: str | Path | list, split: str, output: str | Path, overrides: li
         rows = list(csv.DictReader(f))
     names = [r["name"] for r in rows]
     result: dict[str, Any] = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("psnr_mean", "ssim_mean", "psnr", "ssim", "seconds")}
+    for k in UNCERTAINTY:  # the particles' spread around the truth (dwgf.rendering.uncertainty_metrics)
+        if rows and rows[0].get(k):
+            result[k] = float(np.mean([float(r[k]) for r in rows]))
     result.update(naive=naive_psnr(Path(output), names), items=len(rows), wall=wall)
     result["per_item"] = {r["name"]: float(r["psnr_mean"]) for r in rows}  # for paired comparisons without the images
     return result

@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/quality.py``: the re
 
 import torch
 
-from benchmarks.harness import RESULTS, ROOT, TASKS, RunCache, RunKey, load_json, prior_id, run, save_json, task_config
+from benchmarks.harness import RESULTS, ROOT, TASKS, UNCERTAINTY, RunCache, RunKey, load_json, prior_id, run, save_json, task_config
 
 CACHE = RunCache(RESULTS / "quality_runs.json")
 TUNED = RESULTS / "quality_tuned.json"
@@ -105,11 +105,12 @@ def method_args(method: str, task: str, extra: list[str]) -> list[str]:
     return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, *NO_LOGS]
 
 
-def cached_run(key: RunKey, args: list[str]) -> dict:
+def cached_run(key: RunKey, args: list[str], need: tuple[str, ...] = ()) -> dict:
     """The result of ``key``'s run (its task's config, then ``args``, on its split): from the cache when
-    it holds one made with the same prior, else computed now and cached."""
+    it holds one made with the same prior and with every figure in ``need``, else computed now and cached."""
     result = CACHE.get(key)
-    if result is None or result.get("prior", prior_id()) != prior_id():
+    stale = result is not None and (result.get("prior", prior_id()) != prior_id() or any(k not in result for k in need))
+    if result is None or stale:
         result = run(task_config(key.task), key.split, key.folder(), args)
         result.update(args=args, date=str(datetime.date.today()), prior=prior_id(), threads=torch.get_num_threads())
         CACHE.put(key, result)
@@ -158,7 +159,8 @@ def evaluate(methods: list[str], tasks: list[str]) -> None:
     for task in tasks:
         for method in methods:
             label = winner(method, task)
-            cached_run(RunKey("run", "report100", method, task, label), method_args(method, task, grid(method, task)[label]))
+            # the comparison reports the uncertainty figures: a run cached before metrics.csv had them is redone
+            cached_run(RunKey("run", "report100", method, task, label), method_args(method, task, grid(method, task)[label]), need=UNCERTAINTY)
             write_tables()
 
 
@@ -209,8 +211,12 @@ def per_item(key: RunKey) -> dict[str, float]:
 
 
 def paired(key_a: RunKey, key_b: RunKey) -> tuple[float, float] | None:
-    """Mean and standard error of the per-item PSNR difference a - b (None without both runs' files)."""
+    """Mean and standard error of the per-item PSNR difference a - b (None without both runs' per-item
+    figures); runs cached before per-item figures were kept carry the figure their table printed."""
     a, b = per_item(key_a), per_item(key_b)
+    if not a and not b:  # both from before: the figure printed then (against that DWGF run)
+        kept = (CACHE.get(key_b) or {}).get("paired_vs_dwgf")
+        return tuple(kept) if kept and key_a.method == "DWGF" else None
     names = sorted(set(a) & set(b))
     if len(names) < 2 or len(names) != len(a):
         return None
@@ -241,10 +247,13 @@ def write_tables() -> None:
     lines.append("")
     tasks = [t for t in TASKS if any(k.task == t for k in runs)]
     if tasks:
-        lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.", "",
-                  "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | s/image | "
-                      "naive PSNR | date |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.",
+                  "*spread*, *CRPS*, *cov90*: the particles around the truth, per pixel of [0, 1] images, averaged over digits (README,",
+                  "\"Uncertainty\"): mean standard deviation across particles, the ensemble CRPS, and the share of pixels whose truth",
+                  "lies between the particles' 5% and 95% quantiles (\"-\": a run from before metrics.csv had them).", "",
+                  "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | spread | CRPS | "
+                      "cov90 | s/image | naive PSNR | date |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in tasks:
             rows = [(k, v) for k, v in runs.items() if k.task == task]
             best = max(v["psnr_mean"] for _, v in rows)
@@ -253,8 +262,9 @@ def write_tables() -> None:
                 psnr = f"**{v['psnr_mean']:.2f}**" if v["psnr_mean"] == best else f"{v['psnr_mean']:.2f}"
                 diff = paired(dwgf[0], key) if dwgf and key.method != "DWGF" else None
                 vs = f"{diff[0]:+.2f} ± {diff[1]:.2f}" if diff else "-"
+                unc = " | ".join(f"{v[k]:.4f}" if k in v else "-" for k in UNCERTAINTY)
                 lines.append(f"| {task} | {key.method} | {key.label} | {psnr} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | {v['ssim']:.3f} | "
-                             f"{vs} | {v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
+                             f"{vs} | {unc} | {v['seconds']:.2f} | {v['naive']:.2f} | {v['date']} |")
     sweeps = sweep_rows(cache)
     if sweeps:
         lines += ["", "## DWGF: quality against cost (report digits as above)", "",
