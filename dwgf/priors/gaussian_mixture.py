@@ -166,7 +166,13 @@ class GaussianMixturePrior(LatentPrior):
     measurement, :meth:`posterior` gives the exact posterior of the latent.
 
     Images are the decoded latents, not confined to ``[-1, 1]``; use it with operators that do not
-    assume that range (:class:`~dwgf.operators.MatrixOperator`).
+    assume that range (:class:`~dwgf.operators.MatrixOperator`). The noise prediction is computed in
+    float64 on the CPU (``O(B K d)`` per call) and returned on the input's device and dtype.
+
+    Example:
+        >>> prior = GaussianMixturePrior(grid_mixture(8), schedule="linear")
+        >>> prior.latent_shape, prior.eps(torch.zeros(2, 8, 1, 1), torch.tensor([500, 10])).shape
+        ((8, 1, 1), torch.Size([2, 8, 1, 1]))
 
     Args:
         mixture: the latent mixture (dimension ``c * h * w``).
