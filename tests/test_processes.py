@@ -56,7 +56,8 @@ def _without_seconds(path: Path) -> bytes:
         return "\n".join(line for line in path.read_text().splitlines() if not line.startswith("output:")).encode()
     if path.name == "metrics.csv":
         rows = list(csv.reader(io.StringIO(path.read_text())))
-        return "\n".join(",".join(r[:-1]) for r in rows).encode()
+        keep = [i for i, name in enumerate(rows[0]) if name != "seconds"]
+        return "\n".join(",".join(r[i] for i in keep) for r in rows).encode()
     return path.read_bytes()
 
 
