@@ -58,11 +58,12 @@ class GaussianMixture:
     def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """``log w_k + log N(x; mu_k, S_k)`` for ``x`` ``(B, d)``: ``(B, K)``."""
         x = x.to(torch.float64)
-        diff = x[:, None, :] - self.means[None]  # B x K x d
-        if self.diagonal:
-            quad = (diff**2 / self.covariances[None]).sum(-1)
+        if self.diagonal:  # as matrix products: O(B K d), never a B x K x d tensor
+            inv = 1 / self.covariances
+            quad = (x * x) @ inv.T - 2 * x @ (self.means * inv).T + (self.means**2 * inv).sum(1)[None]
             logdet = self.covariances.log().sum(-1)
         else:
+            diff = x[:, None, :] - self.means[None]  # B x K x d
             chol = torch.linalg.cholesky(self.covariances)  # K x d x d
             # per component (never a B x K x d x d tensor): L_k^{-1} (x - mu_k) for all B rows at once
             sol = torch.stack([torch.linalg.solve_triangular(chol[k], diff[:, k].T, upper=False).T for k in range(len(chol))], dim=1)
@@ -82,11 +83,11 @@ class GaussianMixture:
         """``grad log p(x)`` in closed form: ``sum_k r_k(x) S_k^{-1} (mu_k - x)``, ``(B, d)`` float64."""
         x = x.to(torch.float64)
         r = self.responsibilities(x)
+        if self.diagonal:  # sum_k r_k (mu_k - x) / s_k as matrix products
+            inv = 1 / self.covariances
+            return r @ (self.means * inv) - x * (r @ inv)
         diff = self.means[None] - x[:, None, :]
-        if self.diagonal:
-            pulls = diff / self.covariances[None]
-        else:
-            pulls = torch.stack([torch.linalg.solve(self.covariances[k], diff[:, k].T).T for k in range(len(self.covariances))], dim=1)
+        pulls = torch.stack([torch.linalg.solve(self.covariances[k], diff[:, k].T).T for k in range(len(self.covariances))], dim=1)
         return (r[..., None] * pulls).sum(1)
 
     def diffused(self, abar: float) -> "GaussianMixture":
@@ -227,21 +228,10 @@ class GaussianMixturePrior(LatentPrior):
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         flat = z_t.reshape(z_t.shape[0], -1).to(torch.float64).cpu()
         abar = self.alphas_cumprod.cpu()[t.long().cpu()]
-        mix = self.mixture
         score = torch.empty_like(flat)
         for value in torch.unique(abar):  # rows at the same t share the diffused mixture (solvers use one t per step)
             rows = (abar == value).nonzero()[:, 0]
-            a = float(value)
-            if mix.diagonal:  # as matrix products: O(B K d), never a B x K x d tensor
-                z = flat.index_select(0, rows)
-                inv = 1 / (a * mix.covariances + 1 - a)  # K x d: 1 / variance of each diffused component
-                scaled = math.sqrt(a) * mix.means * inv
-                quad = (z * z) @ inv.T - 2 * z @ scaled.T + (a * mix.means**2 * inv).sum(1)[None]
-                r = torch.softmax(mix.weights.log()[None] - 0.5 * (quad - inv.log().sum(1)[None]), dim=-1)
-                part = r @ scaled - z * (r @ inv)
-            else:
-                part = mix.diffused(a).score(flat.index_select(0, rows))
-            score = score.index_copy(0, rows, part)
+            score = score.index_copy(0, rows, self.mixture.diffused(float(value)).score(flat.index_select(0, rows)))
         eps = -(1 - abar).sqrt()[:, None] * score
         return eps.to(device=z_t.device, dtype=z_t.dtype).reshape(z_t.shape)
 
