@@ -58,7 +58,8 @@ class FlowState:
         prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
         data_loss: per-particle data term ``B x N``.
         forces: after the regularizers ran, each one's force (latent- or image-shaped, as it
-            returned it), keyed by class name.
+            returned it), keyed by class name (forces of one class add up; ``<class>_<space>`` when
+            the same class also acts in the other space).
         step_size: Adam's learning rate at this iteration.
     """
 
@@ -104,8 +105,8 @@ def dwgf_flow(
 
     Each iteration: diffuse the particles to ``t`` and evaluate the network once (no gradient),
     decode once, sum the image-space gradients (data term + image regularizers) and pull them back
-    through the decoder in one vector-Jacobian product, add the latent-space forces, and take one
-    Adam step. Frozen weights never receive gradients.
+    through the decoder in one vector-Jacobian product, add the latent-space forces, take one
+    Adam step, and add the regularizers' perturbations (if any). Frozen weights never receive gradients.
 
     Args:
         prior: the frozen latent prior.
@@ -188,6 +189,8 @@ def flow_gradient(
     for reg in regularizers:
         force = reg.force(state)
         name = type(reg).__name__
+        if name in state.forces and state.forces[name].shape != force.shape:  # the same class in both spaces
+            name = f"{name}_{reg.space}"
         state.forces[name] = state.forces[name] + force if name in state.forces else force
         if reg.space == "image":
             g_x = g_x + force.flatten(0, 1)
@@ -222,6 +225,11 @@ def _flow(
         z.grad = grad
         state.step_size = float(optimizer.param_groups[0]["lr"])
         optimizer.step()
+        with torch.no_grad():
+            for reg in regularizers:  # moves that are not gradients (injected noise), after the step
+                move = reg.perturbation(state)
+                if move is not None:
+                    z.add_(move)
         with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
             bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)
             failed_at = torch.where(bad & (failed_at < 0), k, failed_at)

@@ -1,18 +1,32 @@
 """Regularizers: latent- and image-space forces added to the data term by the flow.
 
+Diverse particles: :class:`KDEKLPrior` (the paper's particle term with an adaptive bandwidth),
+:class:`KernelRepulsion` (SVGD/RLSD-style repulsion, in latent or image space) and
+:class:`LangevinNoise` (injected noise after each step).
+
 Add your own by subclassing :class:`Regularizer` in any module and listing it by ``class_path``
 under ``model.regularizers``.
 """
 
 from dwgf.regularizers.base import Regularizer
 from dwgf.regularizers.encoder_consistency import EncoderConsistency
+from dwgf.regularizers.kde_kl_prior import KDEKLPrior
+from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, Pixels
 from dwgf.regularizers.kl_prior import KLPrior, particle_score
+from dwgf.regularizers.langevin import LangevinNoise
+from dwgf.regularizers.repulsion import KernelRepulsion
 from dwgf.regularizers.weighting import ConstantWeighting, DWGFWeighting, SqrtInverseSNRWeighting, TimeWeighting
 
 __all__ = [
     "Regularizer",
     "KLPrior",
     "EncoderConsistency",
+    "KDEKLPrior",
+    "KernelRepulsion",
+    "LangevinNoise",
+    "FeatureMap",
+    "Pixels",
+    "EncoderFeatures",
     "particle_score",
     "TimeWeighting",
     "DWGFWeighting",

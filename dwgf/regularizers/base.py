@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from dwgf.reprs import ArgumentsRepr
@@ -26,6 +26,10 @@ class Regularizer(ArgumentsRepr):
     Set ``needs_eps = True`` to read ``state.eps_hat`` (the network's noise prediction at
     ``state.z_t``); the flow then evaluates the network once per iteration, shared by all.
 
+    A regularizer may also move the particles *after* the optimizer's step, by something that is
+    not a gradient (injected noise, :class:`~dwgf.regularizers.LangevinNoise`): override
+    :meth:`perturbation`. Adam would rescale such a move if it came in as a force.
+
     To add one, subclass this in any module and list it by ``class_path`` under
     ``model.regularizers``.
     """
@@ -35,4 +39,9 @@ class Regularizer(ArgumentsRepr):
 
     def force(self, state: "FlowState") -> torch.Tensor:
         raise NotImplementedError
+
+    def perturbation(self, state: "FlowState") -> Optional[torch.Tensor]:
+        """A displacement added to the latents after the iteration's step (``B x N x c x h x w``), or
+        ``None`` (the default: this regularizer only has a force)."""
+        return None
 

@@ -1,0 +1,240 @@
+"""The interacting regularizers: closed forms against autograd, reductions to the paper's term, costs, invariances."""
+
+import math
+
+import pytest
+import torch
+
+from dwgf import DWGF
+from dwgf.errors import DWGFError
+from dwgf.flow import FlowState, ItemNoise
+from dwgf.regularizers import (
+    ConstantWeighting,
+    DWGFWeighting,
+    EncoderFeatures,
+    KDEKLPrior,
+    KernelRepulsion,
+    KLPrior,
+    LangevinNoise,
+    Pixels,
+)
+from dwgf.regularizers.kernels import kernel_pull, median_bandwidth, pairwise_sq
+from tests.test_flow import _setup
+
+
+def _state(z, abar, eps=None, eps_hat=None, x=None, prior=None, draw=None, iteration=0, num_iterations=1, step_size=None):
+    a = abar.view(-1, *([1] * (z.dim() - 1)))
+    eps = torch.randn_like(z) if eps is None else eps
+    return FlowState(
+        z=z, x=torch.zeros(1) if x is None else x, x_noise=torch.zeros(1), t=torch.zeros(len(abar), dtype=torch.long), abar=abar,
+        eps=eps, z_t=a.sqrt() * z + (1 - a).sqrt() * eps, eps_hat=torch.randn_like(z) if eps_hat is None else eps_hat,
+        iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, step_size=step_size,
+    )
+
+
+# -- kernels -------------------------------------------------------------------------------------
+def test_median_bandwidth_is_the_median_pair_over_two_log_n_plus_one():
+    pts = torch.tensor([[[0.0], [1.0], [3.0]]], dtype=torch.float64)  # squared distances 1, 9, 4
+    sq = pairwise_sq(pts)
+    assert torch.equal(sq[0], torch.tensor([[0.0, 1, 9], [1, 0, 4], [9, 4, 0]], dtype=torch.float64))
+    assert torch.allclose(median_bandwidth(sq), torch.tensor([4 / (2 * math.log(4))], dtype=torch.float64))
+    assert torch.equal(median_bandwidth(pairwise_sq(torch.randn(2, 1, 5))), torch.ones(2))  # one particle: no pair
+
+
+def test_kernel_pull_is_the_kde_score_less_the_own_centre_pull():
+    torch.manual_seed(0)
+    b, n, d = 2, 4, 6
+    x, at = torch.randn(b, n, d, dtype=torch.float64), torch.randn(b, n, d, dtype=torch.float64)
+    h = torch.tensor([0.7, 2.5], dtype=torch.float64)
+    leaf = at.clone().requires_grad_(True)
+    sq = (leaf.unsqueeze(2) - x.unsqueeze(1)).square().sum(-1)
+    log_kde = torch.logsumexp(-sq / (2 * h.view(b, 1, 1)), -1)
+    (score,) = torch.autograd.grad(log_kde.sum(), leaf)
+    expected = score - (x - at) / h.view(b, 1, 1)
+    assert torch.allclose(kernel_pull(x, h, at=at), expected, atol=1e-12)
+
+
+# -- KDEKLPrior ----------------------------------------------------------------------------------
+def test_kde_kl_prior_is_the_papers_term_at_bandwidth_one_minus_abar():
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 4, 3, 3, dtype=torch.float64)
+    abar = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    state = _state(z, abar)
+    paper = KLPrior(weight=0.2).force(state)
+    # a fixed median term below 1 - abar: h_t = 1 - abar exactly
+    assert torch.allclose(KDEKLPrior(weight=0.2, bandwidth=1e-6).force(state), paper, atol=1e-12)
+    # the median heuristic gives another, larger bandwidth here, so another force
+    assert not torch.allclose(KDEKLPrior(weight=0.2).force(state), paper, atol=1e-6)
+
+
+def test_kde_kl_prior_with_one_particle_is_score_distillation():
+    torch.manual_seed(1)
+    z = torch.randn(3, 1, 2, 4, 4, dtype=torch.float64)
+    abar = torch.tensor([0.1, 0.5, 0.95], dtype=torch.float64)
+    state = _state(z, abar)
+    sds = KLPrior(weight=0.3, particle_term=False).force(state)
+    for reg in (KDEKLPrior(weight=0.3), KDEKLPrior(weight=0.3, bandwidth=50.0, entropy_weight=7.0)):
+        assert torch.allclose(reg.force(state), sds, atol=1e-12)
+
+
+def test_kde_kl_prior_interaction_acts_in_high_dimension():
+    """d = 16,384: the paper's interaction is numerically zero, the adaptive one is not, and it repels."""
+    torch.manual_seed(2)
+    z = torch.randn(1, 4, 4, 64, 64, dtype=torch.float64)
+    abar = torch.tensor([0.5], dtype=torch.float64)
+    eps = torch.randn_like(z)
+    state = _state(z, abar, eps=eps, eps_hat=eps)  # eps_hat = eps: only the interaction is left
+    assert KLPrior(weight=1.0).force(state).abs().max() < 1e-12
+    force = KDEKLPrior(weight=1.0, weighting=ConstantWeighting()).force(state)
+    assert force.abs().max() > 1e-8
+    # the force is a gradient to descend: a small step along -force moves the particles apart
+    before = pairwise_sq(z).sum()
+    assert pairwise_sq(z - 1e3 * force).sum() > before
+
+
+def test_kde_kl_prior_bad_arguments():
+    with pytest.raises(DWGFError, match="bandwidth"):
+        KDEKLPrior(bandwidth="mean")
+    with pytest.raises(DWGFError, match="scale"):
+        KDEKLPrior(scale=0)
+    assert "particle_term" not in repr(KDEKLPrior())
+
+
+# -- KernelRepulsion -----------------------------------------------------------------------------
+def _own_term_gradient(u, h, weight):
+    """Autograd of particle i's own term E^i = weight (1/N) sum_j k(u^i, u^j) with respect to u^i, u^j held fixed."""
+    b, n = u.shape[:2]
+    out = torch.zeros_like(u)
+    for i in range(n):
+        leaf = u[:, i].clone().requires_grad_(True)
+        sq = (leaf.unsqueeze(1) - u.detach()).flatten(2).square().sum(-1)  # (B, N)
+        e = weight * torch.exp(-sq / (2 * h.view(b, 1))).mean(-1)
+        (out[:, i],) = torch.autograd.grad(e.sum(), leaf)
+    return out
+
+
+def test_latent_repulsion_is_the_gradient_of_each_particles_kernel_term():
+    torch.manual_seed(3)
+    z = torch.randn(2, 4, 3, 2, 2, dtype=torch.float64)
+    abar = torch.tensor([0.4, 0.9], dtype=torch.float64)
+    force = KernelRepulsion(weight=0.5, space="latent").force(_state(z, abar))
+    h = median_bandwidth(pairwise_sq(z))
+    assert torch.allclose(force, _own_term_gradient(z, h, 0.5), atol=1e-12)
+    fixed = KernelRepulsion(weight=0.5, space="latent", bandwidth=3.0, scale=2.0).force(_state(z, abar))
+    assert torch.allclose(fixed, _own_term_gradient(z, torch.full((2,), 6.0, dtype=torch.float64), 0.5), atol=1e-12)
+    # descending it moves the particles apart
+    assert pairwise_sq(z - 0.1 * force / force.abs().max()).sum() > pairwise_sq(z).sum()
+
+
+def test_image_repulsion_goes_through_the_feature_map(ldm_prior):
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, ldm_prior.image_channels, ldm_prior.image_size, ldm_prior.image_size) * 0.5
+    z = torch.zeros(2, 3, *ldm_prior.latent_shape)
+    abar = torch.tensor([0.5, 0.5])
+    pixels = KernelRepulsion(weight=1.0).force(_state(z, abar, x=x, prior=ldm_prior))
+    h = median_bandwidth(pairwise_sq(x))
+    assert torch.allclose(pixels, _own_term_gradient(x, h, 1.0), atol=1e-6)
+    # encoder features: J_E^T applied to the feature-space force
+    enc = KernelRepulsion(weight=1.0, features=EncoderFeatures()).force(_state(z, abar, x=x, prior=ldm_prior))
+    leaf = x.flatten(0, 1).clone().requires_grad_(True)
+    u = ldm_prior.encode(leaf).reshape(2, 3, -1)
+    g_u = _own_term_gradient(u.detach(), median_bandwidth(pairwise_sq(u.detach())), 1.0)
+    (expected,) = torch.autograd.grad(u, leaf, grad_outputs=g_u)
+    assert enc.shape == x.shape and torch.allclose(enc, expected.view_as(x), atol=1e-6)
+    assert enc.abs().max() > 0
+
+
+def test_repulsion_follows_its_weighting_and_is_zero_for_one_particle():
+    torch.manual_seed(5)
+    z = torch.randn(2, 3, 4, dtype=torch.float64)
+    abar = torch.tensor([0.25, 0.81], dtype=torch.float64)
+    const = KernelRepulsion(space="latent").force(_state(z, abar))
+    faded = KernelRepulsion(space="latent", weighting=DWGFWeighting()).force(_state(z, abar))
+    assert torch.allclose(faded, const * ((1 - abar) / abar.sqrt()).view(2, 1, 1))
+    one = KernelRepulsion(space="latent").force(_state(z[:, :1], abar))
+    assert torch.equal(one, torch.zeros_like(one))
+
+
+def test_repulsion_bad_arguments():
+    with pytest.raises(DWGFError, match="space"):
+        KernelRepulsion(space="pixels")
+    with pytest.raises(DWGFError, match="features"):
+        KernelRepulsion(space="latent", features=Pixels())
+    with pytest.raises(DWGFError, match="bandwidth"):
+        KernelRepulsion(bandwidth=-1.0)
+
+
+# -- LangevinNoise --------------------------------------------------------------------------------
+def test_langevin_noise_has_the_scheduled_size():
+    z = torch.zeros(2, 3, 4, 8, 8)
+    abar = torch.tensor([0.36, 0.91])
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    state = _state(z, abar, draw=ItemNoise(gens, "cpu"), step_size=0.5, iteration=3, num_iterations=4)
+    for anneal, g in (("noise_level", (1 - abar).sqrt()), ("constant", torch.ones(2)), ("linear", torch.full((2,), 0.25))):
+        move = LangevinNoise(scale=0.2, anneal=anneal).perturbation(state)
+        expected = 0.2 * math.sqrt(2 * 0.5) * g
+        assert torch.allclose(move.flatten(1).std(1), expected, rtol=0.1)
+    assert torch.allclose(LangevinNoise(scale=0.2, anneal="linear", final=0.5).schedule(state), torch.full((2,), 0.5))
+    assert torch.equal(LangevinNoise().force(state), torch.zeros_like(z))
+
+
+def test_langevin_noise_bad_arguments():
+    with pytest.raises(DWGFError, match="anneal"):
+        LangevinNoise(anneal="cosine")
+    with pytest.raises(DWGFError, match="final"):
+        LangevinNoise(final=2)
+
+
+# -- in the flow ---------------------------------------------------------------------------------
+DIVERSE = [
+    KDEKLPrior(weight=0.2, entropy_weight=0.1),
+    KernelRepulsion(weight=0.05),
+    KernelRepulsion(weight=0.05, space="latent"),
+    LangevinNoise(scale=0.05),
+]
+
+
+def test_diverse_flow_item_alone_equals_item_in_batch(ldm_prior):
+    op, y, params = _setup(ldm_prior, batch=3)
+    solver = DWGF(ldm_prior, num_steps=4, num_particles=3, regularizers=DIVERSE).set_operator(op)
+    seeds = [11, 22, 33]
+    batch = solver.solve(y, params, seeds)
+    alone = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, seeds[1:2])
+    assert torch.allclose(batch[1:2], alone, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_langevin_noise_at_scale_zero_changes_nothing_and_otherwise_moves_the_particles(ldm_prior):
+    op, y, params = _setup(ldm_prior)
+    plain = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()]).set_operator(op).solve(y, params, [0, 1])
+    zero = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.0)]).set_operator(op)
+    noisy = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.5)]).set_operator(op)
+    assert torch.equal(zero.solve(y, params, [0, 1]), plain)
+    assert not torch.allclose(noisy.solve(y, params, [0, 1]), plain, atol=1e-3)
+
+
+def test_diverse_regularizers_add_no_network_call_and_no_decoder_pass(ldm_prior, monkeypatch):
+    calls = {"eps": 0, "decode": 0, "encode": 0}
+    for name in calls:
+        original = getattr(ldm_prior, f"_{name}")
+
+        def counted(*args, _o=original, _n=name):
+            calls[_n] += 1
+            return _o(*args)
+
+        monkeypatch.setattr(ldm_prior, f"_{name}", counted)
+    op, y, params = _setup(ldm_prior)
+    DWGF(ldm_prior, num_steps=3, num_particles=3, regularizers=[KLPrior(), *DIVERSE]).set_operator(op).solve(y, params, [0, 1])
+    assert calls == {"eps": 3, "decode": 3 + 1, "encode": 0}
+    calls.update(eps=0, decode=0, encode=0)
+    reg = KernelRepulsion(weight=0.05, features=EncoderFeatures())
+    DWGF(ldm_prior, num_steps=3, num_particles=3, regularizers=[KLPrior(), reg]).set_operator(op).solve(y, params, [0, 1])
+    assert calls == {"eps": 3, "decode": 3 + 1, "encode": 3}
+
+
+def test_frozen_weights_get_no_grad_with_diverse_regularizers(ldm_prior):
+    op, y, params = _setup(ldm_prior)
+    solver = DWGF(ldm_prior, num_steps=2, num_particles=3,
+                  regularizers=[*DIVERSE, KernelRepulsion(features=EncoderFeatures())]).set_operator(op)
+    solver.solve(y, params, [0, 1])
+    assert all(p.grad is None for p in solver.parameters())
