@@ -168,7 +168,7 @@ def regularizers(encoder: bool) -> list:
     return [KLPrior(0.25), *([EncoderConsistency(0.1)] if encoder else [])]
 
 
-def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False):
+def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False, regs=None):
     """Per-iteration wall times of dwgf_flow (after ``warmup`` iterations) and its peak memory.
 
     With ``unet_dtype`` the flow runs under autocast to it, as under ``--trainer.precision
@@ -177,7 +177,8 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
     With ``floor``, after every iteration (outside its timed interval) the floor's network calls
     run on that iteration's own tensors (:func:`time_floor_calls`), so each iteration is paired
     with a floor measured seconds apart; returns ``(times, floors, memory)`` with ``floors`` a list
-    of per-iteration ``{part: seconds}``. Without it, ``(times, memory)``.
+    of per-iteration ``{part: seconds}``. Without it, ``(times, memory)``. ``regs``: the flow's
+    regularizers (default :func:`regularizers` of ``encoder``).
     """
     device = y.device
     stamps: list[float] = []
@@ -197,7 +198,7 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
         sync(device)
         stamps.append(time.perf_counter())
         dwgf_flow(
-            prior, op, y, params, draw, num_particles=n, num_steps=warmup + iters, regularizers=regularizers(encoder),
+            prior, op, y, params, draw, num_particles=n, num_steps=warmup + iters, regularizers=regs if regs is not None else regularizers(encoder),
             step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(), callback=callback,
         )
     if floor:
@@ -401,7 +402,8 @@ class Change:
 
     ``doc`` describes it in the output; ``base_kwargs`` build the baseline prior; ``apply`` alters the
     changed prior in place; ``unet_dtype`` is the changed flow's UNet autocast dtype (``None``: as the
-    baseline's); ``warmup`` the changed flow's warm-up iterations before timing (``None``: ``--warmup``).
+    baseline's); ``warmup`` the changed flow's warm-up iterations before timing (``None``: ``--warmup``);
+    ``regularizers`` the changed flow's regularizers (``None``: the baseline's, ``KLPrior(0.25)``).
     """
 
     doc: str
@@ -409,6 +411,20 @@ class Change:
     apply: Optional[Callable[[LatentPrior], object]] = None
     unet_dtype: Optional[torch.dtype] = None
     warmup: Optional[int] = None
+    regularizers: Optional[Callable[[], list]] = None
+
+
+def _diverse(*extra: str, kde: bool = False) -> Callable[[], list]:
+    """The baseline's regularizers with the interacting ones (``dwgf.regularizers``) of ``benchmarks/diverse.py``."""
+    from dwgf import regularizers as regs
+
+    def build() -> list:
+        made = {"repulsion": lambda: regs.KernelRepulsion(0.01), "repulsion_latent": lambda: regs.KernelRepulsion(0.01, space="latent"),
+                "repulsion_encoder": lambda: regs.KernelRepulsion(0.01, features=regs.EncoderFeatures()),
+                "langevin": lambda: regs.LangevinNoise(0.1)}
+        return [regs.KDEKLPrior(0.25, entropy_weight=1.0) if kde else KLPrior(0.25), *(made[e]() for e in extra)]
+
+    return build
 
 
 CHANGES = {
@@ -422,6 +438,13 @@ CHANGES = {
                       apply=lambda p: p.compile_networks(), warmup=5),
     "bf16_unet": Change("the UNet under bfloat16 autocast, the autoencoder in float32 (`--trainer.precision bf16-mixed`)",
                         unet_dtype=torch.bfloat16),
+    # the interacting regularizers (issue 18): what each adds to an iteration
+    "kde_kl_prior": Change("`KDEKLPrior` (adaptive-bandwidth particle term) in place of `KLPrior`", regularizers=_diverse(kde=True)),
+    "repulsion_pixels": Change("`KernelRepulsion` in pixels added", regularizers=_diverse("repulsion")),
+    "repulsion_latent": Change("`KernelRepulsion` in the latent added", regularizers=_diverse("repulsion_latent")),
+    "repulsion_encoder": Change("`KernelRepulsion` on encoder features added (one encoder forward and backward)",
+                                regularizers=_diverse("repulsion_encoder")),
+    "langevin": Change("`LangevinNoise` added", regularizers=_diverse("langevin")),
 }
 
 
@@ -438,11 +461,12 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
         for bn in sizes:
             b, n = layout(bn)
             op, y, params = problem(base, b, device)
-            time_flow(changed, op, y, params, n, 1, warmup if spec.warmup is None else spec.warmup, False, unet_dtype=dtype)
+            regs = spec.regularizers() if spec.regularizers is not None else None
+            time_flow(changed, op, y, params, n, 1, warmup if spec.warmup is None else spec.warmup, False, unet_dtype=dtype, regs=regs)
             t_base, t_changed, per_round = [], [], []
             for _ in range(rounds):
                 tb = time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
-                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=dtype)[0]
+                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=dtype, regs=regs)[0]
                 t_base, t_changed = t_base + tb, t_changed + tc
                 per_round.append(statistics.median(tb) / statistics.median(tc))
             row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed),

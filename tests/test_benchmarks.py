@@ -60,3 +60,41 @@ def test_the_comparison_table_is_rebuilt_from_the_cache(tmp_path, monkeypatch):
 def test_every_result_table_gives_its_command(table):
     text = (ROOT / "benchmarks/results" / table).read_text()
     assert re.search(r"`python benchmarks/\w+\.py[^`]*`", text), f"{table} does not say which command produced it"
+
+
+@pytest.mark.parametrize("variant", ["KDE", "repulsion", "Langevin"])
+def test_every_diverse_variant_is_a_valid_predict_config(variant, capsys):
+    """The command-line overrides of benchmarks/diverse.py's variants parse into the regularizers they name."""
+    import yaml
+
+    from benchmarks import diverse
+    from benchmarks.harness import task_config
+    from dwgf.cli import main
+
+    for label in diverse.VARIANTS[variant]:
+        with pytest.raises(SystemExit) as stop:
+            main(["predict", "--config", str(task_config("box_inpaint")), *diverse.args_for(variant, label, "box_inpaint"),
+                  "--print_config"])
+        assert stop.value.code in (0, None)
+        regs = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["regularizers"]
+        names = [r["class_path"].split(".")[-1] for r in regs]
+        assert names == {"KDE": ["KDEKLPrior"], "repulsion": ["KLPrior", "KernelRepulsion"], "Langevin": ["KLPrior", "LangevinNoise"]}[variant]
+        assert regs[0]["init_args"]["weight"] == 0.25  # the task config's KL weight is kept
+
+
+def test_diverse_choice_follows_the_issues_order():
+    """Lowest CRPS among settings within 0.1 dB of plain DWGF's particle mean; else the best particle mean."""
+    from benchmarks.diverse import choose
+
+    plain = {"psnr_mean": 25.0}
+    results = {"a": {"psnr_mean": 25.2, "crps": 0.02}, "b": {"psnr_mean": 24.95, "crps": 0.01}, "c": {"psnr_mean": 24.0, "crps": 0.001}}
+    assert choose(results, plain) == "b"
+    assert choose({"c": results["c"], "d": {"psnr_mean": 24.5, "crps": 0.5}}, plain) == "d"
+
+
+def test_the_bed_reads_plain_dwgf_settings_from_posterior_md():
+    from benchmarks.diverse import plain_settings
+
+    settings = plain_settings()
+    assert {(d, dy) for d in (8, 80, 800) for dy in (1, 2)} <= set(settings)
+    assert all(w > 0 and lr > 0 for w, lr in settings.values())
