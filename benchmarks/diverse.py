@@ -9,7 +9,9 @@
 The variants (``dwgf/regularizers``): *KDE* is :class:`~dwgf.regularizers.KDEKLPrior` in place of
 ``KLPrior`` (the paper's particle term with a median-heuristic bandwidth; grid over its
 ``entropy_weight``); *repulsion* adds :class:`~dwgf.regularizers.KernelRepulsion` (grid over its
-weight; in pixels on MNIST, in the latent on the bed, where decoder and latent are one); *Langevin*
+weight; in pixels on MNIST, in the latent on the bed, where decoder and latent are one);
+*null-space repulsion* compares the particles only where the measurement leaves them free
+(:class:`~dwgf.regularizers.NullSpace` features: MNIST only); *Langevin*
 adds :class:`~dwgf.regularizers.LangevinNoise` (grid over its scale and schedule). Everything else
 is plain DWGF's.
 
@@ -75,8 +77,8 @@ def regularizers(task: str, kde: float | None = None, extra: str = "") -> list[s
     return ["--model.regularizers", "[" + ", ".join([first] + ([extra] if extra else [])) + "]"]
 
 
-def repulsion(weight: float) -> str:
-    return f"{{class_path: KernelRepulsion, init_args: {{weight: {weight}, space: image}}}}"
+def repulsion(weight: float, features: str = "Pixels") -> str:
+    return f"{{class_path: KernelRepulsion, init_args: {{weight: {weight}, space: image, features: {features}}}}}"
 
 
 def langevin(scale: float, anneal: str) -> str:
@@ -88,6 +90,7 @@ VARIANTS: dict[str, dict] = {
     "DWGF": {"config": lambda task: regularizers(task)},
     "KDE": {f"a={a}": (lambda task, a=a: regularizers(task, kde=a)) for a in (0.3, 1.0)},
     "repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w))) for w in (0.01, 0.05)},
+    "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (0.05, 0.2)},
     "Langevin": {f"s={s},{an}": (lambda task, s=s, an=an: regularizers(task, extra=langevin(s, an)))
                  for s, an in ((0.1, "noise_level"), (0.05, "constant"))},
 }
@@ -227,7 +230,8 @@ def bed_variants() -> dict[str, dict[str, list]]:
         "DWGF": {"tuned": ("KLPrior", {}, [])},
         "KDE": {f"a={a}": ("KDEKLPrior", {"entropy_weight": a}, []) for a in (3.0, 10.0, 30.0)},
         "repulsion": {f"w={w}": ("KLPrior", {}, [KernelRepulsion(w, space="latent")]) for w in (0.1, 1.0, 3.0)},
-        "Langevin": {f"s={s_},{an}": ("KLPrior", {}, [LangevinNoise(s_, an)])
+        "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (0.05, 0.2)},
+    "Langevin": {f"s={s_},{an}": ("KLPrior", {}, [LangevinNoise(s_, an)])
                      for s_, an in ((0.3, "noise_level"), (1.0, "noise_level"), (0.3, "constant"))},
     }
 

@@ -61,6 +61,8 @@ class FlowState:
             returned it), keyed by class name (forces of one class add up; ``<class>_<space>`` when
             the same class also acts in the other space).
         step_size: Adam's learning rate at this iteration.
+        operator, params: the forward operator and its parameters repeated per particle (``B*N``
+            rows, item-major, matching ``x.flatten(0, 1)``).
     """
 
     z: torch.Tensor
@@ -78,6 +80,8 @@ class FlowState:
     data_loss: Optional[torch.Tensor] = None
     forces: Optional[dict[str, torch.Tensor]] = None
     step_size: Optional[float] = None
+    operator: Optional[ForwardOperator] = None
+    params: Optional[Params] = None
 
     def abar_view(self, like: torch.Tensor) -> torch.Tensor:
         """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
@@ -183,6 +187,7 @@ def flow_gradient(
     state = FlowState(
         z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
         iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
+        operator=operator, params=params_n,
     )
     g_z = torch.zeros_like(z)
     state.forces = {}

@@ -238,3 +238,32 @@ def test_frozen_weights_get_no_grad_with_diverse_regularizers(ldm_prior):
                   regularizers=[*DIVERSE, KernelRepulsion(features=EncoderFeatures())]).set_operator(op)
     solver.solve(y, params, [0, 1])
     assert all(p.grad is None for p in solver.parameters())
+
+
+def test_null_space_repulsion_acts_only_where_the_measurement_leaves_freedom(ldm_prior):
+    from dwgf.operators import BoxInpainting, SuperResolution
+    from dwgf.regularizers import NullSpace
+
+    torch.manual_seed(6)
+    op, y, params = _setup(ldm_prior)
+    n = 3
+    x = torch.randn(2, n, ldm_prior.image_channels, ldm_prior.image_size, ldm_prior.image_size) * 0.5
+    z = torch.zeros(2, n, *ldm_prior.latent_shape)
+    params_n = {k: v.repeat_interleave(n, 0) for k, v in params.items()}
+    state = _state(z, torch.tensor([0.5, 0.5]), x=x, prior=ldm_prior)
+    state.operator, state.params = op, params_n
+    force = KernelRepulsion(weight=1.0, features=NullSpace()).force(state)
+    mask = params_n["mask"].view_as(force[:, :, :1]).expand_as(force)
+    assert force[mask > 0].abs().max() == 0 and force[mask == 0].abs().max() > 0
+    # = pixel repulsion of the masked-out part
+    free = x * (1 - mask)
+    assert torch.allclose(force, _own_term_gradient(free, median_bandwidth(pairwise_sq(free)), 1.0) * (1 - mask), atol=1e-6)
+    # box super-resolution: the force has zero block means (the measurement fixes them)
+    sr = SuperResolution(factor=4, kernel="box")
+    state.operator, state.params = sr, {}
+    f_sr = KernelRepulsion(weight=1.0, features=NullSpace()).force(state)
+    assert sr.forward(f_sr.flatten(0, 1), {}).abs().max() < 1e-7 and f_sr.abs().max() > 0
+    state.operator = None
+    with pytest.raises(DWGFError, match="linear forward operator"):
+        KernelRepulsion(features=NullSpace()).force(state)
+    assert isinstance(op, BoxInpainting)

@@ -11,7 +11,7 @@ under ``model.regularizers``.
 from dwgf.regularizers.base import Regularizer
 from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kde_kl_prior import KDEKLPrior
-from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, Pixels
+from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, NullSpace, Pixels
 from dwgf.regularizers.kl_prior import KLPrior, particle_score
 from dwgf.regularizers.langevin import LangevinNoise
 from dwgf.regularizers.repulsion import KernelRepulsion
@@ -27,6 +27,7 @@ __all__ = [
     "FeatureMap",
     "Pixels",
     "EncoderFeatures",
+    "NullSpace",
     "particle_score",
     "TimeWeighting",
     "DWGFWeighting",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dwgf.errors import DWGFError
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
@@ -78,3 +79,18 @@ class EncoderFeatures(FeatureMap):
 
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
         return state.prior.encode(images, None).flatten(1)
+
+
+class NullSpace(FeatureMap):
+    """What the measurement leaves free: ``(I - A^+ A) x``, the image less its part that the forward
+    operator sees (``operator.project(x, 0)``). Inpainting: the unmeasured pixels; box
+    super-resolution: each block less its mean. Particles compared this way are pushed apart only
+    where the data cannot tell them apart, so the repulsion does not fight the data term. Linear
+    operators only (free: one forward and one adjoint of the operator)."""
+
+    def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
+        op = state.operator
+        if op is None or not op.linear:
+            raise DWGFError(f"NullSpace features need a linear forward operator, got {type(op).__name__}")
+        zero = torch.zeros_like(op.forward(images.detach(), state.params))
+        return op.project(images, zero, state.params).flatten(1)

@@ -34,13 +34,15 @@ class KernelRepulsion(Regularizer):
 
     In image space the force joins the data term's gradient before the flow's one vector-Jacobian
     product through the decoder, so it adds no decoder backward pass; :class:`Pixels` costs nothing
-    beyond an ``N x N`` distance matrix per item, :class:`EncoderFeatures` one encoder forward and
-    backward.
+    beyond an ``N x N`` distance matrix per item, :class:`NullSpace` (only what the measurement leaves
+    free: the unmeasured pixels of an inpainting) one operator forward and adjoint,
+    :class:`EncoderFeatures` one encoder forward and backward.
 
     Args:
         weight: the repulsion's weight. Default 0.01.
         space: ``"image"`` (default) or ``"latent"``.
-        features: the feature map of an image-space kernel. Default :class:`Pixels`.
+        features: the feature map of an image-space kernel: :class:`Pixels` (default),
+            :class:`NullSpace`, :class:`EncoderFeatures` or your own.
         bandwidth: ``"median"`` (default) or a fixed variance ``h``.
         scale: multiplies the median heuristic. Default 1.
         weighting: ``lambda(abar_t)``, how the repulsion follows the diffusion time. Default
