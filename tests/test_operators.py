@@ -216,3 +216,17 @@ def test_matrix_operator_reads_files_and_names_bad_matrices(tmp_path):
         MatrixOperator([1.0, 2.0, 3.0])
     with pytest.raises(DWGFError, match="^MatrixOperator: matrix has 4 columns; images of shape \\(1, 3, 3\\) have 9 pixels"):
         op.measurement_shape((1, 3, 3))
+
+
+def test_matrix_projection_is_exact_and_idempotent():
+    """MatrixOperator.project lands on {x : A x = y} for any A (its pseudo-inverse), and leaves such x alone."""
+    g = torch.Generator().manual_seed(3)
+    op = MatrixOperator(torch.randn(5, 12, generator=g, dtype=torch.float64), image_shape=[3, 2, 2])
+    x, y = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 5, 1, 1, generator=g, dtype=torch.float64)
+    p = op.project(x, y, {})
+    assert torch.allclose(op.forward(p, {}), y, atol=1e-10)
+    assert torch.allclose(op.project(p, y, {}), p, atol=1e-10)
+    # the step is orthogonal to the null space: the smallest move onto the set
+    free = op.project(x, torch.zeros_like(y), {})
+    assert torch.allclose(op.forward(free, {}), torch.zeros_like(y), atol=1e-10)
+    assert torch.allclose(((p - x) * free).flatten(1).sum(1), torch.zeros(4, dtype=torch.float64), atol=1e-10)

@@ -68,6 +68,7 @@ class MatrixOperator(ForwardOperator):
             raise argument_error(self, "image_shape", f" {list(shape)}: expected [C, H, W] with C*H*W = {n}, the matrix's columns")
         self.image_shape = shape
         self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._pinv_cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def __repr__(self) -> str:
         m, n = self.matrix.shape
@@ -93,3 +94,12 @@ class MatrixOperator(ForwardOperator):
 
     def adjoint(self, y: torch.Tensor, params: Params) -> torch.Tensor:
         return (y.reshape(y.shape[0], -1) @ self._m(y)).reshape(y.shape[0], *self.image_shape)
+
+    def project(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """Exact projection onto ``{x : A x = y}``: ``x + A^+ (y - A x)`` with the pseudo-inverse ``A^+``
+        (computed once, in float64)."""
+        key = (x.device, x.dtype)
+        if key not in self._pinv_cast:
+            self._pinv_cast[key] = torch.linalg.pinv(self.matrix.double()).to(device=x.device, dtype=x.dtype)
+        r = (y - self.forward(x, params)).reshape(x.shape[0], -1)
+        return x + (r @ self._pinv_cast[key].T).reshape(x.shape)
