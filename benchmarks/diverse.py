@@ -11,9 +11,9 @@ The variants (``dwgf/regularizers``): *KDE* is :class:`~dwgf.regularizers.KDEKLP
 ``entropy_weight``); *repulsion* adds :class:`~dwgf.regularizers.KernelRepulsion` (grid over its
 weight; in pixels on MNIST, in the latent on the bed, where decoder and latent are one);
 *null-space repulsion* compares the particles only where the measurement leaves them free
-(:class:`~dwgf.regularizers.NullSpace` features: MNIST only); *Langevin*
-adds :class:`~dwgf.regularizers.LangevinNoise` (grid over its scale and schedule). Everything else
-is plain DWGF's.
+(:class:`~dwgf.regularizers.NullSpace` features); *Langevin*
+adds :class:`~dwgf.regularizers.LangevinNoise` (grid over its scale and schedule); *KDE +
+Langevin* both (MNIST only). Everything else is plain DWGF's.
 
 ``posterior`` uses the bed of ``benchmarks/posterior.py`` (same problems, same yardsticks, 200
 iterations): plain DWGF at the setting ``posterior.py`` tuned for each ``(d, d_y)`` (read from
@@ -89,10 +89,12 @@ def langevin(scale: float, anneal: str) -> str:
 VARIANTS: dict[str, dict] = {
     "DWGF": {"config": lambda task: regularizers(task)},
     "KDE": {f"a={a}": (lambda task, a=a: regularizers(task, kde=a)) for a in (0.3, 1.0)},
-    "repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w))) for w in (0.01, 0.05)},
-    "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (0.05, 0.2)},
+    "repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w))) for w in (1e-4, 5e-4)},
+    "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (3e-4, 1e-3)},
     "Langevin": {f"s={s},{an}": (lambda task, s=s, an=an: regularizers(task, extra=langevin(s, an)))
-                 for s, an in ((0.1, "noise_level"), (0.05, "constant"))},
+                 for s, an in ((0.1, "noise_level"), (0.05, "constant"), (0.2, "noise_level"))},
+    "KDE + Langevin": {f"a={a},s={s}": (lambda task, a=a, s=s: regularizers(task, kde=a, extra=langevin(s, "noise_level")))
+                       for a, s in ((3.0, 0.1),)},
 }
 BASELINES = ["Latent DPS", "PSLD"]
 
@@ -224,14 +226,14 @@ BIG_MODE = 0.05  # the issue's target: every component holding at least 5% of th
 
 def bed_variants() -> dict[str, dict[str, list]]:
     """variant -> {label: (KL term class, its extra kwargs, extra regularizers)} on the bed."""
-    from dwgf.regularizers import KernelRepulsion, LangevinNoise
+    from dwgf.regularizers import KernelRepulsion, LangevinNoise, NullSpace
 
     return {
         "DWGF": {"tuned": ("KLPrior", {}, [])},
         "KDE": {f"a={a}": ("KDEKLPrior", {"entropy_weight": a}, []) for a in (3.0, 10.0, 30.0)},
         "repulsion": {f"w={w}": ("KLPrior", {}, [KernelRepulsion(w, space="latent")]) for w in (0.1, 1.0, 3.0)},
-        "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (0.05, 0.2)},
-    "Langevin": {f"s={s_},{an}": ("KLPrior", {}, [LangevinNoise(s_, an)])
+        "null-space repulsion": {f"w={w}": ("KLPrior", {}, [KernelRepulsion(w, features=NullSpace())]) for w in (0.1, 1.0, 3.0)},
+        "Langevin": {f"s={s_},{an}": ("KLPrior", {}, [LangevinNoise(s_, an)])
                      for s_, an in ((0.3, "noise_level"), (1.0, "noise_level"), (0.3, "constant"))},
     }
 

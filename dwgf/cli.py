@@ -303,6 +303,7 @@ _KINDS = (
     ("forward operators (--data.operator)", "dwgf.operators.base.ForwardOperator"),
     ("regularizers (--model.regularizers)", "dwgf.regularizers.base.Regularizer"),
     ("time weightings (KLPrior weighting)", "dwgf.regularizers.weighting.TimeWeighting"),
+    ("feature maps (KernelRepulsion features)", "dwgf.regularizers.kernels.FeatureMap"),
     ("step-size schedules (--model.step_size)", "dwgf.schedules.step_size.StepSizeSchedule"),
     ("timestep schedules (--model.timesteps)", "dwgf.schedules.timesteps.TimestepSchedule"),
     ("data (--data)", "lightning.pytorch.LightningDataModule"),

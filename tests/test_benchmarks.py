@@ -62,7 +62,7 @@ def test_every_result_table_gives_its_command(table):
     assert re.search(r"`python benchmarks/\w+\.py[^`]*`", text), f"{table} does not say which command produced it"
 
 
-@pytest.mark.parametrize("variant", ["KDE", "repulsion", "null-space repulsion", "Langevin"])
+@pytest.mark.parametrize("variant", ["KDE", "repulsion", "null-space repulsion", "Langevin", "KDE + Langevin"])
 def test_every_diverse_variant_is_a_valid_predict_config(variant, capsys):
     """The command-line overrides of benchmarks/diverse.py's variants parse into the regularizers they name."""
     import yaml
@@ -79,7 +79,7 @@ def test_every_diverse_variant_is_a_valid_predict_config(variant, capsys):
         regs = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["regularizers"]
         names = [r["class_path"].split(".")[-1] for r in regs]
         assert names == {"KDE": ["KDEKLPrior"], "repulsion": ["KLPrior", "KernelRepulsion"], "null-space repulsion": ["KLPrior", "KernelRepulsion"],
-                         "Langevin": ["KLPrior", "LangevinNoise"]}[variant]
+                         "Langevin": ["KLPrior", "LangevinNoise"], "KDE + Langevin": ["KDEKLPrior", "LangevinNoise"]}[variant]
         assert regs[0]["init_args"]["weight"] == 0.25  # the task config's KL weight is kept
 
 
