@@ -157,9 +157,22 @@ def winner(variant: str, task: str) -> str:
     return entry["winner"]
 
 
+def best_tuned(task: str, split: str = "tune20") -> str:
+    """The variant whose tuned setting does best on the tune digits, by :func:`choose`'s rule."""
+    tuned = load_json(TUNED)
+    plain = CACHE.get(RunKey("diverse-tune", split, "DWGF", task, "config"))
+    results = {v: CACHE.get(RunKey("diverse-tune", split, v, task, tuned[v][task]["winner"]))
+               for v in VARIANTS if v != "DWGF" and task in tuned.get(v, {})}
+    results = {v: r for v, r in results.items() if r is not None}
+    if plain is None or not results:
+        raise SystemExit(f"diverse.py: nothing tuned on {task}: run `python benchmarks/diverse.py tune --tasks {task}` first")
+    return choose(results, plain)
+
+
 def evaluate(tasks: list[str], methods: list[str]) -> None:
+    """Report runs of ``methods`` (``best``: the best tuned variant of each task)."""
     for task in tasks:
-        for method in methods:
+        for method in dict.fromkeys(best_tuned(task) if m == "best" else m for m in methods):
             label = winner(method, task)
             cached(RunKey("diverse-run", "report100", method, task, label), args_for(method, label, task))
             write_table()
@@ -408,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", choices=["posterior", "tune", "run", "table", "picture"])
     parser.add_argument("--tasks", nargs="+", default=MNIST_TASKS, choices=MNIST_TASKS)
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "DWGF"], choices=[v for v in VARIANTS if v != "DWGF"])
-    parser.add_argument("--methods", nargs="+", default=[*VARIANTS, *BASELINES], choices=[*VARIANTS, *BASELINES])
+    parser.add_argument("--methods", nargs="+", default=[*VARIANTS, *BASELINES], choices=[*VARIANTS, *BASELINES, "best"],
+                        help="report runs of these (best: each task's best tuned variant)")
     parser.add_argument("--split", default="tune20")
     parser.add_argument("--dims", nargs="+", type=int, default=[8, 80, 800])
     parser.add_argument("--dys", nargs="+", type=int, default=[1, 2, 4])
