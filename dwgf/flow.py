@@ -117,7 +117,8 @@ def dwgf_flow(
         operator: the forward operator.
         y: measurements, ``B x ...``; params: their per-item operator parameters.
         draw: per-item noise (:class:`ItemNoise`); it supplies the initial particles ``N(0, I)``
-            and every per-iteration draw, in a fixed order.
+            and every per-iteration draw, in a fixed order (:func:`flow_gradient`'s, then the
+            regularizers' perturbations after the step).
         num_particles: ``N``, particles per measurement.
         num_steps: ``K``, flow iterations.
         regularizers: latent- and image-space forces (see :class:`~dwgf.regularizers.Regularizer`).
