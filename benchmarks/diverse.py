@@ -92,7 +92,7 @@ VARIANTS: dict[str, dict] = {
     "repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w))) for w in (1e-4, 5e-4)},
     "null-space repulsion": {f"w={w}": (lambda task, w=w: regularizers(task, extra=repulsion(w, "NullSpace"))) for w in (3e-4, 1e-3)},
     "Langevin": {f"s={s},{an}": (lambda task, s=s, an=an: regularizers(task, extra=langevin(s, an)))
-                 for s, an in ((0.1, "noise_level"), (0.05, "constant"), (0.2, "noise_level"))},
+                 for s, an in ((0.1, "noise_level"), (0.05, "constant"), (0.2, "noise_level"), (0.1, "linear"))},
     "KDE + Langevin": {f"a={a},s={s}": (lambda task, a=a, s=s: regularizers(task, kde=a, extra=langevin(s, "noise_level")))
                        for a, s in ((3.0, 0.1),)},
 }
