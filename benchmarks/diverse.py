@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/diverse.py``: the re
 
 import torch
 
-from benchmarks.harness import RESULTS, UNCERTAINTY, RunCache, RunKey, load_json, prior_id, run, save_json, task_config
+from benchmarks.harness import RESULTS, UNCERTAINTY, RunCache, RunKey, cached_run, load_json, save_json, task_config
 
 CACHE = RunCache(RESULTS / "diverse_runs.json")
 TUNED = RESULTS / "diverse_tuned.json"
@@ -117,14 +117,7 @@ def args_for(method: str, label: str, task: str) -> list[str]:
 
 
 def cached(key: RunKey, args: list[str]) -> dict:
-    result = CACHE.get(key)
-    if result is None or result.get("prior") != prior_id():
-        result = run(task_config(key.task), key.split, key.folder(), args)
-        result.update(args=args, date=str(datetime.date.today()), prior=prior_id(), threads=torch.get_num_threads())
-        CACHE.put(key, result)
-        print(f"RUN {key}: mean {result['psnr_mean']:.2f} particle {result['psnr']:.2f} spread {result['spread']:.4f} "
-              f"crps {result['crps']:.4f} cov90 {result['coverage90']:.3f} {result['seconds']:.2f} s/image", flush=True)
-    return result
+    return cached_run(CACHE, key, args, need=UNCERTAINTY)
 
 
 def choose(results: dict[str, dict], plain: dict) -> str:

@@ -179,3 +179,22 @@ def locked(path: Path) -> Iterator[None]:
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
+
+def cached_run(cache: "RunCache", key: RunKey, args: list[str], need: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The result of ``key``'s run (its task's config, then ``args``, on its split) from ``cache`` when it
+    holds one made with the same prior and with every figure in ``need``, else computed now and cached."""
+    import datetime
+
+    import torch
+
+    result = cache.get(key)
+    stale = result is not None and (result.get("prior", prior_id()) != prior_id() or any(k not in result for k in need))
+    if result is None or stale:
+        result = run(task_config(key.task), key.split, key.folder(), args)
+        result.update(args=args, date=str(datetime.date.today()), prior=prior_id(), threads=torch.get_num_threads())
+        cache.put(key, result)
+        extra = "".join(f" {k} {result[k]:.4f}" for k in UNCERTAINTY if k in result)
+        print(f"RUN {key}: mean PSNR {result['psnr_mean']:.2f} particle PSNR {result['psnr']:.2f} naive {result['naive']:.2f}"
+              f"{extra} {result['seconds']:.2f} s/image", flush=True)
+    return result
+

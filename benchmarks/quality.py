@@ -51,7 +51,8 @@ if __package__ in (None, ""):  # run as ``python benchmarks/quality.py``: the re
 
 import torch
 
-from benchmarks.harness import RESULTS, ROOT, TASKS, UNCERTAINTY, RunCache, RunKey, load_json, prior_id, run, save_json, task_config
+from benchmarks.harness import RESULTS, ROOT, TASKS, UNCERTAINTY, RunCache, RunKey, load_json, run, save_json, task_config
+from benchmarks.harness import cached_run as harness_cached_run
 
 CACHE = RunCache(RESULTS / "quality_runs.json")
 TUNED = RESULTS / "quality_tuned.json"
@@ -106,17 +107,8 @@ def method_args(method: str, task: str, extra: list[str]) -> list[str]:
 
 
 def cached_run(key: RunKey, args: list[str], need: tuple[str, ...] = ()) -> dict:
-    """The result of ``key``'s run (its task's config, then ``args``, on its split): from the cache when
-    it holds one made with the same prior and with every figure in ``need``, else computed now and cached."""
-    result = CACHE.get(key)
-    stale = result is not None and (result.get("prior", prior_id()) != prior_id() or any(k not in result for k in need))
-    if result is None or stale:
-        result = run(task_config(key.task), key.split, key.folder(), args)
-        result.update(args=args, date=str(datetime.date.today()), prior=prior_id(), threads=torch.get_num_threads())
-        CACHE.put(key, result)
-        print(f"RUN {key}: mean PSNR {result['psnr_mean']:.2f} particle PSNR {result['psnr']:.2f} "
-              f"naive {result['naive']:.2f} {result['seconds']:.2f} s/image", flush=True)
-    return result
+    """:func:`benchmarks.harness.cached_run` on this script's cache."""
+    return harness_cached_run(CACHE, key, args, need)
 
 
 def best_of(kind: str, split: str, method: str, task: str, settings: dict[str, list[str]]) -> tuple[str, dict[str, dict]]:
