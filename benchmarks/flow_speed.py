@@ -144,7 +144,7 @@ def sd_layout_prior(image_size: int = 512, seed: int = 0) -> StableDiffusionPrio
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     )
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return StableDiffusionPrior.from_modules(vae, unet, sched.alphas_cumprod, prompt_embedding=torch.randn(1, 77, 1024))
+    return StableDiffusionPrior.from_modules(vae, unet, sched.alphas_cumprod, prompt_embeds=torch.randn(1, 77, 1024))
 
 
 # -- problem -----------------------------------------------------------------------------------

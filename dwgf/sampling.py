@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ def ddim_loop(
     prior: LatentPrior, z: torch.Tensor, num_steps: int, eta: float, noise: Callable[[], torch.Tensor], *,
     guidance: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, unet_dtype: Optional[torch.dtype] = None,
     callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
+    prompt: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """DDIM from ``z`` (at the first DDIM timestep) down to ``t = 0``; returns the final latents.
 
@@ -49,6 +50,7 @@ def ddim_loop(
         guidance: ``loss(z0_hat) -> (M,)``, or ``None``.
         unet_dtype: the network call's autocast dtype (:mod:`dwgf.precision`).
         callback: ``callback(i, num_steps, t, z)`` after each step, ``t`` the step's ``(M,)`` timesteps.
+        prompt: each row's prompt (:meth:`~dwgf.priors.LatentPrior.prompt_ids`); ``None``: the prior's own.
     """
     ts = ddim_timesteps(num_steps, prior.num_train_timesteps).to(z.device)
     m = z.shape[0]
@@ -61,7 +63,7 @@ def ddim_loop(
             if guidance is None:
                 stack.enter_context(torch.no_grad())
             with unet_precision(z.device.type, unet_dtype):
-                eps = prior.eps(z_in, tt)
+                eps = prior.eps(z_in, tt, prompt)
             z0 = (z_in - (1 - abar).sqrt() * eps) / abar.sqrt()
             z_next = ddim_step(z0.detach(), eps.detach(), abar, abar_prev, eta, noise)
             if guidance is not None:
@@ -76,10 +78,38 @@ def ddim_loop(
 @torch.no_grad()
 def ddim_sample(
     prior: LatentPrior, num_samples: int, num_steps: int = 50, eta: float = 0.0, generator: Optional[torch.Generator] = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", *, latents: Optional[torch.Tensor] = None, size: Optional[Sequence[int]] = None,
+    prompts: Optional[Sequence[Optional[str]]] = None, output: str = "image",
 ) -> torch.Tensor:
-    """``num_samples`` images ``B x C x H x W`` by DDIM (Song et al. 2021) from ``z_T ~ N(0, I)`` (:func:`ddim_loop`)."""
-    shape = (num_samples, *prior.latent_shape)
-    z = torch.randn(shape, generator=generator, device=device)
-    z = ddim_loop(prior, z, num_steps, eta, lambda: torch.randn(shape, generator=generator, device=device))
-    return prior.decode(z)
+    """``num_samples`` images ``B x C x H x W`` by DDIM (Song et al. 2021) from ``z_T ~ N(0, I)`` (:func:`ddim_loop`).
+
+    The timesteps are ``leading`` ones ending at 0 (:func:`ddim_timesteps`) and the last step goes to
+    ``abar = 1``: diffusers' ``DDIMScheduler`` with ``timestep_spacing="leading"``, ``steps_offset=0``
+    and ``set_alpha_to_one=True`` takes the same steps. A text-conditioned prior uses its prompt,
+    negative prompt and guidance scale (classifier-free guidance at every step).
+
+    Args:
+        latents: the starting latents ``z_T`` (``B x c x h x w``) instead of a draw.
+        size: ``(H, W)`` of the images (:meth:`~dwgf.priors.LatentPrior.latent_shape_at`); default the
+            prior's native size.
+        prompts: one prompt per sample (``None`` entries: the prior's own prompt).
+        output: ``"image"`` (decoded) or ``"latent"`` (the final scaled latents, as a diffusers
+            pipeline's ``output_type="latent"``).
+    """
+    if output not in ("image", "latent"):
+        raise ValueError(f"output must be 'image' or 'latent', got {output!r}")
+    shape = (num_samples, *prior.latent_shape_at(size))
+    if latents is not None:
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        z = latents.to(device=device, dtype=torch.float32)
+    else:
+        z = torch.randn(shape, generator=generator, device=device)
+    prompt = None
+    if prompts is not None:
+        if len(prompts) != num_samples:
+            raise ValueError(f"{len(prompts)} prompts for {num_samples} samples")
+        prompt = prior.prompt_ids(list(prompts))
+        prompt = None if prompt is None else prompt.to(z.device)
+    z = ddim_loop(prior, z, num_steps, eta, lambda: torch.randn(shape, generator=generator, device=device), prompt=prompt)
+    return z if output == "latent" else prior.decode(z)

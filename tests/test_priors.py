@@ -12,7 +12,7 @@ from dwgf.testing import make_tiny_sd_prior, make_tiny_unconditional_prior
 
 def test_sd_prior_loads_frozen_with_null_prompt(sd_prior):
     assert (sd_prior.image_size, sd_prior.image_channels, sd_prior.latent_shape) == (32, 3, (4, 16, 16))
-    assert sd_prior.prompt_embedding.shape[0] == 1 and sd_prior.prompt_embedding.shape[-1] == 16
+    assert sd_prior.prompt_embeds.shape[0] == 1 and sd_prior.prompt_embeds.shape[-1] == 16
     assert not hasattr(sd_prior, "text_encoder")  # released after computing the embedding
     assert not any(p.requires_grad for p in sd_prior.parameters())
     sd_prior.train()
@@ -120,7 +120,7 @@ def test_file_instead_of_folder(tmp_path):
 def test_a_prior_from_modules_computes_what_the_loaded_one_does(sd_prior):
     """from_modules (networks in memory, as the benchmarks build SD's layout) shares the loaded prior's maths."""
     same = StableDiffusionPrior.from_modules(sd_prior.vae, sd_prior.unet, sd_prior.alphas_cumprod.clone(),
-                                             prompt_embedding=sd_prior.prompt_embedding.clone())
+                                             prompt_embeds=sd_prior.prompt_embeds.clone())
     assert (same.image_size, same.image_channels, same.latent_shape) == (sd_prior.image_size, sd_prior.image_channels, sd_prior.latent_shape)
     assert not any(p.requires_grad for p in same.parameters())
     gen = torch.Generator().manual_seed(0)

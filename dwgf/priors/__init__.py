@@ -3,20 +3,23 @@
 from dwgf.priors.base import LatentPrior
 from dwgf.priors.diffusers_priors import (
     DiffusersLatentPrior,
-    StableDiffusionPrior,
     UnconditionalLatentPrior,
     load_prior,
+    prior_class_of,
     resolve_pretrained,
     shipped_priors,
 )
+from dwgf.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionXLPrior
 from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, ddpm_schedule, grid_mixture
 
 __all__ = [
     "LatentPrior",
     "DiffusersLatentPrior",
     "StableDiffusionPrior",
+    "StableDiffusionXLPrior",
     "UnconditionalLatentPrior",
     "load_prior",
+    "prior_class_of",
     "resolve_pretrained",
     "shipped_priors",
     "GaussianMixture",

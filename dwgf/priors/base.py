@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from dwgf.errors import DWGFError
 
 
 class LatentPrior(nn.Module):
@@ -20,9 +22,14 @@ class LatentPrior(nn.Module):
     mixed-precision autocast, and converts v-prediction to epsilon.
 
     Attributes:
-        image_size (int): side of the square images the prior models, in pixels.
+        image_size (int): side of the square images the prior was trained on, in pixels (its
+            native resolution; the default image size).
         image_channels (int): channels of those images (3 for RGB, 1 for grayscale).
-        latent_shape (tuple[int, int, int]): ``(c, h, w)`` of one latent.
+        latent_shape (tuple[int, int, int]): ``(c, h, w)`` of one latent at the native resolution.
+        latent_factor (int): image pixels per latent pixel along each side (8 for Stable Diffusion).
+        size_multiple (int or None): image sides the prior takes are multiples of it (64 for SD 1/2:
+            the autoencoder's factor 8 times the UNet's three halvings); ``None``: only the native
+            size (:meth:`latent_shape_at`).
         prediction_type (str): ``"epsilon"`` or ``"v_prediction"``.
         alphas_cumprod (Tensor): ``abar_t`` for ``t = 0 .. T-1``, float64 buffer.
     """
@@ -31,6 +38,47 @@ class LatentPrior(nn.Module):
     image_channels: int
     latent_shape: tuple[int, int, int]
     prediction_type: str = "epsilon"
+    latent_factor: int = 1
+    size_multiple: Optional[int] = None
+
+    def latent_shape_at(self, size: Optional[Sequence[int]] = None) -> tuple[int, int, int]:
+        """``(c, h, w)`` of one latent for ``H x W`` images (``size``); ``None``: the native size.
+
+        Raises :class:`~dwgf.errors.DWGFError` if the prior cannot take that size (a side that is
+        not a multiple of :attr:`size_multiple`, or any other size for a fixed-size prior).
+        """
+        if size is None:
+            return tuple(self.latent_shape)
+        h, w = (int(v) for v in size)
+        if (h, w) == (self.image_size, self.image_size):
+            return tuple(self.latent_shape)
+        m = self.size_multiple
+        if m is None:
+            raise DWGFError(f"{type(self).__name__} models {self.image_size}x{self.image_size} images only; got {h}x{w}")
+        if h < m or w < m or h % m or w % m:
+            raise DWGFError(f"{type(self).__name__}: a {h}x{w} image (height x width) is not a multiple of {m} px on both sides, "
+                            f"which this prior needs (the autoencoder and UNet halve it {m.bit_length() - 1} times)")
+        return (int(self.latent_shape[0]), h // self.latent_factor, w // self.latent_factor)
+
+    def image_shape_of(self, latent: torch.Tensor) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images that latents shaped like ``latent`` (``... x c x h x w``) decode to."""
+        h, w = latent.shape[-2:]
+        if (h, w) == tuple(self.latent_shape[1:]):
+            return (int(self.image_channels), int(self.image_size), int(self.image_size))
+        return (int(self.image_channels), int(h) * self.latent_factor, int(w) * self.latent_factor)
+
+    def prompt_ids(self, prompts: Sequence[Optional[str]]) -> Optional[torch.Tensor]:
+        """Rows of the prior's prompt table for per-item ``prompts`` (``None``: the prior's own prompt).
+
+        Priors without text conditioning take no prompt: they return ``None`` when every prompt is
+        ``None`` or empty and raise :class:`~dwgf.errors.DWGFError` otherwise. Text-conditioned
+        priors (:class:`~dwgf.priors.StableDiffusionPrior`) encode prompts they have not seen.
+        """
+        given = sorted({p for p in prompts if p})
+        if given:
+            raise DWGFError(f"{type(self).__name__} takes no text prompt; got {len(given)} (e.g. {given[0][:60]!r}): "
+                            "prompts need a text-conditioned prior (StableDiffusionPrior, StableDiffusionXLPrior)")
+        return None
 
     def freeze(self) -> None:
         """Puts every network in eval mode and stops gradients into its weights."""
@@ -90,14 +138,17 @@ class LatentPrior(nn.Module):
         with self._full_precision(z.device):
             return self._decode(z.to(self.autoencoder_dtype))
 
-    def eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Epsilon prediction ``eps_theta(z_t, t)`` for latents ``z_t`` (``B x c x h x w``).
 
-        ``t`` is a tensor of integer timesteps of shape ``(B,)``. v-prediction models are converted:
+        ``t`` is a tensor of integer timesteps of shape ``(B,)``; ``prompt`` (text-conditioned
+        priors only) the rows' prompts as :meth:`prompt_ids` numbers them, ``None``: the prior's
+        own prompt for every row. Classifier-free guidance, where the prior has it, is applied to
+        the network's output. v-prediction models are converted:
         ``eps = sqrt(abar) v + sqrt(1 - abar) z_t``. Under autocast the network runs in the low
         precision; the result is returned in float32.
         """
-        out = self._eps(z_t, t).float()
+        out = (self._eps(z_t, t) if prompt is None else self._eps(z_t, t, prompt)).float()
         if self.prediction_type == "epsilon":
             return out
         if self.prediction_type == "v_prediction":

@@ -151,7 +151,7 @@ class DiffusersLatentPrior(LatentPrior):
         """The prior made of networks already in memory, with no folder: the same maths as a loaded one.
 
         ``vae`` is an AutoencoderKL or VQModel, ``unet`` the denoiser the class expects, ``alphas_cumprod``
-        the training noise schedule; ``buffers`` are the class's other tensors (``prompt_embedding``
+        the training noise schedule; ``buffers`` are the class's other tensors (``prompt_embeds``
         for :class:`StableDiffusionPrior`). Benchmarks use it for networks with random weights in a
         published layout, too large to write to disk.
         """
@@ -211,6 +211,9 @@ class DiffusersLatentPrior(LatentPrior):
         self.image_size = size * factor
         self.image_channels = int(self.vae.config.in_channels)
         self.latent_shape = (int(self.unet.config.in_channels), size, size)
+        self.latent_factor = factor
+        halvings = max(0, len(getattr(self.unet.config, "down_block_types", ())) - 1)  # the last block keeps its size
+        self.size_multiple = factor * 2**halvings
 
     @property
     def autoencoder_dtype(self) -> torch.dtype:
@@ -228,69 +231,8 @@ class DiffusersLatentPrior(LatentPrior):
         return self.vae.decode(z / self.scaling_factor).sample
 
     def extra_repr(self) -> str:
-        return f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}"
-
-
-class StableDiffusionPrior(DiffusersLatentPrior):
-    """Stable Diffusion 1.x / 2.x as an unconditional prior (null-prompt embedding, no guidance).
-
-    Reads a diffusers Stable Diffusion folder: ``vae/`` (AutoencoderKL), ``unet/``
-    (UNet2DConditionModel), ``text_encoder/`` + ``tokenizer/`` (CLIP) and ``scheduler/``. The prompt
-    embedding is computed once at load and the text encoder is released. Epsilon- and v-prediction
-    checkpoints both work.
-
-    Args:
-        pretrained: a local diffusers folder, or a hub id such as
-            ``stabilityai/stable-diffusion-2-1-base`` (only if reachable or already cached).
-        prompt: the text condition; the method uses the empty prompt (default ``""``).
-        channels_last: see :class:`DiffusersLatentPrior`.
-
-    Example:
-        >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
-        >>> prior.latent_shape, prior.image_size  # doctest: +SKIP
-        ((4, 64, 64), 512)
-    """
-
-    prompt: str = ""  # the text condition (a prior built with from_modules has its embedding, not its text)
-
-    def __init__(self, pretrained: str, prompt: str = "", channels_last: bool = True):
-        self.prompt = prompt
-        super().__init__(pretrained, channels_last)
-
-    def _load_denoiser(self, root: Path) -> None:
-        from diffusers import UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
-
-        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
-        if cfg.get("_class_name") not in (None, "UNet2DConditionModel"):
-            raise self._pretrained_error(f": unet/ is a {cfg.get('_class_name')}; StableDiffusionPrior needs a "
-                f"UNet2DConditionModel (use UnconditionalLatentPrior)")
-        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__)
-        _component_config(root, ("text_encoder",), "text_encoder", self.pretrained, type(self).__name__)
-        if not (root / "tokenizer").is_dir():
-            raise self._pretrained_error(": the folder lacks the tokenizer component (expected tokenizer/)")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", trust_remote_code=False)
-        except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
-            raise self._pretrained_error(f": could not load tokenizer/ ({str(err).splitlines()[0][:200]})") from None
-        from transformers.utils import logging as hf_logging
-
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a 1-second load needs no progress bar
-        try:
-            text_encoder = _load(CLIPTextModel, root, "text_encoder", self.pretrained, type(self).__name__)
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
-        ids = tokenizer(self.prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        with torch.no_grad():
-            embedding = text_encoder(ids)[0].float()
-        del text_encoder, tokenizer
-        self.register_buffer("prompt_embedding", embedding, persistent=False)
-
-    def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cond = self.prompt_embedding.expand(z_t.shape[0], -1, -1)
-        return self.unet(z_t, t, encoder_hidden_states=cond).sample
+        return (f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}, "
+                f"sizes=multiples of {self.size_multiple} px")
 
 
 class UnconditionalLatentPrior(DiffusersLatentPrior):
@@ -311,21 +253,38 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
         _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
         if cfg.get("_class_name") not in (None, "UNet2DModel"):
             raise self._pretrained_error(f": unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a "
-                f"UNet2DModel (use StableDiffusionPrior)")
+                f"UNet2DModel (use StableDiffusionPrior, or load_prior to pick the class)")
         self.unet = _load(UNet2DModel, root, "unet", self.pretrained, type(self).__name__)
 
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(z_t, t).sample
 
 
-def load_prior(pretrained: str) -> DiffusersLatentPrior:
-    """Loads a prior, choosing the class from the folder's ``unet/config.json``.
+def prior_class_of(root: Path, pretrained: str = "") -> str:
+    """The prior class for a diffusers folder: ``"StableDiffusionXLPrior"``, ``"StableDiffusionPrior"``
+    or ``"UnconditionalLatentPrior"``, from ``model_index.json`` and ``unet/config.json``."""
+    index = root / "model_index.json"
+    pipeline = _read_config(index, pretrained or str(root), "load_prior").get("_class_name", "") if index.is_file() else ""
+    _, cfg = _component_config(root, ("unet",), "unet", pretrained or str(root), "load_prior")
+    if "XL" in str(pipeline) or cfg.get("addition_embed_type") == "text_time" or (root / "text_encoder_2").is_dir():
+        return "StableDiffusionXLPrior"
+    if cfg.get("_class_name") == "UNet2DConditionModel":
+        return "StableDiffusionPrior"
+    return "UnconditionalLatentPrior"
+
+
+def load_prior(pretrained: str, **kwargs: Any) -> DiffusersLatentPrior:
+    """Loads a prior, choosing the class from the folder (:func:`prior_class_of`): SDXL (a
+    ``text_encoder_2/`` or a UNet with ``text_time`` embeddings), SD 1.x/2.x (a conditional UNet)
+    or an unconditional latent diffusion model. ``kwargs`` go to the class (``prompt``,
+    ``guidance_scale``, ...).
 
     Example:
         >>> prior = load_prior("path/to/folder")  # doctest: +SKIP
     """
+    from dwgf.priors import stable_diffusion
+
     root = resolve_pretrained(pretrained, "load_prior")
-    _, cfg = _component_config(root, ("unet",), "unet", str(pretrained), "load_prior")
-    if cfg.get("_class_name") == "UNet2DConditionModel":
-        return StableDiffusionPrior(str(root))
-    return UnconditionalLatentPrior(str(root))
+    name = prior_class_of(root, str(pretrained))
+    cls = UnconditionalLatentPrior if name == "UnconditionalLatentPrior" else getattr(stable_diffusion, name)
+    return cls(str(root), **kwargs)
