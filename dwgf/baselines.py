@@ -14,7 +14,7 @@ per item, so that an item's result does not depend on the batch it is in.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -65,11 +65,13 @@ class LatentDPS(InverseSolver):
     def gluing_weight(self) -> float:
         return 0.0
 
-    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
+    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
+              prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
         draw = ItemNoise(item_generators(seeds, y.device), y.device)
         self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
         return dps_sample(self.prior, self.operator, y, params, draw, num_particles=self.num_particles, num_steps=self.num_steps,
-                          guidance=self.guidance, eta=self.eta, gluing=self.gluing_weight, callback=self.on_sampler_iteration)
+                          guidance=self.guidance, eta=self.eta, gluing=self.gluing_weight, callback=self.on_sampler_iteration,
+                          size=size, prompt=self.prompt_rows(prompts, y.device))
 
     def on_sampler_iteration(self, state: SamplerState) -> None:
         """After every DDIM step: the first non-finite step of each item, then progress, stop check and logging."""

@@ -412,6 +412,24 @@ def _check_config_files(args: list[str]) -> None:
             raise DWGFError(f"--config {value!r}: invalid YAML{where}: {problem}") from None
 
 
+PAIR_OPTIONS = ("--data.size", "--data.init_args.size")
+
+
+def join_pair_options(argv: list[Any]) -> list[Any]:
+    """``--data.size H W`` (two numbers, as users type a size) as the list jsonargparse reads, ``--data.size=[H,W]``."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if isinstance(arg, str) and arg in PAIR_OPTIONS and i + 2 < len(argv) and all(
+                isinstance(v, str) and v.lstrip("-").isdigit() for v in argv[i + 1 : i + 3]):
+            out.append(f"{arg}=[{argv[i + 1]},{argv[i + 2]}]")
+            i += 3
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(args: Any = None) -> None:
     """Entry point of the ``dwgf`` console script.
 
@@ -423,6 +441,13 @@ def main(args: Any = None) -> None:
     cwd = os.getcwd()
     sys.path[:] = [p for p in sys.path if p not in ("", cwd)] + [cwd]
     argv = list(sys.argv[1:] if args is None else args)
+    joined = join_pair_options(argv)
+    if joined != argv:
+        argv = joined
+        if args is None:
+            sys.argv[1:] = argv
+        else:
+            args = argv
     warnings.formatwarning = _format_warning
     _quiet_lightning()
     predicting = "predict" in argv

@@ -11,7 +11,7 @@ through the network and the decoder at every step. :class:`dwgf.baselines.Latent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -50,6 +50,8 @@ def dps_sample(
     eta: float = 1.0,
     gluing: float = 0.0,
     callback: Optional[Callable[[SamplerState], None]] = None,
+    size: Optional[Sequence[int]] = None,
+    prompt: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Posterior samples ``B x N x C x H x W`` for measurements ``y`` by Latent DPS (``gluing = 0``) or PSLD.
 
@@ -62,10 +64,14 @@ def dps_sample(
         eta: DDIM's stochasticity (1: DDPM-like, the DPS default).
         gluing: PSLD's weight (``gamma``); 0 is Latent DPS.
         callback: called with a :class:`SamplerState` after every step.
+        size: ``(H, W)`` of the images; ``None``: the prior's native size.
+        prompt: ``(B,)`` prompt-table rows, one per item; ``None``: the prior's own prompt.
     """
     b, n = y.shape[0], num_particles
     with float32_but_the_unet(y.device.type) as unet_dtype:
-        z = draw((n, *prior.latent_shape)).flatten(0, 1)
+        latent_shape = prior.latent_shape_at(size)
+        z = draw((n, *latent_shape)).flatten(0, 1)
+        prompt_n = None if prompt is None else prompt.to(y.device).repeat_interleave(n)
         y_n, params_n = y.repeat_interleave(n, dim=0), repeat_params(params, n)
 
         def loss(z0: torch.Tensor) -> torch.Tensor:
@@ -81,8 +87,8 @@ def dps_sample(
                 callback(SamplerState(z_now.view(b, n, *z_now.shape[1:]), t.view(b, n)[:, 0], i, num))
 
         guided = guidance > 0 or gluing > 0
-        z = ddim_loop(prior, z, num_steps, eta, lambda: draw((n, *prior.latent_shape)).flatten(0, 1),
-                      guidance=loss if guided else None, unet_dtype=unet_dtype, callback=report)
+        z = ddim_loop(prior, z, num_steps, eta, lambda: draw((n, *latent_shape)).flatten(0, 1),
+                      guidance=loss if guided else None, unet_dtype=unet_dtype, callback=report, prompt=prompt_n)
         with torch.no_grad():
             x = prior.decode(z)
     return x.view(b, n, *x.shape[1:])

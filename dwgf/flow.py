@@ -104,6 +104,8 @@ def dwgf_flow(
     decoder_noise: float = 0.01,
     callback: Optional[Callable[[FlowState], None]] = None,
     failures: Optional[torch.Tensor] = None,
+    size: Optional[Sequence[int]] = None,
+    prompt: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
 
@@ -131,6 +133,10 @@ def dwgf_flow(
         failures: optional ``(B,)`` long tensor, filled with the first iteration at which each item's
             particles were not finite (``-1``: never). Such an item is frozen at zero from then on
             (items never affect each other), and its particles must not be used.
+        size: ``(H, W)`` of the batch's images (:meth:`~dwgf.priors.LatentPrior.latent_shape_at`);
+            ``None``: the prior's native size.
+        prompt: ``(B,)`` rows of the prior's prompt table, one per item
+            (:meth:`~dwgf.priors.LatentPrior.prompt_ids`); ``None``: the prior's own prompt.
 
     Returns:
         Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
@@ -142,7 +148,7 @@ def dwgf_flow(
         return _flow(
             prior, operator, y, params, draw, num_particles=num_particles, num_steps=num_steps, regularizers=regularizers,
             step_size=step_size, timesteps=timesteps, betas=betas, decoder_noise=decoder_noise, callback=callback,
-            unet_dtype=unet_dtype, failures=failures,
+            unet_dtype=unet_dtype, failures=failures, size=size, prompt=prompt,
         )
 
 
@@ -159,27 +165,29 @@ def flow_gradient(
     iteration: int = 0,
     num_iterations: int = 1,
     unet_dtype: Optional[torch.dtype] = None,
+    prompt_n: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, FlowState]:
     """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
 
     ``y_n`` and ``params_n`` are the measurements and parameters repeated per particle
     (``B*N`` rows). Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then
     whatever the regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs
-    under autocast to that dtype; everything else runs in the caller's precision. Returns the latent
-    gradient and the iteration's state.
+    under autocast to that dtype; everything else runs in the caller's precision. ``prompt_n``: each
+    particle's prompt row (``B*N``), ``None``: the prior's own prompt. Returns the latent gradient and
+    the iteration's state.
     """
     b, n = z.shape[:2]
     abar = prior.abar(t)
     a = abar.view(b, *([1] * (z.dim() - 1)))
     eps = draw(z.shape[1:])
-    x_noise = draw((n, prior.image_channels, prior.image_size, prior.image_size)) * decoder_noise
+    x_noise = draw((n, *prior.image_shape_of(z))) * decoder_noise
     z = z.detach()
     with torch.no_grad():
         z_t = a.sqrt() * z + (1 - a).sqrt() * eps
         eps_hat = None
         if any(r.needs_eps for r in regularizers):
             with unet_precision(z.device.type, unet_dtype):
-                eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n)).view_as(z)
+                eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n), prompt_n).view_as(z)
 
     leaf = z.flatten(0, 1).requires_grad_(True)
     x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
@@ -210,12 +218,14 @@ def _flow(
     prior: LatentPrior, operator: ForwardOperator, y: torch.Tensor, params: Params, draw: ItemNoise, *, num_particles: int,
     num_steps: int, regularizers: Sequence[Regularizer], step_size: StepSizeSchedule, timesteps: TimestepSchedule,
     betas: tuple[float, float], decoder_noise: float, callback: Optional[Callable[[FlowState], None]],
-    unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor],
+    unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor], size: Optional[Sequence[int]] = None,
+    prompt: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
     b, n = y.shape[0], num_particles
     device = y.device
-    z = draw((n, *prior.latent_shape)).requires_grad_(True)
+    z = draw((n, *prior.latent_shape_at(size))).requires_grad_(True)
+    prompt_n = None if prompt is None else prompt.to(device).repeat_interleave(n)
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)  # first non-finite iteration per item
     optimizer = torch.optim.Adam([z], lr=step_size(0, num_steps), betas=tuple(betas))
     ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
@@ -226,7 +236,7 @@ def _flow(
         for group in optimizer.param_groups:
             group["lr"] = step_size(k, num_steps)
         grad, state = flow_gradient(
-            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype
+            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n
         )
         z.grad = grad
         state.step_size = float(optimizer.param_groups[0]["lr"])
@@ -244,7 +254,8 @@ def _flow(
             callback(state)
 
     with torch.no_grad():
-        particles = prior.decode(z.detach().flatten(0, 1)).view(b, n, prior.image_channels, prior.image_size, prior.image_size)
+        particles = prior.decode(z.detach().flatten(0, 1))
+        particles = particles.view(b, n, *particles.shape[1:])
     if failures is not None:
         failures.copy_(failed_at)
     return particles, z.detach()

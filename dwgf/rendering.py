@@ -79,24 +79,26 @@ SUMMARY_TILE = 96  # minimum tile side in summary pictures, in pixels (small ima
 SHEET_ITEMS = 8  # items on the contact sheet <output>/summary.png
 
 
-def _tile(image01: torch.Tensor, side: int) -> Image.Image:
-    """A ``C x h x w`` image in ``[0, 1]`` as an RGB tile of ``side x side`` (nearest neighbour)."""
+def _tile(image01: torch.Tensor, width: int, height: int) -> Image.Image:
+    """A ``C x h x w`` image in ``[0, 1]`` as an RGB tile of ``width x height`` (nearest neighbour)."""
     img = Image.open(io.BytesIO(png_bytes(image01))).convert("RGB")
-    return img.resize((side, side), Image.NEAREST)
+    return img.resize((width, height), Image.NEAREST)
 
 
 def summary_picture(tiles: Sequence[torch.Tensor], labels: Sequence[str], label_row: bool = True) -> Image.Image:
     """Tiles side by side, 2 px apart, with their labels on a strip above (if ``label_row``)."""
     from PIL import ImageDraw
 
-    h = max(t.shape[-1] for t in tiles)
-    side = max(SUMMARY_TILE, h * max(1, SUMMARY_TILE // h))
+    h = max(max(t.shape[-2:]) for t in tiles)
+    side = max(SUMMARY_TILE, h * max(1, SUMMARY_TILE // h))  # the long side of a tile
+    ih, iw = max(tiles, key=lambda t: t.shape[-2] * t.shape[-1]).shape[-2:]  # tiles share the image's aspect ratio
+    width, height = (side, max(1, round(side * ih / iw))) if iw >= ih else (max(1, round(side * iw / ih)), side)
     top = 14 if label_row else 0
-    sheet = Image.new("RGB", (len(tiles) * (side + 2) - 2, side + top), "white")
+    sheet = Image.new("RGB", (len(tiles) * (width + 2) - 2, height + top), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (tile, label) in enumerate(zip(tiles, labels)):
-        x = i * (side + 2)
-        sheet.paste(_tile(tile, side), (x, top))
+        x = i * (width + 2)
+        sheet.paste(_tile(tile, width, height), (x, top))
         if label_row:
             draw.text((x + 2, 1), label, fill="black")
     return sheet

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +18,17 @@ from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kl_prior import KLPrior
 from dwgf.schedules.step_size import ConstantStepSize, StepSizeSchedule
 from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
+
+
+def crop_each(images: torch.Tensor, sizes: Sequence[tuple[int, int]], full: Sequence[int]) -> list[torch.Tensor]:
+    """Each item's top-left part: item ``i`` of ``images`` (``B x ... x h x w``, the picture of a
+    ``full = (H, W)`` image at any scale, e.g. a low-resolution measurement) cropped to the same fraction
+    ``sizes[i] / full`` of it. A list, since the items differ in size."""
+    out = []
+    for item, (h, w) in zip(images, sizes):
+        rh, rw = item.shape[-2] * h, item.shape[-1] * w
+        out.append(item[..., : -(-rh // full[0]), : -(-rw // full[1])])
+    return out
 
 
 class InverseSolver(LightningModule):
@@ -106,9 +117,30 @@ class InverseSolver(LightningModule):
     def check_operator(self, operator: ForwardOperator) -> None:
         """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
 
-    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
-        """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``."""
+    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
+              prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
+        """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``.
+
+        ``size``: ``(H, W)`` of the images (every item of a batch has the same; ``None``: the
+        prior's native size). ``prompts``: one text prompt per item for a text-conditioned prior
+        (``None`` entries, or ``None``: the prior's own prompt).
+        """
         raise NotImplementedError
+
+    def prompt_rows(self, prompts: Optional[Sequence[Optional[str]]], device: torch.device) -> Optional[torch.Tensor]:
+        """The prior's prompt-table rows for per-item ``prompts`` (``None`` when there are none)."""
+        if prompts is None or all(p is None for p in prompts):
+            return None
+        rows = self.prior.prompt_ids(list(prompts))
+        return None if rows is None else rows.to(device)
+
+    def setup(self, stage: str) -> None:
+        """Encodes the run's per-item prompts (if any) once, before the first batch, so that the
+        text encoders are loaded once and released before the flow starts."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        prompts = datamodule.prompts() if datamodule is not None and hasattr(datamodule, "prompts") else []
+        if prompts:
+            self.prior.prompt_ids(prompts)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.operator is None:
@@ -121,7 +153,9 @@ class InverseSolver(LightningModule):
         start = time.perf_counter()
         self._batch_idx = batch_idx
         self.failed_iterations = None
-        particles = self.solve(batch["measurement"], batch["params"], batch["seed"])
+        size = batch.get("size")
+        size = None if size is None else tuple(int(v) for v in size[0])
+        particles = self.solve(batch["measurement"], batch["params"], batch["seed"], size=size, prompts=batch.get("prompt"))
         if particles.is_cuda:
             torch.cuda.synchronize(particles.device)
         seconds = (time.perf_counter() - start) / particles.shape[0]
@@ -141,13 +175,22 @@ class InverseSolver(LightningModule):
             idx = torch.tensor(keep, device=particles.device)
             measurement = self.operator.to_image(batch["measurement"], batch["params"])
             image = batch.get("image")
+            particles = particles.index_select(0, idx).clamp(-1, 1)
+            measurement = measurement.index_select(0, idx.to(measurement.device))
+            image = None if image is None else image.index_select(0, idx.to(image.device))
+            crop = batch.get("crop")
+            if crop is not None and size is not None and any(tuple(int(v) for v in crop[i]) != size for i in keep):
+                # items padded up to a size the prior takes are written at their own size (the top-left part)
+                own = [tuple(int(v) for v in crop[i]) for i in keep]
+                particles, measurement = crop_each(particles, own, size), crop_each(measurement, own, size)
+                image = None if image is None else crop_each(image, own, size)
             out.update(
                 names=[batch["name"][i] for i in keep],
                 indices=[int(batch["index"][i]) for i in keep],
                 files=[batch["file"][i] for i in keep],
-                particles=particles.index_select(0, idx).clamp(-1, 1),
-                measurement=measurement.index_select(0, idx.to(measurement.device)),
-                image=None if image is None else image.index_select(0, idx.to(image.device)),
+                particles=particles,
+                measurement=measurement,
+                image=image,
                 seconds=seconds,
             )
         return out
@@ -226,7 +269,8 @@ class DWGF(InverseSolver):
         batches = sum(trainer.num_predict_batches) if trainer is not None and trainer.num_predict_batches else 0
         return max(1, num_iterations // 10) if 0 < batches <= 2 else 0
 
-    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int]) -> torch.Tensor:
+    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
+              prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
         draw = ItemNoise(item_generators(seeds, y.device), y.device)
         self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
         particles, _ = dwgf_flow(
@@ -234,5 +278,6 @@ class DWGF(InverseSolver):
             num_particles=self.num_particles, num_steps=self.num_steps, regularizers=self.regularizers,
             step_size=self.step_size, timesteps=self.timesteps, betas=self.betas,
             decoder_noise=self.decoder_noise, callback=self.on_flow_iteration, failures=self.failed_iterations,
+            size=size, prompt=self.prompt_rows(prompts, y.device),
         )
         return particles

@@ -188,7 +188,7 @@ def test_the_cli_links_operator_prior_and_resume_explicitly(ldm_path, image_dir,
         "--model.num_steps", 2, "--output", tmp_path / "o")
     model, data, writer = seen["model"], seen["data"], seen["writer"]
     assert model.operator is data.operator and writer.data is data and writer.resume is data.resume
-    assert data.dataset.size == model.prior.image_size and data.dataset.channels == model.prior.image_channels
+    assert data.dataset.size == (model.prior.image_size,) * 2 and data.dataset.channels == model.prior.image_channels
 
 
 def test_the_data_module_needs_a_shape_or_a_prior(image_dir):
@@ -196,7 +196,7 @@ def test_the_data_module_needs_a_shape_or_a_prior(image_dir):
     from dwgf.errors import DWGFError
     from dwgf.operators import Denoising
 
-    with pytest.raises(DWGFError, match="image_size and channels, or call use_prior"):
+    with pytest.raises(DWGFError, match="give size and channels, or call use_prior"):
         MeasurementDataModule(Denoising(), images=str(image_dir)).setup("predict")
 
 

@@ -89,6 +89,34 @@ def test_adjoint_is_the_matrix_transpose(op):
     assert torch.allclose(At, A, atol=1e-12)
 
 
+SIZED = sorted(name for name, make in OPERATORS.items() if not isinstance(make() if name in EXAMPLES else make(), MatrixOperator))
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 24), (2, 24, 12)], ids=["wide", "tall"])
+@pytest.mark.parametrize("name", SIZED)
+def test_non_square_images(name, shape):
+    """Operators take non-square images: adjoint = transpose of the explicit matrix, and the box scales with both sides."""
+    op = OPERATORS[name]()
+    n = shape[0] * shape[1] * shape[2]
+    params = {k: v.double() for k, v in batch_params(op, n=1, shape=shape).items()}
+    basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    A = op(basis, repeat_params(params, n)).reshape(n, -1).T
+    m_shape = op.measurement_shape(shape)
+    assert A.shape[0] == m_shape[0] * m_shape[1] * m_shape[2]
+    ybasis = torch.eye(A.shape[0], dtype=torch.float64).view(-1, *m_shape)
+    At = op.adjoint(ybasis, repeat_params(params, A.shape[0])).reshape(A.shape[0], -1)
+    assert torch.allclose(At, A, atol=1e-12)
+
+
+def test_box_and_factor_on_non_square_images():
+    box = BoxInpainting(size=[300, 200], position=[150, 250], reference_size=512)
+    assert box.box(512, 1024) == (150, 500, 300, 400)  # rows scale with the height, columns with the width
+    assert box.box(768, 512)[:2] == (225, 250)
+    with pytest.raises(DWGFError, match=r"SuperResolution: factor 8 does not divide the 64x100 image size"):
+        SuperResolution(factor=8).measurement_shape((3, 64, 100))
+    assert SuperResolution(factor=8).measurement_shape((3, 64, 96)) == (3, 8, 12)
+
+
 def test_shapes_and_determinism(op):
     a, b = batch_params(op, seed=3), batch_params(op, seed=3)
     for k in a:

@@ -132,7 +132,7 @@ def test_measurement_with_nan_and_mask_of_wrong_size_are_failed_items(ldm_path, 
         reasons = {r["name"]: r["reason"] for r in csv.DictReader(f)}
     assert reasons == {
         "nan": f"{meas / 'nan.npy'}: measurement contains NaN or Inf",
-        "wrongmask": f"{masks / 'wrongmask.png'}: mask is 20x20, expected 32x32 (the prior's resolution)",
+        "wrongmask": f"{masks / 'wrongmask.png'}: mask is 20x20 (width x height), expected 32x32 (the images' size)",
     }
     assert state(out, "good") == "complete"
 

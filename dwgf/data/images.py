@@ -182,3 +182,30 @@ def load_image(path: str | Path, channels: int, size: Optional[tuple[int, int]] 
         arr = np.stack(planes, axis=-1)
     arr = np.clip(arr, 0.0, 1.0) * 2.0 - 1.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def image_size_of(path: str | Path) -> Optional[tuple[int, int]]:
+    """``(height, width)`` of an image file as :func:`load_image` reads it (EXIF orientation applied),
+    from its header; ``None`` if it cannot be read (it becomes a failed item when loaded)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in _TRANSPOSED:
+                width, height = height, width
+            return int(height), int(width)
+    except Exception:  # noqa: BLE001 - the reason is reported when the item is loaded
+        return None
+
+
+def pad_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``x`` (``C x h x w``) padded at the bottom and right to ``size = (H, W)`` by reflection (by
+    repeating the edge where the image is too small to reflect)."""
+    h, w = x.shape[-2:]
+    H, W = (int(v) for v in size)
+    if (H, W) == (h, w):
+        return x
+    mode = "reflect" if H - h < h and W - w < w else "replicate"
+    return torch.nn.functional.pad(x[None], (0, W - w, 0, H - h), mode=mode)[0]

@@ -4,12 +4,11 @@ from dwgf.priors.base import LatentPrior
 from dwgf.priors.diffusers_priors import (
     DiffusersLatentPrior,
     UnconditionalLatentPrior,
-    load_prior,
-    prior_class_of,
     resolve_pretrained,
     shipped_priors,
 )
 from dwgf.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionXLPrior
+from dwgf.priors.loading import load_prior, prior_class_of
 from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, ddpm_schedule, grid_mixture
 
 __all__ = [

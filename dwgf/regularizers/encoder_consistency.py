@@ -31,7 +31,7 @@ class EncoderConsistency(Regularizer):
 
     def force(self, state: "FlowState") -> torch.Tensor:
         b, n = state.x.shape[:2]
-        noise = state.draw((n, *state.prior.latent_shape)).flatten(0, 1)
+        noise = state.draw((n, *state.z.shape[2:])).flatten(0, 1)
         with torch.no_grad():
             rec = state.prior.decode(state.prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
         c = state.x - rec.view_as(state.x)
