@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import datetime
 import math
 import os
@@ -64,7 +65,7 @@ import torch
 
 from dwgf.flow import ItemNoise, dwgf_flow, item_generators
 from dwgf.operators import BoxInpainting
-from dwgf.priors import StableDiffusionPrior, UnconditionalLatentPrior
+from dwgf.priors import StableDiffusionPrior, StableDiffusionXLPrior, UnconditionalLatentPrior
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers import EncoderConsistency, KLPrior
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
@@ -145,6 +146,71 @@ def sd_layout_prior(image_size: int = 512, seed: int = 0) -> StableDiffusionPrio
     )
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return StableDiffusionPrior.from_modules(vae, unet, sched.alphas_cumprod, prompt_embeds=torch.randn(1, 77, 1024))
+
+
+def sd15_layout_prior(image_size: int = 512, guidance_scale: float = 1.0, seed: int = 0) -> StableDiffusionPrior:
+    """Stable Diffusion 1.5's UNet (cross-attention 768, 8 heads) and autoencoder with random weights,
+    as :class:`~dwgf.priors.StableDiffusionPrior` (``from_modules``); random 77 x 768 prompt and
+    negative-prompt embeddings (the text encoder does not run in the flow)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return StableDiffusionPrior.from_modules(vae, unet, sched.alphas_cumprod, guidance_scale=guidance_scale,
+                                             prompt_embeds=torch.randn(1, 77, 768), negative_embeds=torch.randn(1, 77, 768))
+
+
+def sdxl_layout_prior(image_size: int = 1024, guidance_scale: float = 1.0, seed: int = 0) -> StableDiffusionXLPrior:
+    """SDXL base 1.0's UNet (2.6 B parameters: text_time embeddings, 10-layer transformers at the lowest
+    resolution, cross-attention 2048) and autoencoder with random weights, as
+    :class:`~dwgf.priors.StableDiffusionXLPrior`; random prompt (77 x 2048, pooled 1280) and zero
+    negative embeddings (SDXL's ``force_zeros_for_empty_prompt``)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.13025, force_upcast=True,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return StableDiffusionXLPrior.from_modules(
+        vae, unet, sched.alphas_cumprod, guidance_scale=guidance_scale, prompt_embeds=torch.randn(1, 77, 2048),
+        prompt_pooled=torch.randn(1, 1280), negative_embeds=torch.zeros(1, 77, 2048), negative_pooled=torch.zeros(1, 1280))
+
+
+FAMILY = {"sd15": ("SD 1.5 layout", sd15_layout_prior), "sdxl": ("SDXL layout", sdxl_layout_prior)}
+
+
+def family_spec(text: str) -> tuple[str, int, list[int]]:
+    """``"sdxl:1024:1"`` -> ``("sdxl", 1024, [1])``."""
+    try:
+        name, rest = text.split(":", 1)
+        res, sizes = sd_spec(rest)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected FAMILY:RES:BN[,BN...] such as sdxl:1024:1, got {text!r}") from None
+    if name not in FAMILY:
+        raise argparse.ArgumentTypeError(f"unknown family {name!r} (one of {', '.join(FAMILY)})")
+    return name, res, sizes
 
 
 # -- problem -----------------------------------------------------------------------------------
@@ -369,7 +435,10 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
                 flow_t += times
                 floor_t += floors
             _, mem = time_flow(prior, op, y, params, n, 1, 0, encoder, unet_dtype=unet_dtype)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:  # CPU: "DefaultCPUAllocator: not enough memory"
+            if isinstance(err, RuntimeError) and "memory" not in str(err):
+                raise
+            del err
             rows.append(dict(prior=name, bn=bn, b=b, n=n, encoder=encoder, oom=True))
             print(_row(rows[-1]), flush=True)
             if device.type == "cuda":
@@ -513,6 +582,10 @@ def main() -> None:
                         help="SD-2.1-base layout runs: image size in pixels and the B x N to time at it (default 512:1,4)")
     parser.add_argument("--sd-iters", type=int, default=2)
     parser.add_argument("--skip-sd", action="store_true")
+    parser.add_argument("--family", type=family_spec, nargs="*", default=[], metavar="FAMILY:RES:BN[,BN...]",
+                        help="SD-family layout runs (sd15, sdxl), each with every --guidance: e.g. sd15:512:1 sdxl:1024:1")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0],
+                        help="guidance scales for --family (1: one network row per particle; else two)")
     parser.add_argument("--compare-sizes", type=int, nargs="*", default=[4, 16], help="B x N for the reference comparator")
     parser.add_argument("--precision", choices=["32", "bf16", "16"], default="32", help="the UNet's precision (autocast)")
     parser.add_argument("--threads", type=int, default=None)
@@ -560,7 +633,55 @@ def main() -> None:
         measure(f"SD-2.1-base layout {res}px", sd, sizes, args.sd_iters, 1, 1, False, device, 998, rows, unet_dtype)
         del sd
 
-    write(args, device, rows, compare, diff, changes)
+    family_rows: list[dict] = []
+    for name, res, sizes in args.family:
+        label, build = FAMILY[name]
+        prior = build(res, guidance_scale=args.guidance[0]).to(device)
+        for g in args.guidance:
+            prior.guidance_scale = float(g)  # the same weights with and without guidance
+            measure(f"{label} {res}px, guidance {g:g}", prior, sizes, args.sd_iters, 1, 1, False, device, 998, family_rows, unet_dtype)
+        del prior
+        gc.collect()
+
+    if family_rows and not rows and not compare and not changes:  # a family-only run: its section of the file
+        write_family_section(args, device, family_rows)
+        return
+    write(args, device, rows + family_rows, compare, diff, changes)
+
+
+FAMILY_TITLE = "## Stable Diffusion family: guidance and SDXL"
+
+
+def write_family_section(args, device, rows) -> None:
+    """Replaces (or adds) the family section of ``--output``, keeping the rest of the file."""
+    cpu = platform.processor() or platform.machine()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {cpu})"
+    section = [
+        FAMILY_TITLE,
+        "",
+        f"`python benchmarks/flow_speed.py {' '.join(sys.argv[1:])}` on {where}, torch {torch.__version__}, {datetime.date.today()}.",
+        "",
+        "Published layouts with random weights (SD 1.5: 860 M-parameter UNet; SDXL base: 2.6 B), one DWGF iteration",
+        "against its floor, as above. With guidance g != 1 the floor's UNet call is the guided one (two rows per",
+        "particle in one call), as it must be made: the ratio says what the flow adds, the UNet part what guidance",
+        "costs. The same weights are timed with each guidance scale.",
+        "",
+        HEADER,
+        "|---|---|---|---|---|---|---|---|---|",
+        *[_row(r) for r in rows],
+        "",
+    ]
+    path = Path(args.output)
+    text = path.read_text() if path.is_file() else ""
+    if FAMILY_TITLE in text:
+        start = text.index(FAMILY_TITLE)
+        nxt = text.find("\n## ", start + len(FAMILY_TITLE))
+        text = text[:start] + "\n".join(section) + ("" if nxt < 0 else text[nxt:])
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + "\n".join(section)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text.endswith("\n") else text + "\n")
+    print(f"wrote the family section of {args.output}")
 
 
 def write(args, device, rows, compare, diff, changes=()) -> None:

@@ -21,7 +21,9 @@ def _pretrained_error(owner: str, pretrained: str, detail: str) -> DWGFError:
 
 # What a diffusers pipeline folder must hold for each prior, besides model_index.json.
 _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.model"]
-_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
+_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5",
+               # components no prior reads: SD 1.5's safety checker, SDXL's extra autoencoder copies
+               "safety_checker/*", "feature_extractor/*", "vae_1_0/*", "vae_decoder/*", "vae_encoder/*"]
 
 
 SHIPPED_PREFIX = "dwgf:"
