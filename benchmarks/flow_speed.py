@@ -439,7 +439,8 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
             if isinstance(err, RuntimeError) and "memory" not in str(err):
                 raise
             del err
-            rows.append(dict(prior=name, bn=bn, b=b, n=n, encoder=encoder, oom=True))
+            gc.collect()
+            rows.append(dict(prior=name, bn=bn, b=b, n=n, encoder=encoder, oom=True, alone=parts_alone(prior, b * n, device, unet_dtype)))
             print(_row(rows[-1]), flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -454,6 +455,39 @@ def measure(name, prior, sizes, iters, warmup, rounds, encoder, device, usual_k,
             images_per_min=b * 60 / (usual_k * it), usual_k=usual_k, peak=mem.peak_mib, peak_total=mem.total_mib,
         ))
         print(_row(rows[-1]), flush=True)
+
+
+def parts_alone(prior, rows: int, device, unet_dtype=None) -> dict[str, str]:
+    """Where a whole iteration does not fit: each unavoidable call alone (after one warm-up call),
+    its seconds, or "out of memory" (the UNet forward without gradient; the decoder forward with
+    its vector-Jacobian product)."""
+    z = torch.randn(rows, *prior.latent_shape, device=device)
+    t = torch.full((rows,), 500, device=device)
+
+    def unet():
+        with torch.no_grad(), (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
+            prior.eps(z, t)
+
+    def decode_vjp():
+        leaf = z.clone().requires_grad_(True)
+        x = prior.decode(leaf)
+        torch.autograd.grad(x, leaf, grad_outputs=torch.ones_like(x))
+
+    out = {}
+    for name, fn in {"unet": unet, "decode+vjp": decode_vjp}.items():
+        try:
+            fn()
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            out[name] = f"{(time.perf_counter() - start) * 1e3:.0f} ms"
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and "memory" not in str(err):
+                raise
+            out[name] = "out of memory"
+        gc.collect()
+    return out
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -552,7 +586,8 @@ HEADER = ("| prior | B x N (items x particles) | encoder term | iteration ms | f
 
 def _row(r) -> str:
     if r.get("oom"):
-        return f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | out of memory | - | - | - | - | - |"
+        alone = "; alone: " + ", ".join(f"{k} {v}" for k, v in r["alone"].items()) if r.get("alone") else ""
+        return f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | out of memory{alone} | - | - | - | - | - |"
     parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["parts"].items())
     return (f"| {r['prior']} | {r['bn']} ({r['b']}x{r['n']}) | {'yes' if r['encoder'] else 'no'} | {r['iteration'] * 1e3:.1f} | "
             f"{r['floor'] * 1e3:.1f} ({parts}) | **{r['ratio']:.3f}** | {r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f} ({r['pairs']}) | "
@@ -664,7 +699,9 @@ def write_family_section(args, device, rows) -> None:
         "Published layouts with random weights (SD 1.5: 860 M-parameter UNet; SDXL base: 2.6 B), one DWGF iteration",
         "against its floor, as above. With guidance g != 1 the floor's UNet call is the guided one (two rows per",
         "particle in one call), as it must be made: the ratio says what the flow adds, the UNet part what guidance",
-        "costs. The same weights are timed with each guidance scale.",
+        "costs. The same weights are timed with each guidance scale. Where a whole iteration does not fit, each call",
+        "is timed alone (\"alone\"). On a CPU \"out of memory\" is a failed allocation: these runs were made under",
+        "`ulimit -v 23500000` (22.4 GiB of the machine's 24), which turns the system's OOM killer into an error.",
         "",
         HEADER,
         "|---|---|---|---|---|---|---|---|---|",
@@ -676,6 +713,16 @@ def write_family_section(args, device, rows) -> None:
     if FAMILY_TITLE in text:
         start = text.index(FAMILY_TITLE)
         nxt = text.find("\n## ", start + len(FAMILY_TITLE))
+        old = text[start : None if nxt < 0 else nxt].splitlines()
+        # rows of other layouts and sizes from earlier runs stay, with their commands
+        labels = {r["prior"] for r in rows}
+        kept = [line for line in old if line.startswith("| ") and not line.startswith("| prior ")
+                and line.split(" | ")[0][2:] not in labels]
+        commands = [line for line in old if line.startswith("`python benchmarks/flow_speed.py")]
+        first_row = section.index("|---|---|---|---|---|---|---|---|---|") + 1
+        section[first_row:first_row] = kept
+        runs = [c for c in commands if c != section[2]] + [section[2]]
+        section[2:3] = sum(([c, ""] for c in runs), [])[:-1]
         text = text[:start] + "\n".join(section) + ("" if nxt < 0 else text[nxt:])
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + "\n".join(section)
