@@ -420,11 +420,19 @@ def join_pair_options(argv: list[Any]) -> list[Any]:
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if isinstance(arg, str) and arg in PAIR_OPTIONS and i + 2 < len(argv) and all(
-                isinstance(v, str) and v.lstrip("-").isdigit() for v in argv[i + 1 : i + 3]):
-            out.append(f"{arg}=[{argv[i + 1]},{argv[i + 2]}]")
-            i += 3
-            continue
+        if isinstance(arg, str) and arg in PAIR_OPTIONS:
+            values = []
+            for v in argv[i + 1 : i + 3]:
+                if str(v).startswith("--"):
+                    break
+                values.append(str(v))
+            if len(values) == 2 and all(v.lstrip("-").isdigit() for v in values):
+                out.append(f"{arg}=[{values[0]},{values[1]}]")
+                i += 3
+                continue
+            if not values or not (values[0].startswith("[") or values[0] == "null"):  # a list or null goes to jsonargparse as it is
+                got = " ".join(values) or "nothing"
+                raise DWGFError(f"--data.size takes two whole numbers, height and width (e.g. --data.size 512 768); got {got}")
         out.append(arg)
         i += 1
     return out
@@ -441,7 +449,11 @@ def main(args: Any = None) -> None:
     cwd = os.getcwd()
     sys.path[:] = [p for p in sys.path if p not in ("", cwd)] + [cwd]
     argv = list(sys.argv[1:] if args is None else args)
-    joined = join_pair_options(argv)
+    try:
+        joined = join_pair_options(argv)
+    except DWGFError as err:
+        print(f"dwgf: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if joined != argv:
         argv = joined
         if args is None:

@@ -125,6 +125,8 @@ def test_fixed_size_option_takes_two_numbers(layouts, tmp_path):
     (["--data.fit", "stretch"], r"--data.fit must be one of cover, keep, got 'stretch'"),
     (["--data.fit", "keep", "--data.size", 32, 32], r"--data.fit keep keeps each image's own size; it takes no --data.size"),
     (["--model.prior.guidance_scale", -2], r"--model.prior.guidance_scale must be a finite number >= 0"),
+    (["--data.size", 512], r"--data.size takes two whole numbers, height and width \(e.g. --data.size 512 768\); got 512$"),
+    (["--data.size", 32, "wide"], r"--data.size takes two whole numbers, .*; got 32 wide$"),
 ])
 def test_bad_size_and_guidance_options_are_one_line_errors(layouts, image_dir, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -216,3 +218,10 @@ def test_super_resolution_factor_must_divide_a_fixed_size():
     data = MeasurementDataModule(SuperResolution(factor=8), images="unused", size=[40, 60], channels=3)
     with pytest.raises(DWGFError, match="factor 8 does not divide the 40x60 image size"):
         data.operator.measurement_shape((3, *data.size))
+
+
+def test_a_negative_prompt_without_guidance_is_a_warning(layouts):
+    from dwgf.priors import StableDiffusionPrior
+
+    with pytest.warns(UserWarning, match=r"negative_prompt has no effect without guidance \(guidance_scale 1\)"):
+        StableDiffusionPrior(str(layouts["sd15"]), negative_prompt="blurry")

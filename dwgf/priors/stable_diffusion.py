@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-from dwgf.errors import DWGFError, argument_error
+from dwgf.errors import DWGFError, argument_error, argument_warning
 from dwgf.priors.diffusers_priors import DiffusersLatentPrior, _component_config, _load, _read_config
 
 
@@ -82,6 +83,9 @@ class StableDiffusionPrior(DiffusersLatentPrior):
                 or guidance_scale < 0:
             raise argument_error(type(self).__name__, "guidance_scale", f" must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}")
         self.prompt, self.negative_prompt, self.guidance_scale = prompt, negative_prompt, float(guidance_scale)
+        if negative_prompt is not None and not self.guided:
+            warnings.warn(argument_warning(type(self).__name__, "negative_prompt", " has no effect without guidance (<guidance_scale> 1): "
+                                           "it is only used by guided calls", also=("guidance_scale",)), stacklevel=2)
         self._prompt_rows: dict[str, int] = {}
         super().__init__(pretrained, channels_last)
 
@@ -111,7 +115,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
                                          f"UNet2DConditionModel (use UnconditionalLatentPrior, or load_prior to pick the class)")
         if cfg.get("addition_embed_type") == "text_time":
             raise self._pretrained_error(": unet/ is an SDXL UNet (text_time embeddings); use StableDiffusionXLPrior "
-                                         "(or load_prior to pick the class)")
+                                         "(class_path: dwgf.priors.StableDiffusionXLPrior, as configs/sdxl/; in Python, load_prior picks the class)")
 
     def _load_denoiser(self, root: Path) -> None:
         from diffusers import UNet2DConditionModel
