@@ -162,6 +162,24 @@ def test_two_processes_with_an_idle_one_are_byte_identical_to_one_by_default(ldm
         assert [r["name"] for r in csv.DictReader(f)] == NAMES  # every item exactly once
 
 
+def test_two_processes_with_mixed_sizes_and_prompts_equal_one(sd_path, tmp_path):
+    """fit: keep with three image sizes, per-item prompts and guidance, batches of 2 of one size dealt to two
+    processes: every file identical to a one-process run."""
+    images = make_images(tmp_path / "mixed", count=5, sizes=((34, 50), (40, 40), (34, 50), (40, 40), (28, 36)))
+    (images / "prompts.csv").write_text("name,prompt\nimg0,a wide pattern\nimg3,a square pattern\n")
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["predict", "--config", ROOT / "configs/sd15/box_inpaint.yaml", "--model.prior.pretrained", sd_path, "--model.num_steps", 2,
+              "--model.num_particles", 2, "--model.prior.guidance_scale", 2, "--data.fit", "keep", "--data.batch_size", 2,
+              "--data.images", images, "--trainer.logger", "false", "--trainer.accelerator", "cpu"]
+    main([str(a) for a in [*common, "--output", one]])
+    run = subprocess.run([sys.executable, "-m", "dwgf", *map(str, common), "--output", str(two), "--trainer.devices", "2",
+                          "--trainer.strategy", "ddp"], env=env(threads=False), cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert fingerprint(two, skip=DEVICES) == fingerprint(one, skip=DEVICES)
+    with open(two / "metrics.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == [f"img{i}" for i in range(5)]
+
+
 def reference_with(ldm_path, images, out) -> dict[str, str]:
     """An uninterrupted run in this process (this process's thread count), as the fingerprint DDP tests compare."""
     main(args(ldm_path, images, out, "--trainer.accelerator", "cpu"))
