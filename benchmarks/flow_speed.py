@@ -122,6 +122,17 @@ class PeakMemory:
 
 
 # -- priors ------------------------------------------------------------------------------------
+def sd_autoencoder(image_size: int, scaling_factor: float):
+    """Stable Diffusion's AutoencoderKL layout (the same for SD 1.x, 2.x and SDXL; 83 M parameters), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=scaling_factor,
+    )
+
+
 def sd_layout_prior(image_size: int = 512, seed: int = 0) -> StableDiffusionPrior:
     """Stable Diffusion 2.1-base's UNet and autoencoder with random weights, as dwgf's own
     :class:`~dwgf.priors.StableDiffusionPrior` (built with ``from_modules``: no 5 GB folder to write).
@@ -129,14 +140,10 @@ def sd_layout_prior(image_size: int = 512, seed: int = 0) -> StableDiffusionPrio
     The prompt embedding is a fixed random 77 x 1024 tensor (the text encoder does not run in the
     flow). ``image_size`` sets the resolution (512 for the real model; smaller is cheaper on CPU).
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215,
-    )
+    vae = sd_autoencoder(image_size, 0.18215)
     unet = UNet2DConditionModel(
         sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
@@ -152,14 +159,10 @@ def sd15_layout_prior(image_size: int = 512, guidance_scale: float = 1.0, seed: 
     """Stable Diffusion 1.5's UNet (cross-attention 768, 8 heads) and autoencoder with random weights,
     as :class:`~dwgf.priors.StableDiffusionPrior` (``from_modules``); random 77 x 768 prompt and
     negative-prompt embeddings (the text encoder does not run in the flow)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.18215,
-    )
+    vae = sd_autoencoder(image_size, 0.18215)
     unet = UNet2DConditionModel(
         sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
@@ -176,14 +179,10 @@ def sdxl_layout_prior(image_size: int = 1024, guidance_scale: float = 1.0, seed:
     resolution, cross-attention 2048) and autoencoder with random weights, as
     :class:`~dwgf.priors.StableDiffusionXLPrior`; random prompt (77 x 2048, pooled 1280) and zero
     negative embeddings (SDXL's ``force_zeros_for_empty_prompt``)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=0.13025, force_upcast=True,
-    )
+    vae = sd_autoencoder(image_size, 0.13025)
     unet = UNet2DConditionModel(
         sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,

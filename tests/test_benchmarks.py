@@ -99,3 +99,35 @@ def test_the_bed_reads_plain_dwgf_settings_from_posterior_md():
     settings = plain_settings()
     assert {(d, dy) for d in (8, 80, 800) for dy in (1, 2)} <= set(settings)
     assert all(w > 0 and lr > 0 for w, lr in settings.values())
+
+
+def test_flow_speed_family_section_keeps_other_rows_and_the_rest_of_the_file(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    from benchmarks import flow_speed
+
+    assert flow_speed.family_spec("sdxl:1024:1") == ("sdxl", 1024, [1])
+    for bad in ("sd3:512:1", "sdxl:1001:1", "sdxl"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            flow_speed.family_spec(bad)
+    out = tmp_path / "flow_speed.md"
+    out.write_text("# DWGF flow speed\n\nearlier tables\n")
+    args = argparse.Namespace(output=str(out))
+
+    def row(label, ms):
+        return dict(prior=label, bn=1, b=1, n=1, encoder=False, iteration=ms / 1e3, floor=ms / 1e3, parts={"unet": ms / 2e3},
+                    ratio=1.0, quartiles=(1.0, 1.0), pairs=2, images_per_min=1.0, usual_k=998, peak=1.0, peak_total=2.0)
+
+    monkeypatch.setattr(sys, "argv", ["flow_speed.py", "--family", "sd15:512:1"])
+    first = [row("SD 1.5 layout 512px, guidance 1", 100), row("SDXL layout 512px, guidance 1", 300)]
+    flow_speed.write_family_section(args, torch.device("cpu"), first)
+    monkeypatch.setattr(sys, "argv", ["flow_speed.py", "--family", "sd15:512:1", "--guidance", "1"])
+    flow_speed.write_family_section(args, torch.device("cpu"), [row("SD 1.5 layout 512px, guidance 1", 200)])
+    text = out.read_text()
+    assert text.startswith("# DWGF flow speed\n\nearlier tables\n") and text.count(flow_speed.FAMILY_TITLE) == 1
+    rows = [line for line in text.splitlines() if line.startswith("| SD")]
+    assert rows[0].startswith("| SDXL layout 512px, guidance 1 | 1 (1x1) | no | 300.0")  # kept from the first run
+    assert rows[1].startswith("| SD 1.5 layout 512px, guidance 1 | 1 (1x1) | no | 200.0") and len(rows) == 2  # replaced
+    assert text.count("`python benchmarks/flow_speed.py --family sd15:512:1") == 2  # both commands stay
