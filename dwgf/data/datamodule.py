@@ -356,7 +356,9 @@ class MeasurementDataModule(LightningDataModule):
         masks: folder of mask images for ``measurements`` (inpainting).
         size: ``[H, W]`` (``--data.size H W``), the image size with ``fit: cover``; ``None``
             (default): the prior's native resolution.
-        fit: ``"cover"`` or ``"keep"`` (above). Default ``"cover"``.
+        fit: ``"cover"`` (default): each image resized to cover ``size`` and center-cropped;
+            ``"keep"``: each image at its own size, padded at the bottom and right (by reflection)
+            to a multiple the prior takes, outputs cropped back to the input's size.
         image_size: a square ``size`` (``image_size: 64`` is ``size: [64, 64]``); kept for older configs.
         channels: image channels; ``None`` (default): the prior's.
         batch_size: items per batch. Default 1.
