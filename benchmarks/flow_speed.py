@@ -273,6 +273,24 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
     return times[warmup:], mem
 
 
+def network_calls(prior, z, z_t, t, cotangent=None, unet_dtype=None):
+    """The two calls every iteration must make, as closures: the UNet forward without gradient on
+    ``z_t`` at ``t``, and the decoder forward with a graph on ``z`` and one vector-Jacobian product
+    (``cotangent``: any image-shaped tensor costs the same; ``None``: ones)."""
+    device = z.device
+
+    def unet():
+        with torch.no_grad(), (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
+            prior.eps(z_t, t)
+
+    def decode_vjp():
+        leaf = z.detach().requires_grad_(True)
+        x = prior.decode(leaf)
+        torch.autograd.grad(x, leaf, grad_outputs=torch.ones_like(x) if cotangent is None else cotangent)
+
+    return unet, decode_vjp
+
+
 def time_floor_calls(prior, state, encoder, unet_dtype=None) -> dict[str, float]:
     """Times each unavoidable network call once on one iteration's tensors (a ``FlowState``).
 
@@ -282,19 +300,10 @@ def time_floor_calls(prior, state, encoder, unet_dtype=None) -> dict[str, float]
     one encoder and one decoder forward without gradient on the decoded image.
     """
     device = state.z.device
-    z = state.z.flatten(0, 1)
     z_t, t = state.z_t.flatten(0, 1), state.t.repeat_interleave(state.z.shape[1])
     cot = state.x.flatten(0, 1)
     enc_noise = state.eps.flatten(0, 1)
-
-    def unet():
-        with torch.no_grad(), (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
-            prior.eps(z_t, t)
-
-    def decode_vjp():
-        leaf = z.detach().requires_grad_(True)
-        x = prior.decode(leaf)
-        torch.autograd.grad(x, leaf, grad_outputs=cot)
+    unet, decode_vjp = network_calls(prior, state.z.flatten(0, 1), z_t, t, cot, unet_dtype)
 
     def encode_decode():
         with torch.no_grad():
@@ -461,17 +470,7 @@ def parts_alone(prior, rows: int, device, unet_dtype=None) -> dict[str, str]:
     its seconds, or "out of memory" (the UNet forward without gradient; the decoder forward with
     its vector-Jacobian product)."""
     z = torch.randn(rows, *prior.latent_shape, device=device)
-    t = torch.full((rows,), 500, device=device)
-
-    def unet():
-        with torch.no_grad(), (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
-            prior.eps(z, t)
-
-    def decode_vjp():
-        leaf = z.clone().requires_grad_(True)
-        x = prior.decode(leaf)
-        torch.autograd.grad(x, leaf, grad_outputs=torch.ones_like(x))
-
+    unet, decode_vjp = network_calls(prior, z, z, torch.full((rows,), 500, device=device), None, unet_dtype)
     out = {}
     for name, fn in {"unet": unet, "decode+vjp": decode_vjp}.items():
         try:

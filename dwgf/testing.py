@@ -223,8 +223,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in args.layouts:
         what, build = LAYOUTS[name]
         out = Path(args.folder) / name
-        if out.exists() and any(out.iterdir()):
-            print(f"{out}: exists and is not empty; left as it is", file=sys.stderr)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never written over
+            print(f"{out}: exists and is not an empty folder; left as it is", file=sys.stderr)
             continue
         start = time.perf_counter()
         build(out)

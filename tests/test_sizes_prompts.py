@@ -235,18 +235,18 @@ def test_each_distinct_prompt_is_encoded_once_per_run(layouts, tmp_path, monkeyp
     folder = make_images(tmp_path / "p", count=3, sizes=((32, 32),))
     (folder / "prompts.csv").write_text("name,prompt\nimg0,a cat\nimg1,a dog\nimg2,a cat\n")
     encoded = []
-    enter = StableDiffusionPrior._Encoders.__enter__
+    load = StableDiffusionPrior._text_encoders
     encode = StableDiffusionPrior._encode_text
 
     def count_loads(self):
         encoded.append("load")
-        return enter(self)
+        return load(self)
 
     def count_texts(self, encoders, texts, max_length=None):
         encoded.append(tuple(texts))
         return encode(self, encoders, texts, max_length)
 
-    monkeypatch.setattr(StableDiffusionPrior._Encoders, "__enter__", count_loads)
+    monkeypatch.setattr(StableDiffusionPrior, "_text_encoders", count_loads)
     monkeypatch.setattr(StableDiffusionPrior, "_encode_text", count_texts)
     run("predict", "--config", ROOT / "configs/sd15/box_inpaint.yaml", "--model.prior.pretrained", layouts["sd15"],
         "--model.num_steps", 2, "--model.num_particles", 1, "--model.prior.guidance_scale", 2, "--data.images", folder,

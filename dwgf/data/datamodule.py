@@ -194,8 +194,8 @@ class SimulatedMeasurements(_Items):
 class GivenMeasurements(_Items):
     """Measurements as images (what ``measurement.png`` holds), with optional mask files."""
 
-    def __init__(self, files, operator, channels, size, seed, masks: Optional[Path]):
-        super().__init__(files, operator, channels, size, seed)
+    def __init__(self, files, operator, channels, size, seed, masks: Optional[Path], prompts: Optional[dict[str, str]] = None):
+        super().__init__(files, operator, channels, size, seed, prompts=prompts)
         self.masks = masks
         self.shape = operator.measurement_shape((channels, *self.size))
 
@@ -480,8 +480,7 @@ class MeasurementDataModule(LightningDataModule):
                 masks = Path(self.masks).expanduser()
                 if not masks.is_dir():
                     raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
-            self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks)
-            self.dataset.prompt_of = prompts
+            self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks, prompts)
         else:
             sizes = None
             if self.fit == "keep":

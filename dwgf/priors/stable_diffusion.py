@@ -13,11 +13,12 @@ memory during the flow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -86,7 +87,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if negative_prompt is not None and not self.guided:
             warnings.warn(argument_warning(type(self).__name__, "negative_prompt", " has no effect without guidance (<guidance_scale> 1): "
                                            "it is only used by guided calls", also=("guidance_scale",)), stacklevel=2)
-        self._prompt_rows: dict[str, int] = {}
+        self._prompt_rows: dict[str, int] = {prompt: 0}  # the prompt table's rows (row 0: the prior's own prompt)
         super().__init__(pretrained, channels_last)
 
     @property
@@ -103,7 +104,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         Such a prior has no text encoder: per-item prompts cannot be added to it."""
         self = super().from_modules(vae, unet, alphas_cumprod, prediction_type=prediction_type, channels_last=channels_last, **buffers)
         self.guidance_scale = float(guidance_scale)
-        self._prompt_rows = {}
+        self._prompt_rows = {self.prompt: 0}
         if self.guided and "negative_embeds" not in buffers:
             raise argument_error(cls.__name__, "guidance_scale", f" {guidance_scale} needs negative_embeds")
         return self
@@ -132,7 +133,6 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             table = self._encode_text(encoders, texts)
             for name, value in table.items():
                 self.register_buffer(f"prompt_{name}", value, persistent=False)
-            self._prompt_rows = {self.prompt: 0}
             if self.guided:
                 for name, value in self._negative(encoders).items():
                     self.register_buffer(f"negative_{name}", value, persistent=False)
@@ -145,37 +145,27 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if isinstance(want, int) and want != got:
             raise self._pretrained_error(f": the text encoder gives {got}-dim embeddings but unet/ expects cross_attention_dim {want}")
 
-    class _Encoders:
-        """The folder's tokenizers and text encoders, loaded for a ``with`` block and released after."""
+    @contextlib.contextmanager
+    def _text_encoders(self) -> Iterator[list[tuple[Any, Any]]]:
+        """The folder's ``(tokenizer, text encoder)`` pairs, loaded for a ``with`` block and released after."""
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-        def __init__(self, prior: "StableDiffusionPrior"):
-            self.prior, self.pairs = prior, []
-
-        def __enter__(self) -> list[tuple[Any, Any]]:
-            from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
-
-            prior = self.prior
-            root = prior._root
-            if root is None:
-                raise DWGFError(f"{type(prior).__name__} was built in memory without text encoders: it knows only the prompts "
-                                "given to from_modules")
-            owner = type(prior).__name__
-            for tok_name, enc_name in prior.text_components:
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(root, subfolder=tok_name, trust_remote_code=False)
-                except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
-                    raise prior._pretrained_error(f": could not load {tok_name}/ ({str(err).splitlines()[0][:200]})") from None
-                cfg = _read_config(root / enc_name / "config.json", prior.pretrained, owner)
-                arch = (cfg.get("architectures") or ["CLIPTextModel"])[0]
-                cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
-                self.pairs.append((tokenizer, _quiet_load(cls, root, enc_name, prior.pretrained, owner)))
-            return self.pairs
-
-        def __exit__(self, *exc: Any) -> None:
-            self.pairs.clear()  # the encoders go with the last reference
-
-    def _text_encoders(self) -> "StableDiffusionPrior._Encoders":
-        return StableDiffusionPrior._Encoders(self)
+        root, owner = self._root, type(self).__name__
+        if root is None:
+            raise DWGFError(f"{owner} was built in memory without text encoders: it knows only the prompts given to from_modules")
+        pairs = []
+        for tok_name, enc_name in self.text_components:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(root, subfolder=tok_name, trust_remote_code=False)
+            except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
+                raise self._pretrained_error(f": could not load {tok_name}/ ({str(err).splitlines()[0][:200]})") from None
+            arch = (_read_config(root / enc_name / "config.json", self.pretrained, owner).get("architectures") or ["CLIPTextModel"])[0]
+            cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
+            pairs.append((tokenizer, _quiet_load(cls, root, enc_name, self.pretrained, owner)))
+        try:
+            yield pairs
+        finally:
+            pairs.clear()  # the encoders go with the last reference
 
     @torch.no_grad()
     def _encode_text(self, encoders: list[tuple[Any, Any]], texts: list[str], max_length: Optional[int] = None) -> dict[str, torch.Tensor]:
@@ -197,7 +187,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         Prompts not in the table yet are encoded together (the text encoders are loaded from the
         folder for it and released after) and appended.
         """
-        rows = getattr(self, "_prompt_rows", None) or {self.prompt: 0}
+        rows = self._prompt_rows
         new = [p for p in dict.fromkeys(prompts) if p is not None and p not in rows]
         if any(not isinstance(p, str) for p in new):
             raise DWGFError(f"{type(self).__name__}: prompts must be text, got {[type(p).__name__ for p in new if not isinstance(p, str)][0]}")
@@ -209,26 +199,22 @@ class StableDiffusionPrior(DiffusersLatentPrior):
                 self.register_buffer(f"prompt_{name}", torch.cat([old, value.to(old.device, old.dtype)]), persistent=False)
             for p in new:
                 rows[p] = len(rows)
-        self._prompt_rows = rows
         return torch.tensor([0 if p is None else rows[p] for p in prompts], dtype=torch.long)
 
     @property
     def prompts(self) -> list[str]:
         """The prompts in the table, in row order (row 0 is :attr:`prompt`)."""
-        rows = getattr(self, "_prompt_rows", None) or {self.prompt: 0}
-        return sorted(rows, key=rows.get)
+        return sorted(self._prompt_rows, key=self._prompt_rows.get)
 
     # -- maths -----------------------------------------------------------------------------------
-    def _conditioning(self, rows: torch.Tensor, z_t: torch.Tensor, negative: bool) -> dict[str, Any]:
-        """The UNet's keyword arguments for latents ``z_t`` whose prompts are table ``rows``."""
-        table = self.negative_embeds if negative else self.prompt_embeds
-        if negative or bool((rows == 0).all()):
-            return {"encoder_hidden_states": table[:1].expand(z_t.shape[0], -1, -1)}
-        return {"encoder_hidden_states": table.index_select(0, rows)}
+    def _conditioning(self, rows: Optional[torch.Tensor], z_t: torch.Tensor, negative: bool) -> dict[str, Any]:
+        """The UNet's keyword arguments for latents ``z_t`` whose prompts are table ``rows`` (``None``:
+        row 0 for every latent; the negative row is the same for all)."""
+        return {"encoder_hidden_states": _rows(self.negative_embeds if negative else self.prompt_embeds, None if negative else rows, z_t.shape[0])}
 
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
-        rows = torch.zeros(z_t.shape[0], dtype=torch.long, device=z_t.device) if prompt is None else prompt.to(z_t.device).long()
-        if rows.shape != (z_t.shape[0],):
+        rows = None if prompt is None else prompt.to(z_t.device).long()
+        if rows is not None and rows.shape != (z_t.shape[0],):
             raise ValueError(f"prompt has shape {tuple(rows.shape)}, expected ({z_t.shape[0]},): one table row per latent")
         t = t.to(z_t.device).expand(z_t.shape[0]) if t.dim() == 0 else t.to(z_t.device)
         cond = self._conditioning(rows, z_t, negative=False)
@@ -247,6 +233,11 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if self.guided:
             text += f", guidance_scale={self.guidance_scale:g}"
         return text
+
+
+def _rows(table: torch.Tensor, rows: Optional[torch.Tensor], count: int) -> torch.Tensor:
+    """``count`` rows of a prompt table: row 0 for all (``rows`` ``None``, no copy), else the given ones."""
+    return table[:1].expand(count, *table.shape[1:]) if rows is None else table.index_select(0, rows)
 
 
 def _cat(a: Any, b: Any) -> Any:
@@ -324,14 +315,17 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
         return super()._negative(encoders)
 
     def time_ids(self, z_t: torch.Tensor) -> torch.Tensor:
-        """SDXL's ``time_ids`` ``(H, W, 0, 0, H, W)`` for the images of latents ``z_t``, one row per latent."""
+        """SDXL's ``time_ids`` ``(H, W, 0, 0, H, W)`` for the images of latents ``z_t``, one row per latent
+        (built once per size and device, not at every network call)."""
         _, h, w = self.image_shape_of(z_t)
-        ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.prompt_embeds.dtype, device=z_t.device)
-        return ids.expand(z_t.shape[0], -1)
+        key = (h, w, z_t.device, self.prompt_embeds.dtype)
+        cache = self.__dict__.setdefault("_time_ids", {})
+        if key not in cache:
+            cache[key] = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.prompt_embeds.dtype, device=z_t.device)
+        return cache[key].expand(z_t.shape[0], -1)
 
-    def _conditioning(self, rows: torch.Tensor, z_t: torch.Tensor, negative: bool) -> dict[str, Any]:
+    def _conditioning(self, rows: Optional[torch.Tensor], z_t: torch.Tensor, negative: bool) -> dict[str, Any]:
         out = super()._conditioning(rows, z_t, negative)
-        table = self.negative_pooled if negative else self.prompt_pooled
-        pooled = table[:1].expand(z_t.shape[0], -1) if negative or bool((rows == 0).all()) else table.index_select(0, rows)
+        pooled = _rows(self.negative_pooled if negative else self.prompt_pooled, None if negative else rows, z_t.shape[0])
         out["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids(z_t)}
         return out
