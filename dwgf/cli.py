@@ -304,6 +304,8 @@ _KINDS = (
     ("regularizers (--model.regularizers)", "dwgf.regularizers.base.Regularizer"),
     ("time weightings (KLPrior weighting)", "dwgf.regularizers.weighting.TimeWeighting"),
     ("feature maps (KernelRepulsion features)", "dwgf.regularizers.kernels.FeatureMap"),
+    ("data terms (--model.likelihood)", "dwgf.likelihoods.base.DataTerm"),
+    ("flow optimisers (--model.optimizer)", "dwgf.optimizers.base.FlowOptimizer"),
     ("step-size schedules (--model.step_size)", "dwgf.schedules.step_size.StepSizeSchedule"),
     ("timestep schedules (--model.timesteps)", "dwgf.schedules.timesteps.TimestepSchedule"),
     ("data (--data)", "lightning.pytorch.LightningDataModule"),

@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from dwgf.likelihoods.base import DataTerm, MeanSquaredError
+from dwgf.optimizers.base import Adam, FlowOptimizer
 from dwgf.precision import float32_but_the_unet, unet_precision
 from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
@@ -52,7 +54,7 @@ class FlowState:
         x: decoded particles ``D(z)``, ``B x N x C x H x W``.
         x_noise: the iteration's decoder noise ``n`` (already scaled by ``decoder_noise``).
         t: integer timesteps, ``(B,)``; abar: ``abar_t``, ``(B,)`` float32.
-        eps: the noise used to diffuse ``z`` to ``z_t``; z_t: the diffused particles.
+        eps: the noise used to diffuse ``z`` to ``z_t`` (times ``query_noise``); z_t: the diffused particles.
         eps_hat: the network's noise prediction at ``z_t`` (``None`` if no regularizer needs it).
         iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
         prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
@@ -60,7 +62,7 @@ class FlowState:
         forces: after the regularizers ran, each one's force (latent- or image-shaped, as it
             returned it), keyed by class name (forces of one class add up; ``<class>_<space>`` when
             the same class also acts in the other space).
-        step_size: Adam's learning rate at this iteration.
+        step_size: the step-size schedule's value at this iteration.
         operator, params: the forward operator and its parameters repeated per particle (``B*N``
             rows, item-major, matching ``x.flatten(0, 1)``).
     """
@@ -106,13 +108,17 @@ def dwgf_flow(
     failures: Optional[torch.Tensor] = None,
     size: Optional[Sequence[int]] = None,
     prompt: Optional[torch.Tensor] = None,
+    optimizer: Optional[FlowOptimizer] = None,
+    likelihood: Optional[DataTerm] = None,
+    query_noise: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
 
     Each iteration: diffuse the particles to ``t`` and evaluate the network once (no gradient),
     decode once, sum the image-space gradients (data term + image regularizers) and pull them back
     through the decoder in one vector-Jacobian product, add the latent-space forces, take one
-    Adam step, and add the regularizers' perturbations (if any). Frozen weights never receive gradients.
+    optimiser step (Adam by default), and add the regularizers' perturbations (if any). Frozen
+    weights never receive gradients.
 
     Args:
         prior: the frozen latent prior.
@@ -124,9 +130,9 @@ def dwgf_flow(
         num_particles: ``N``, particles per measurement.
         num_steps: ``K``, flow iterations.
         regularizers: latent- and image-space forces (see :class:`~dwgf.regularizers.Regularizer`).
-        step_size: Adam's learning rate per iteration.
+        step_size: the optimiser's step size per iteration.
         timesteps: the diffusion time per iteration.
-        betas: Adam's betas. Default ``(0.9, 0.999)``.
+        betas: the default optimiser's betas, ``Adam(betas)``. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
             encoder terms, in ``[-1, 1]`` units. Default 0.01.
         callback: called with the :class:`FlowState` after every iteration's step.
@@ -137,6 +143,14 @@ def dwgf_flow(
             ``None``: the prior's native size.
         prompt: ``(B,)`` rows of the prior's prompt table, one per item
             (:meth:`~dwgf.priors.LatentPrior.prompt_ids`); ``None``: the prior's own prompt.
+        optimizer: how the particles move (:class:`~dwgf.optimizers.FlowOptimizer`); ``None``:
+            ``Adam(betas)``, the paper's.
+        likelihood: the data term (:class:`~dwgf.likelihoods.DataTerm`); ``None``:
+            :class:`~dwgf.likelihoods.MeanSquaredError`, the paper's.
+        query_noise: the network is asked at ``z_t = sqrt(abar) z + query_noise sqrt(1 - abar) eps``.
+            ``1`` (default): the paper's diffused particles; ``0``: at ``sqrt(abar) z``, so that
+            the model's score is the exact score of the prior smoothed to noise level ``t``, with no
+            noise of its own (what a Langevin sampler wants).
 
     Returns:
         Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
@@ -148,7 +162,8 @@ def dwgf_flow(
         return _flow(
             prior, operator, y, params, draw, num_particles=num_particles, num_steps=num_steps, regularizers=regularizers,
             step_size=step_size, timesteps=timesteps, betas=betas, decoder_noise=decoder_noise, callback=callback,
-            unet_dtype=unet_dtype, failures=failures, size=size, prompt=prompt,
+            unet_dtype=unet_dtype, failures=failures, size=size, prompt=prompt, optimizer=optimizer, likelihood=likelihood,
+            query_noise=query_noise,
         )
 
 
@@ -166,6 +181,8 @@ def flow_gradient(
     num_iterations: int = 1,
     unet_dtype: Optional[torch.dtype] = None,
     prompt_n: Optional[torch.Tensor] = None,
+    likelihood: Optional[DataTerm] = None,
+    query_noise: float = 1.0,
 ) -> tuple[torch.Tensor, FlowState]:
     """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
 
@@ -173,13 +190,16 @@ def flow_gradient(
     (``B*N`` rows). Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then
     whatever the regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs
     under autocast to that dtype; everything else runs in the caller's precision. ``prompt_n``: each
-    particle's prompt row (``B*N``), ``None``: the prior's own prompt. Returns the latent gradient and
-    the iteration's state.
+    particle's prompt row (``B*N``), ``None``: the prior's own prompt. ``likelihood``: the data term
+    (``None``: :class:`~dwgf.likelihoods.MeanSquaredError`); ``query_noise``: see :func:`dwgf_flow`.
+    Returns the latent gradient and the iteration's state.
     """
     b, n = z.shape[:2]
     abar = prior.abar(t)
     a = abar.view(b, *([1] * (z.dim() - 1)))
     eps = draw(z.shape[1:])
+    if query_noise != 1.0:
+        eps = eps * query_noise
     x_noise = draw((n, *prior.image_shape_of(z))) * decoder_noise
     z = z.detach()
     with torch.no_grad():
@@ -192,7 +212,7 @@ def flow_gradient(
     leaf = z.flatten(0, 1).requires_grad_(True)
     x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
     x_d = x.detach()
-    g_x, loss = operator.data_grad(x_d + x_noise.flatten(0, 1), y_n, params_n)
+    g_x, loss = (likelihood or _PAPER_DATA_TERM).grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n)
     state = FlowState(
         z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
         iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
@@ -214,12 +234,31 @@ def flow_gradient(
     return g_z + vjp.view_as(z), state
 
 
+_PAPER_DATA_TERM = MeanSquaredError()
+
+
+def data_gradient_of(prior: LatentPrior, operator: ForwardOperator, likelihood: DataTerm, y_n: torch.Tensor, params_n: Params):
+    """The data term's gradient in latent space as a function of the particles (no decoder noise), for
+    optimisers that probe its curvature: each call is one decoder forward and one vector-Jacobian product."""
+
+    def data_gradient(z: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = z.detach().flatten(0, 1).requires_grad_(True)
+            x = prior.decode(leaf)
+            g_x, _ = likelihood.grad(operator, x.detach(), y_n, params_n)
+            (g,) = torch.autograd.grad(x, leaf, grad_outputs=g_x)
+        return g.view_as(z)
+
+    return data_gradient
+
+
 def _flow(
     prior: LatentPrior, operator: ForwardOperator, y: torch.Tensor, params: Params, draw: ItemNoise, *, num_particles: int,
     num_steps: int, regularizers: Sequence[Regularizer], step_size: StepSizeSchedule, timesteps: TimestepSchedule,
     betas: tuple[float, float], decoder_noise: float, callback: Optional[Callable[[FlowState], None]],
     unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor], size: Optional[Sequence[int]] = None,
-    prompt: Optional[torch.Tensor] = None,
+    prompt: Optional[torch.Tensor] = None, optimizer: Optional[FlowOptimizer] = None, likelihood: Optional[DataTerm] = None,
+    query_noise: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
     b, n = y.shape[0], num_particles
@@ -227,20 +266,22 @@ def _flow(
     z = draw((n, *prior.latent_shape_at(size))).requires_grad_(True)
     prompt_n = None if prompt is None else prompt.to(device).repeat_interleave(n)
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)  # first non-finite iteration per item
-    optimizer = torch.optim.Adam([z], lr=step_size(0, num_steps), betas=tuple(betas))
     ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
     params_n = repeat_params(params, n)
     y_n = y.repeat_interleave(n, dim=0)
+    optimizer = optimizer if optimizer is not None else Adam(betas)
+    likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
+    optimizer.start(z, step_size(0, num_steps), data_gradient_of(prior, operator, likelihood, y_n, params_n), draw)
 
     for k in range(num_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = step_size(k, num_steps)
+        lr = step_size(k, num_steps)
         grad, state = flow_gradient(
-            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n
+            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n,
+            likelihood, query_noise,
         )
-        z.grad = grad
-        state.step_size = float(optimizer.param_groups[0]["lr"])
-        optimizer.step()
+        state.step_size = float(lr)
+        with torch.no_grad():
+            optimizer.step(z, grad, lr, state)
         with torch.no_grad():
             for reg in regularizers:  # moves that are not gradients (injected noise), after the step
                 move = reg.perturbation(state)

@@ -31,14 +31,17 @@ def builtin_classes() -> dict[str, str]:
 
     import dwgf.baselines
     import dwgf.data
+    import dwgf.likelihoods
     import dwgf.operators
+    import dwgf.optimizers
     import dwgf.priors
     import dwgf.regularizers
     import dwgf.schedules
     import dwgf.solver
 
     found = {}
-    for module in (dwgf.solver, dwgf.baselines, dwgf.priors, dwgf.operators, dwgf.regularizers, dwgf.schedules, dwgf.data):
+    for module in (dwgf.solver, dwgf.baselines, dwgf.priors, dwgf.operators, dwgf.regularizers, dwgf.likelihoods,
+                   dwgf.optimizers, dwgf.schedules, dwgf.data):
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and obj.__module__.startswith("dwgf.") and not name.startswith("_"):
                 found.setdefault(name, f"{obj.__module__}.{name}")

@@ -11,7 +11,9 @@ from lightning.pytorch import LightningModule
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
 from dwgf.flow import FlowState, ItemNoise, dwgf_flow, item_generators
+from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
+from dwgf.optimizers.base import Adam, FlowOptimizer
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
 from dwgf.regularizers.encoder_consistency import EncoderConsistency
@@ -202,21 +204,26 @@ class InverseSolver(LightningModule):
 class DWGF(InverseSolver):
     """Diffusion-regularized Wasserstein Gradient Flow (Wang & Akyildiz 2025).
 
-    ``N`` particles per measurement start from ``N(0, I)`` in latent space and follow Adam on the
-    data term plus the regularizers for ``num_steps`` iterations while the diffusion time walks
-    from high to low noise (the paper's flow, arXiv 2509.19276; one iteration is
-    :func:`dwgf.flow.flow_gradient`). The defaults are the paper's settings for Stable
-    Diffusion 2.1-base: 998 iterations, 4 particles, Adam lr 1.0, ``KLPrior(weight=0.15)`` and
-    ``EncoderConsistency(weight=0.1)``, decoder noise 0.01.
+    ``N`` particles per measurement start from ``N(0, I)`` in latent space and follow the
+    optimiser (Adam by default) on the data term plus the regularizers for ``num_steps`` iterations
+    while the diffusion time walks from high to low noise (the paper's flow, arXiv 2509.19276; one
+    iteration is :func:`dwgf.flow.flow_gradient`). The defaults are the paper's settings for Stable
+    Diffusion 2.1-base: 998 iterations, 4 particles, Adam lr 1.0, the averaged squared error,
+    ``KLPrior(weight=0.15)`` and ``EncoderConsistency(weight=0.1)``, decoder noise 0.01.
+
+    The sampler (``configs/mnist/*_posterior.yaml``) swaps three parts: a likelihood in
+    log-density units (:class:`~dwgf.likelihoods.GaussianLikelihood`), a Langevin optimiser
+    (:class:`~dwgf.optimizers.Langevin`) and a prior score in the same units
+    (``KLPrior(per_element=False, weighting=ScoreWeighting)``).
 
     Args:
         prior: the frozen latent prior.
         num_steps: ``K``, flow iterations (``--model.num_steps``). Default 998.
         num_particles: ``N`` (``--model.num_particles``). Default 4.
         regularizers: forces added to the data term. Default ``[KLPrior(), EncoderConsistency()]``.
-        step_size: Adam's learning rate per iteration. Default ``ConstantStepSize(lr=1.0)``.
+        step_size: the optimiser's step size per iteration. Default ``ConstantStepSize(lr=1.0)``.
         timesteps: diffusion time per iteration. Default ``DescendingTimesteps()`` (999 -> 2).
-        betas: Adam's betas. Default ``(0.9, 0.999)``.
+        betas: Adam's betas, when ``optimizer`` is not given. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` added to decoded images in the data and encoder terms.
         compile: ``torch.compile`` the UNet and the decoder (``--model.compile true``); the first
             iterations compile (slow), later ones run faster. Default ``False``.
@@ -224,6 +231,15 @@ class DWGF(InverseSolver):
             particle mean every this many iterations. ``None`` (default): every ``K/10``
             iterations for a run of at most 2 batches, not at all for larger runs; ``0``: never.
             Scalars (data term, force sizes, step size, ``t``) are logged at every iteration.
+        optimizer: how the particles move (``--model.optimizer``): ``Adam`` (``None``, the
+            default: ``Adam(betas)``, the paper's), ``GradientDescent`` or ``Langevin``
+            (:mod:`dwgf.optimizers`).
+        likelihood: the data term (``--model.likelihood``): ``MeanSquaredError`` (``None``, the
+            default: the paper's ``1/2 mean (y - A x)^2``), ``GaussianLikelihood`` or
+            ``PoissonLikelihood`` (:mod:`dwgf.likelihoods`).
+        query_noise: the network is asked at ``sqrt(abar) z + query_noise sqrt(1 - abar) eps``
+            (``--model.query_noise``). Default 1 (the paper's); 0 for a Langevin sampler
+            (:func:`dwgf.flow.dwgf_flow`).
     """
 
     def __init__(
@@ -238,6 +254,9 @@ class DWGF(InverseSolver):
         decoder_noise: float = 0.01,
         compile: bool = False,
         log_images_every: Optional[int] = None,
+        optimizer: Optional[FlowOptimizer] = None,
+        likelihood: Optional[DataTerm] = None,
+        query_noise: float = 1.0,
     ):
         super().__init__(prior, num_particles)
         if num_steps < 1:
@@ -249,6 +268,14 @@ class DWGF(InverseSolver):
         self.step_size = step_size if step_size is not None else ConstantStepSize(1.0)
         self.timesteps = timesteps if timesteps is not None else DescendingTimesteps()
         self.betas = (float(betas[0]), float(betas[1]))
+        if optimizer is not None and self.betas != (0.9, 0.999):
+            raise argument_error(self, "betas", " apply to the default optimizer only; with <optimizer> give them to Adam: "
+                                 "optimizer: {class_path: Adam, init_args: {betas: [...]}}", also=("optimizer",))
+        self.optimizer = optimizer if optimizer is not None else Adam(self.betas)
+        self.likelihood = likelihood if likelihood is not None else MeanSquaredError()
+        if not 0 <= query_noise <= 1:
+            raise argument_error(self, "query_noise", f" must be in [0, 1], got {query_noise}")
+        self.query_noise = float(query_noise)
         self.decoder_noise = float(decoder_noise)
         if log_images_every is not None and log_images_every < 0:
             raise argument_error(self, "log_images_every", f" must be >= 0 (0: never), got {log_images_every}")
@@ -256,6 +283,9 @@ class DWGF(InverseSolver):
         self.compile_networks = bool(compile)
         if self.compile_networks:
             self.prior.compile_networks()
+
+    def check_operator(self, operator: ForwardOperator) -> None:
+        self.likelihood.check_operator(operator)
 
     def on_flow_iteration(self, state: FlowState) -> None:
         """Called after every flow iteration with its state: reports progress and logs (:meth:`log_flow`)."""
@@ -278,6 +308,7 @@ class DWGF(InverseSolver):
             num_particles=self.num_particles, num_steps=self.num_steps, regularizers=self.regularizers,
             step_size=self.step_size, timesteps=self.timesteps, betas=self.betas,
             decoder_noise=self.decoder_noise, callback=self.on_flow_iteration, failures=self.failed_iterations,
-            size=size, prompt=self.prompt_rows(prompts, y.device),
+            size=size, prompt=self.prompt_rows(prompts, y.device), optimizer=self.optimizer, likelihood=self.likelihood,
+            query_noise=self.query_noise,
         )
         return particles

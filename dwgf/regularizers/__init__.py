@@ -15,7 +15,7 @@ from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, NullSpace, Pi
 from dwgf.regularizers.kl_prior import KLPrior, particle_score
 from dwgf.regularizers.langevin import LangevinNoise
 from dwgf.regularizers.repulsion import KernelRepulsion
-from dwgf.regularizers.weighting import ConstantWeighting, DWGFWeighting, SqrtInverseSNRWeighting, TimeWeighting
+from dwgf.regularizers.weighting import ConstantWeighting, DWGFWeighting, ScoreWeighting, SqrtInverseSNRWeighting, TimeWeighting
 
 __all__ = [
     "Regularizer",
@@ -33,4 +33,5 @@ __all__ = [
     "DWGFWeighting",
     "ConstantWeighting",
     "SqrtInverseSNRWeighting",
+    "ScoreWeighting",
 ]

@@ -52,7 +52,7 @@ class KDEKLPrior(KLPrior):
     def __init__(self, weight: float = 0.15, weighting: Optional[TimeWeighting] = None,
                  bandwidth: Union[str, float] = "median", scale: float = 1.0, entropy_weight: float = 1.0):
         super().__init__(weight, weighting, particle_term=True)
-        del self.particle_term  # always on here (its repr lists only this class's arguments)
+        del self.particle_term, self.per_element  # always on here (its repr lists only this class's arguments)
         if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
             raise argument_error(self, "bandwidth", f" must be 'median' or a positive number, got {bandwidth!r}")
         if scale <= 0:

@@ -54,15 +54,21 @@ class KLPrior(Regularizer):
         weighting: ``lambda(abar)``. Default :class:`DWGFWeighting`, ``(1 - abar) / sqrt(abar)``.
         particle_term: include the particles' own score ``f`` (default). ``False`` replaces it by
             ``-eps / sqrt(1 - abar)`` for every particle: independent score distillation.
+        per_element: divide by ``d`` (default: the paper's normalisation, a mean over the latent's
+            elements). ``False``: no division, so that the force is in the units of a log density,
+            as a likelihood (:class:`~dwgf.likelihoods.GaussianLikelihood`) and a sampler
+            (:class:`~dwgf.optimizers.Langevin`) need.
     """
 
     space = "latent"
     needs_eps = True
 
-    def __init__(self, weight: float = 0.15, weighting: Optional[TimeWeighting] = None, particle_term: bool = True):
+    def __init__(self, weight: float = 0.15, weighting: Optional[TimeWeighting] = None, particle_term: bool = True,
+                 per_element: bool = True):
         self.weight = float(weight)
         self.weighting = weighting if weighting is not None else DWGFWeighting()
         self.particle_term = bool(particle_term)
+        self.per_element = bool(per_element)
 
     def force(self, state: "FlowState") -> torch.Tensor:
         abar = state.abar_view(state.z)
@@ -73,4 +79,4 @@ class KLPrior(Regularizer):
             f = -state.eps / var.sqrt()
         s = -state.eps_hat / var.sqrt()
         lam = self.weight * self.weighting(abar)
-        return lam * (f - s) / state.z[0, 0].numel()
+        return lam * (f - s) / state.z[0, 0].numel() if self.per_element else lam * (f - s)

@@ -1,0 +1,77 @@
+"""The flow-optimiser interface, Adam (the paper's) and plain gradient steps."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+
+from dwgf.errors import argument_error
+from dwgf.reprs import ArgumentsRepr
+
+if TYPE_CHECKING:
+    from dwgf.flow import FlowState, ItemNoise
+
+# the data term's gradient in latent space at given particles (B x N x c x h x w -> the same), for
+# optimisers that probe its curvature; every call is one decoder forward and one vector-Jacobian product
+DataGradient = Callable[[torch.Tensor], torch.Tensor]
+
+
+class FlowOptimizer(ArgumentsRepr):
+    """Moves the particles ``z`` (``B x N x c x h x w``) by one step, given the iteration's gradient.
+
+    The flow calls :meth:`start` once per batch, before the first iteration, then :meth:`step` once
+    per iteration with the summed gradient (data term + regularizers' forces) and the step-size
+    schedule's value ``lr``. ``step`` changes ``z`` in place, under ``torch.no_grad``. Random draws
+    come from ``state.draw`` (each item's own generator), so an item's particles never depend on
+    the other items of its batch.
+
+    An optimiser holds the state of one batch (moments, step bounds); :meth:`start` resets it.
+
+    To add one, subclass this in any module and name it by ``class_path`` under ``model.optimizer``.
+    """
+
+    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
+        """Called before the first iteration with the initial particles and the first step size."""
+
+    def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
+        raise NotImplementedError
+
+
+class Adam(FlowOptimizer):
+    """Adam on the particles, the paper's discretisation (arXiv 2509.19276), and the default.
+
+    ``torch.optim.Adam`` with learning rate ``lr_k`` from the step-size schedule. Its per-coordinate
+    normalisation makes the step about ``lr_k`` whatever the gradient's scale: robust, but an
+    optimiser, not a discretised gradient flow of KL, and its particles settle on modes.
+
+    Args:
+        betas: Adam's ``(beta1, beta2)``. Default ``(0.9, 0.999)``.
+    """
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999)):
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise argument_error(self, "betas", f" must be two numbers in [0, 1), got {list(betas)}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self._adam: Optional[torch.optim.Adam] = None
+
+    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
+        self._adam = torch.optim.Adam([z], lr=lr, betas=self.betas)
+
+    def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
+        for group in self._adam.param_groups:
+            group["lr"] = lr
+        z.grad = grad
+        self._adam.step()
+
+
+class GradientDescent(FlowOptimizer):
+    """``z <- z - lr_k * grad``: the explicit Euler step of the particles' gradient flow.
+
+    With a data term and a prior in log-density units (:class:`~dwgf.likelihoods.GaussianLikelihood`,
+    ``KLPrior(per_element=False)``) its fixed points are the posterior's modes; ``lr_k`` must stay
+    below ``2 / L`` for the curvature ``L`` of the objective, or the particles diverge.
+    """
+
+    def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
+        z.sub_(lr * grad)
