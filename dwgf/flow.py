@@ -65,6 +65,7 @@ class FlowState:
         step_size: the step-size schedule's value at this iteration.
         operator, params: the forward operator and its parameters repeated per particle (``B*N``
             rows, item-major, matching ``x.flatten(0, 1)``).
+        regularizers: the flow's regularizers; likelihood: its data term.
     """
 
     z: torch.Tensor
@@ -84,6 +85,8 @@ class FlowState:
     step_size: Optional[float] = None
     operator: Optional[ForwardOperator] = None
     params: Optional[Params] = None
+    regularizers: Optional[Sequence[Regularizer]] = None
+    likelihood: Optional[DataTerm] = None
 
     def abar_view(self, like: torch.Tensor) -> torch.Tensor:
         """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
@@ -212,11 +215,11 @@ def flow_gradient(
     leaf = z.flatten(0, 1).requires_grad_(True)
     x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
     x_d = x.detach()
-    g_x, loss = (likelihood or _PAPER_DATA_TERM).grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n)
+    g_x, loss = (likelihood or _PAPER_DATA_TERM).grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
     state = FlowState(
         z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
         iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
-        operator=operator, params=params_n,
+        operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood or _PAPER_DATA_TERM,
     )
     g_z = torch.zeros_like(z)
     state.forces = {}

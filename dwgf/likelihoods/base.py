@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from dwgf.errors import argument_error
@@ -17,20 +19,29 @@ class DataTerm(ArgumentsRepr):
     image-space regularizers, in one vector-Jacobian product.
 
     Subclasses implement :meth:`loss`; :meth:`grad` differentiates it with autograd (through
-    ``operator.forward``), so a data term works with any differentiable operator.
+    ``operator.forward``), so a data term works with any differentiable operator. ``abar`` (``(B,)``,
+    the flow's noise level ``abar_t`` per row; ``None``: the end of the flow, ``abar = 1``) lets a data
+    term anneal with the diffusion time.
     """
 
-    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
+             abar: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The per-item data term, shape ``(B,)``, for images ``x`` (``B x C x H x W``)."""
         raise NotImplementedError
 
-    def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
+             abar: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The gradient of ``sum_b loss_b`` with respect to ``x``, and the per-item losses (detached)."""
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            loss = self.loss(operator, leaf, y, params)
+            loss = self.loss(operator, leaf, y, params, abar)
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         return grad, loss.detach()
+
+    def relative_curvature(self, operator: ForwardOperator, abar: torch.Tensor) -> Optional[torch.Tensor]:
+        """The term's curvature at noise level ``abar`` (``(B,)``) over its curvature at the end of the flow
+        (``abar = 1``), or ``None`` when it does not change with ``abar`` (the default)."""
+        return None
 
     def check_operator(self, operator: ForwardOperator) -> None:
         """Raises :class:`~dwgf.errors.DWGFError` if this data term cannot serve ``operator`` (checked at start-up)."""
@@ -52,9 +63,11 @@ class MeanSquaredError(DataTerm):
             raise argument_error(self, "weight", f" must be > 0, got {weight}")
         self.weight = float(weight)
 
-    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
+             abar: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.weight * operator.data_loss(x, y, params)
 
-    def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
+             abar: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         grad, loss = operator.data_grad(x, y, params)  # bit for bit what the flow always computed
         return (grad, loss) if self.weight == 1.0 else (self.weight * grad, self.weight * loss)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from dwgf.errors import argument_error
@@ -35,7 +37,8 @@ class PoissonLikelihood(DataTerm):
         self.rate = float(rate)
         self.temperature = float(temperature)
 
-    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+    def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
+             abar: Optional[torch.Tensor] = None) -> torch.Tensor:
         lam = (self.rate * (operator.forward(x, params) + 1) / 2).clamp_min(self.rate * 1e-4)
         counts = (self.rate * (y + 1) / 2).clamp_min(0)
         nll = lam - counts * lam.log()

@@ -43,12 +43,17 @@ class Langevin(FlowOptimizer):
     (:class:`~dwgf.likelihoods.GaussianLikelihood`) and a prior score (``KLPrior(per_element=False,
     weighting=ScoreWeighting)``), not the paper's averages.
 
-    Step size: ``eta_k = lr_k`` from the step-size schedule, but never above ``safety / L`` where
-    ``L`` is the data term's largest curvature at each particle (``max_step: curvature``, the
-    default), measured by power iteration (:func:`data_curvature`) when the flow starts, and again
-    every ``refresh_every`` iterations. A sharp likelihood (small ``sigma_y``) then takes small steps
-    instead of diverging; ``safety < 2`` keeps an explicit step on a quadratic stable. The bound is
-    per particle, so an item's particles do not depend on the rest of its batch.
+    Step size: ``eta_k = lr_k`` from the step-size schedule, but never above ``safety / (L + P_k)``
+    (``max_step: curvature``, the default), where ``L`` is the data term's largest curvature at
+    each particle, measured by power iteration (:func:`data_curvature`, on the data term at the end
+    of the flow) when the flow starts and again every ``refresh_every`` iterations, scaled by the
+    data term's :meth:`~dwgf.likelihoods.DataTerm.relative_curvature` at iteration ``k`` (an
+    annealed likelihood is softer at high noise), and ``P_k`` the sum of the regularizers' curvature
+    bounds at iteration ``k`` (:meth:`~dwgf.regularizers.Regularizer.curvature`; for the smoothed
+    prior ``abar / (1 - abar)``, which grows as the noise level falls). A sharp likelihood (small
+    ``sigma_y``) then takes small steps instead of diverging; ``safety < 2`` keeps an explicit step
+    on a quadratic stable. The bound is per particle, so an item's particles do not depend on the
+    rest of its batch.
 
     How it differs from :class:`~dwgf.regularizers.LangevinNoise`: that regularizer adds noise after
     *any* optimiser's step, sized by the schedule's ``lr_k`` and its own ``scale``, a heuristic
@@ -98,19 +103,33 @@ class Langevin(FlowOptimizer):
             with torch.no_grad():
                 self._curvature = data_curvature(z.detach(), data_gradient, draw, self.power_iterations)
 
-    def step_sizes(self, lr: float, like: torch.Tensor) -> torch.Tensor:
-        """``eta`` per particle, ``B x N x 1 ...``: ``min(lr, safety / L)``."""
+    def step_sizes(self, lr: float, like: torch.Tensor, prior_curvature: Optional[torch.Tensor] = None,
+                   data_factor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``eta`` per particle, ``B x N x 1 ...``: ``min(lr, safety / (L * data_factor + P))``, ``P`` and
+        ``data_factor`` per item ``(B,)``."""
         b, n = like.shape[:2]
         eta = torch.full((b, n), float(lr), device=like.device, dtype=like.dtype)
-        if self._curvature is not None:
-            eta = torch.minimum(eta, self.safety / self._curvature.clamp_min(1e-30))
+        if self.max_step == "curvature":
+            total = torch.zeros_like(eta) if self._curvature is None else self._curvature
+            if data_factor is not None:
+                total = total * data_factor.to(eta.dtype).view(b, 1)
+            if prior_curvature is not None:
+                total = total + prior_curvature.to(eta.dtype).view(b, 1)
+            eta = torch.minimum(eta, self.safety / total.clamp_min(1e-30))
         return eta.view(b, n, *([1] * (like.dim() - 2)))
+
+    @staticmethod
+    def regularizer_curvature(state: "FlowState") -> Optional[torch.Tensor]:
+        """The sum of the known curvature bounds of the iteration's regularizers, ``(B,)``, or ``None``."""
+        bounds = [c for c in (r.curvature(state) for r in state.regularizers or ()) if c is not None]
+        return torch.stack(bounds).sum(0) if bounds else None
 
     def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
         k = state.iteration
         if self._curvature is not None and self.refresh_every and k > 0 and k % self.refresh_every == 0:
             self._curvature = data_curvature(z.detach(), self._data_gradient, state.draw, self.power_iterations)
-        eta = self.step_sizes(lr, z)
+        factor = state.likelihood.relative_curvature(state.operator, state.abar) if state.likelihood is not None else None
+        eta = self.step_sizes(lr, z, self.regularizer_curvature(state), factor)
         z.sub_(eta * grad)
         if self.temperature > 0:
             z.add_((2 * eta * self.temperature).sqrt() * state.draw(z.shape[1:]))

@@ -40,6 +40,12 @@ class Regularizer(ArgumentsRepr):
     def force(self, state: "FlowState") -> torch.Tensor:
         raise NotImplementedError
 
+    def curvature(self, state: "FlowState") -> Optional[torch.Tensor]:
+        """An upper bound on the largest curvature of this term at the iteration, per item ``(B,)``, or
+        ``None`` (the default: unknown). :class:`~dwgf.optimizers.Langevin` keeps its step below
+        ``safety`` over the sum of the known bounds and the data term's curvature."""
+        return None
+
     def perturbation(self, state: "FlowState") -> Optional[torch.Tensor]:
         """A displacement added to the latents after the iteration's step (``B x N x c x h x w``), or
         ``None`` (the default: this regularizer only has a force)."""

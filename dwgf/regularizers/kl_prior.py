@@ -70,6 +70,15 @@ class KLPrior(Regularizer):
         self.particle_term = bool(particle_term)
         self.per_element = bool(per_element)
 
+    def curvature(self, state: "FlowState") -> Optional[torch.Tensor]:
+        """``weight * lambda(abar) * sqrt(abar) / (1 - abar)`` (over ``d`` with ``per_element``): the force is
+        ``weight * lambda / sqrt(abar)`` times ``-grad log p~_t``, the prior smoothed by variance
+        ``gamma^2 = (1 - abar) / abar``, whose Hessian never exceeds ``I / gamma^2``; the particle
+        term's own (negative) curvature is left out."""
+        abar = state.abar.to(state.z.dtype)
+        bound = self.weight * self.weighting(abar) * abar.sqrt() / (1 - abar).clamp_min(1e-12)
+        return bound / state.z[0, 0].numel() if self.per_element else bound
+
     def force(self, state: "FlowState") -> torch.Tensor:
         abar = state.abar_view(state.z)
         var = 1 - abar
