@@ -13,7 +13,7 @@ from dwgf.likelihoods import QUANTISATION_SIGMA, GaussianLikelihood, MeanSquared
 from dwgf.operators import BoxInpainting, MatrixOperator, RandomInpainting
 from dwgf.optimizers import Adam, GradientDescent, Langevin, data_curvature
 from dwgf.priors import GaussianMixture, GaussianMixturePrior, grid_mixture
-from dwgf.regularizers import DWGFWeighting, KLPrior, ScoreWeighting
+from dwgf.regularizers import KLPrior, ScoreWeighting
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 from tests.test_diverse import _state
 

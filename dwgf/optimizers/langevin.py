@@ -14,15 +14,18 @@ if TYPE_CHECKING:
 
 
 def data_curvature(z: torch.Tensor, data_gradient: DataGradient, draw: "ItemNoise", iterations: int = 10,
-                   delta: float = 1e-2) -> torch.Tensor:
+                   delta: float = 0.1) -> torch.Tensor:
     """The largest curvature of the data term along each particle, by power iteration: ``(B, N)``.
 
     Power iteration on the Hessian-vector product taken as a finite difference of the data term's
-    gradient, ``H v ~ (g(z + delta v) - g(z)) / delta`` with ``|v| = 1`` per particle (exact for a
-    linear operator, a linear decoder and a Gaussian likelihood). The start vectors come from each
-    item's generator. Costs ``iterations + 1`` decoder forwards and vector-Jacobian products.
+    gradient, ``H v ~ (g(z + h v) - g(z)) / h`` with ``|v| = 1`` per particle and ``h = delta * sqrt(d)``
+    (a move of about ``delta`` per latent element: exact for a linear operator, a linear decoder and
+    a Gaussian likelihood, and far above float32 rounding of a sharp likelihood's large gradient,
+    which a tiny ``h`` would amplify). The start vectors come from each item's generator. Costs
+    ``iterations + 1`` decoder forwards and vector-Jacobian products.
     """
     b, n = z.shape[:2]
+    delta = delta * z[0, 0].numel() ** 0.5
     base = data_gradient(z)
     v = draw(z.shape[1:])
     curvature = torch.zeros(b, n, device=z.device, dtype=z.dtype)
