@@ -233,7 +233,7 @@ def regularizers(encoder: bool) -> list:
     return [KLPrior(0.25), *([EncoderConsistency(0.1)] if encoder else [])]
 
 
-def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False, regs=None):
+def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False, regs=None, flow=None):
     """Per-iteration wall times of dwgf_flow (after ``warmup`` iterations) and its peak memory.
 
     With ``unet_dtype`` the flow runs under autocast to it, as under ``--trainer.precision
@@ -243,7 +243,8 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
     run on that iteration's own tensors (:func:`time_floor_calls`), so each iteration is paired
     with a floor measured seconds apart; returns ``(times, floors, memory)`` with ``floors`` a list
     of per-iteration ``{part: seconds}``. Without it, ``(times, memory)``. ``regs``: the flow's
-    regularizers (default :func:`regularizers` of ``encoder``).
+    regularizers (default :func:`regularizers` of ``encoder``); ``flow``: further :func:`dwgf_flow`
+    arguments (an optimiser, a data term, ``query_noise``).
     """
     device = y.device
     stamps: list[float] = []
@@ -264,7 +265,7 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
         stamps.append(time.perf_counter())
         dwgf_flow(
             prior, op, y, params, draw, num_particles=n, num_steps=warmup + iters, regularizers=regs if regs is not None else regularizers(encoder),
-            step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(), callback=callback,
+            step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(), callback=callback, **(flow or {}),
         )
     if floor:
         times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])]
@@ -504,7 +505,8 @@ class Change:
     ``doc`` describes it in the output; ``base_kwargs`` build the baseline prior; ``apply`` alters the
     changed prior in place; ``unet_dtype`` is the changed flow's UNet autocast dtype (``None``: as the
     baseline's); ``warmup`` the changed flow's warm-up iterations before timing (``None``: ``--warmup``);
-    ``regularizers`` the changed flow's regularizers (``None``: the baseline's, ``KLPrior(0.25)``).
+    ``regularizers`` the changed flow's regularizers (``None``: the baseline's, ``KLPrior(0.25)``);
+    ``flow`` builds further :func:`dwgf_flow` arguments for the changed flow (a fresh optimiser each run).
     """
 
     doc: str
@@ -513,6 +515,27 @@ class Change:
     unet_dtype: Optional[torch.dtype] = None
     warmup: Optional[int] = None
     regularizers: Optional[Callable[[], list]] = None
+    flow: Optional[Callable[[], dict]] = None
+
+
+def _optimizer(name: str, sampler: bool = False) -> Callable[[], dict]:
+    """The flow's optimiser (``dwgf.optimizers``) by name, and with ``sampler`` the sampler configs' data term and query."""
+    from dwgf.likelihoods import GaussianLikelihood
+    from dwgf.optimizers import GradientDescent, Langevin
+
+    def build() -> dict:
+        out = {"optimizer": {"gd": GradientDescent, "langevin": Langevin}[name]()}
+        if sampler:
+            out.update(likelihood=GaussianLikelihood(anneal=10.0), query_noise=0.0)
+        return out
+
+    return build
+
+
+def _sampler_regularizers() -> list:
+    from dwgf.regularizers import ScoreWeighting
+
+    return [KLPrior(1.0, weighting=ScoreWeighting(), particle_term=False, per_element=False)]
 
 
 def _diverse(*extra: str, kde: bool = False) -> Callable[[], list]:
@@ -546,6 +569,12 @@ CHANGES = {
     "repulsion_encoder": Change("`KernelRepulsion` on encoder features added (one encoder forward and backward)",
                                 regularizers=_diverse("repulsion_encoder")),
     "langevin": Change("`LangevinNoise` added", regularizers=_diverse("langevin")),
+    # the flow optimisers and the sampler (issue 25), against Adam; the curvature's power iteration at the start
+    # (11 decoder forwards and vector-Jacobian products, once per batch) falls in the warm-up, outside the timing
+    "optimizer_gd": Change("`GradientDescent` in place of Adam", flow=_optimizer("gd")),
+    "optimizer_langevin": Change("`Langevin` (curvature-bounded step) in place of Adam", flow=_optimizer("langevin")),
+    "sampler": Change("the sampler configs' parts: `Langevin`, `GaussianLikelihood(anneal 10)`, `KLPrior(ScoreWeighting, "
+                      "per_element false)`, `query_noise 0`", regularizers=_sampler_regularizers, flow=_optimizer("langevin", sampler=True)),
 }
 
 
@@ -563,11 +592,13 @@ def measure_changes(changes, sizes, iters, warmup, rounds, device, unet_dtype=No
             b, n = layout(bn)
             op, y, params = problem(base, b, device)
             regs = spec.regularizers() if spec.regularizers is not None else None
-            time_flow(changed, op, y, params, n, 1, warmup if spec.warmup is None else spec.warmup, False, unet_dtype=dtype, regs=regs)
+            flow = spec.flow or dict
+            time_flow(changed, op, y, params, n, 1, warmup if spec.warmup is None else spec.warmup, False, unet_dtype=dtype, regs=regs,
+                      flow=flow())
             t_base, t_changed, per_round = [], [], []
             for _ in range(rounds):
                 tb = time_flow(base, op, y, params, n, iters, warmup, False, unet_dtype=unet_dtype)[0]
-                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=dtype, regs=regs)[0]
+                tc = time_flow(changed, op, y, params, n, iters, warmup, False, unet_dtype=dtype, regs=regs, flow=flow())[0]
                 t_base, t_changed = t_base + tb, t_changed + tc
                 per_round.append(statistics.median(tb) / statistics.median(tc))
             row = dict(change=change, bn=bn, b=b, n=n, plain=statistics.median(t_base), changed=statistics.median(t_changed),
