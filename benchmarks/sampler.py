@@ -3,6 +3,7 @@
     python benchmarks/sampler.py bed   [--dims 80 800] [--dys 1 2 4]   # the ingredients on the exact-posterior bed
     python benchmarks/sampler.py rows  [--dims 8 80 800]                # the "DWGF sampler" rows of posterior.md
     python benchmarks/sampler.py mnist [--tasks box_inpaint sr4]        # the sampler configs on the 100 report digits
+    python benchmarks/sampler.py picture                                # particles: the sampler beside plain DWGF
 
 ``bed`` uses ``benchmarks/posterior.py``'s bed (same problems, seeds, 1000 samples, 200 iterations,
 yardsticks) and adds one ingredient at a time to plain DWGF (Adam, the paper's averaged squared
@@ -24,6 +25,11 @@ sampler* alone at every ``(d, d_y)`` of ``posterior.py`` and puts its rows into
 ``mnist`` runs ``configs/mnist/<task>_posterior.yaml`` on the 100 report digits (the harness of
 ``quality.py``; cached in ``benchmarks/results/sampler_runs.json``) and writes
 ``benchmarks/results/sampler_mnist.md`` beside plain DWGF's N = 8 rows of ``diverse_mnist.md``.
+
+``picture`` runs plain DWGF (the task config at N = 8) and the sampler config on the same six report
+digits (``diverse.py``'s: plain DWGF's worst in each of the classes 4, 9, 3, 8, 1, 7), copied into one
+folder so both see the same seeds, and draws their particles and std maps side by side
+(``benchmarks/results/sampler_digits.png``).
 """
 
 from __future__ import annotations
@@ -234,9 +240,36 @@ def plain_rows() -> list[dict]:
     return out
 
 
+def picture(task: str = "box_inpaint") -> Path:
+    import shutil
+
+    from benchmarks.diverse import AMBIGUOUS_CLASSES, ambiguous_digits, draw_particles
+    from benchmarks.harness import OUTPUTS, digits_folder, task_config
+
+    names = ambiguous_digits(task)
+    folder = OUTPUTS / "sampler_picture" / "digits"
+    shutil.rmtree(folder, ignore_errors=True)  # only ever what this function wrote
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(digits_folder("report100") / f"{name}.png", folder / f"{name}.png")
+    runs = {"DWGF": [str(task_config(task)), "--model.num_particles", "8"],
+            "sampler": [str(ROOT / "configs" / "mnist" / f"{task}_posterior.yaml")]}
+    folders = {}
+    for label, (config, *extra) in runs.items():
+        from dwgf.cli import main as dwgf_main
+
+        out = OUTPUTS / "sampler_picture" / label
+        dwgf_main(["predict", "--config", config, "--data.images", str(folder), "--output", str(out), "--overwrite", "true",
+                   "--trainer.logger", "false", *extra])
+        folders[label] = out
+    return draw_particles(names, folders, f"{task}: plain DWGF (N = 8) and the DWGF sampler ({task}_posterior.yaml), same digits "
+                          f"and seeds; rows: plain DWGF's worst report digit in classes {', '.join(map(str, AMBIGUOUS_CLASSES))}",
+                          RESULTS / "sampler_digits.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["bed", "rows", "mnist"])
+    parser.add_argument("what", choices=["bed", "rows", "mnist", "picture"])
     parser.add_argument("--dims", nargs="+", type=int, default=None)
     parser.add_argument("--dys", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--problems", type=int, default=3)
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "rows":
         args.dims = args.dims or [8, 80, 800]
         posterior_rows(args, command)
+    elif args.what == "picture":
+        picture()
     else:
         mnist(args, command)
 
