@@ -172,18 +172,29 @@ def posterior_rows(args, command: str) -> None:
                                        args.tune_samples)["DWGF sampler"]
             row = (f"| {d} | {dy} | DWGF sampler | {stats([r['sw'] for r in rows])} | {stats([r['coverage'] for r in rows])} | "
                    f"{stats([r['mean_error'] for r in rows])} | {stats([r['seconds'] for r in rows])} |")
-            text = re.sub(rf"^\| {d} \| {dy} \| DWGF sampler \|.*\n", "", text, flags=re.M)
-            last = list(re.finditer(rf"^\| {d} \| {dy} \| (?!exact)[^|]+\|.*\n", text, flags=re.M))[-1]
-            text = text[: last.end()] + row + "\n" + text[last.end():]
+            text = merge_row(text, d, dy, row)
             settings.append(f"| {d} | {dy} | {label} |")
+    path.write_text(merge_settings(text, settings, command))
+    print(f"wrote {path}")
+
+
+def merge_row(text: str, d: int, dy: int, row: str) -> str:
+    """``text`` (posterior.md) with the DWGF sampler's row of ``(d, d_y)`` after that cell's last method row (replacing an old one)."""
+    text = re.sub(rf"^\| {d} \| {dy} \| DWGF sampler \|.*\n", "", text, flags=re.M)
+    end = text.find("\nTuned settings")  # the methods' table only, not the settings' (whose rows start alike)
+    cell = list(re.finditer(rf"^\| {d} \| {dy} \| [^|]+\|.*\n", text[: end if end >= 0 else len(text)], flags=re.M))
+    if not cell:
+        raise SystemExit(f"sampler.py: posterior.md has no rows for d = {d}, d_y = {dy}: run `python benchmarks/posterior.py` first")
+    return text[: cell[-1].end()] + row + "\n" + text[cell[-1].end():]
+
+
+def merge_settings(text: str, settings: list[str], command: str) -> str:
+    """``text`` with the table of the sampler's settings before the plots' line (replacing an old one)."""
     text = re.sub(r"\nDWGF sampler's settings.*?\n\n(\|.*\n)+", "\n", text, flags=re.S)
-    marker = "\nPlots (d_y = 1"
     block = (f"\nDWGF sampler's settings (rows added by `{command}` on {datetime.date.today()}: "
              "`configs/mnist/*_posterior.yaml`'s recipe, its annealing tuned as above):\n\n| d | d_y | DWGF sampler |\n|---|---|---|\n"
              + "\n".join(settings) + "\n")
-    text = text.replace(marker, block + marker, 1)
-    path.write_text(text)
-    print(f"wrote {path}")
+    return text.replace("\nPlots (d_y = 1", block + "\nPlots (d_y = 1", 1)
 
 
 # -- MNIST ---------------------------------------------------------------------------------------

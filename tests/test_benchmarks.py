@@ -131,3 +131,26 @@ def test_flow_speed_family_section_keeps_other_rows_and_the_rest_of_the_file(tmp
     assert rows[0].startswith("| SDXL layout 512px, guidance 1 | 1 (1x1) | no | 300.0")  # kept from the first run
     assert rows[1].startswith("| SD 1.5 layout 512px, guidance 1 | 1 (1x1) | no | 200.0") and len(rows) == 2  # replaced
     assert text.count("`python benchmarks/flow_speed.py --family sd15:512:1") == 2  # both commands stay
+
+
+def test_sampler_rows_go_into_posterior_md_once_and_keep_the_others():
+    from benchmarks.sampler import merge_row, merge_settings
+
+    text = ("| d | d_y | method | sw |\n|---|---|---|---|\n| 8 | 1 | exact | 0.1 |\n| 8 | 1 | PSLD | 0.7 |\n| 8 | 2 | exact | 0.2 |\n"
+            "| 8 | 2 | PSLD | 0.9 |\n\nTuned settings:\n\n| 8 | 1 | w |\n\nPlots (d_y = 1, first problem): x\n")
+    once = merge_settings(merge_row(text, 8, 1, "| 8 | 1 | DWGF sampler | 0.5 |"), ["| 8 | 1 | anneal=1.0 |"], "cmd")
+    twice = merge_settings(merge_row(once, 8, 1, "| 8 | 1 | DWGF sampler | 0.4 |"), ["| 8 | 1 | anneal=10.0 |"], "cmd")
+    lines = twice.splitlines()
+    assert lines[2:6] == ["| 8 | 1 | exact | 0.1 |", "| 8 | 1 | PSLD | 0.7 |", "| 8 | 1 | DWGF sampler | 0.4 |", "| 8 | 2 | exact | 0.2 |"]
+    assert twice.count("DWGF sampler |") == 2 and twice.count("DWGF sampler's settings") == 1 and "anneal=1.0 " not in twice
+    assert twice.index("anneal=10.0") < twice.index("Plots (d_y = 1")
+    with pytest.raises(SystemExit, match="no rows for d = 80"):
+        merge_row(text, 80, 1, "| 80 | 1 | DWGF sampler | 1 |")
+
+
+def test_sampler_reads_plain_dwgfs_rows_of_the_diverse_table():
+    from benchmarks.sampler import plain_rows
+
+    rows = {r["task"]: r for r in plain_rows()}
+    assert set(rows) >= {"box_inpaint", "sr4"}
+    assert all(float(rows[t]["crps"]) > 0 and 0 < float(rows[t]["cov90"]) < 1 for t in ("box_inpaint", "sr4"))
