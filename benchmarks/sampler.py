@@ -190,7 +190,7 @@ def merge_row(text: str, d: int, dy: int, row: str) -> str:
 
 def merge_settings(text: str, settings: list[str], command: str) -> str:
     """``text`` with the table of the sampler's settings before the plots' line (replacing an old one)."""
-    text = re.sub(r"\nDWGF sampler's settings[^\n]*\n\n(\|[^\n]*\n)+", "\n", text)
+    text = re.sub(r"\nDWGF sampler's settings[^\n]*\n\n(\|[^\n]*\n)+", "", text)
     block = (f"\nDWGF sampler's settings (rows added by `{command}` on {datetime.date.today()}: "
              "`configs/mnist/*_posterior.yaml`'s recipe, its annealing tuned as above):\n\n| d | d_y | DWGF sampler |\n|---|---|---|\n"
              + "\n".join(settings) + "\n")

@@ -144,6 +144,7 @@ def test_sampler_rows_go_into_posterior_md_once_and_keep_the_others():
     assert lines[2:6] == ["| 8 | 1 | exact | 0.1 |", "| 8 | 1 | PSLD | 0.7 |", "| 8 | 1 | DWGF sampler | 0.4 |", "| 8 | 2 | exact | 0.2 |"]
     assert twice.count("DWGF sampler |") == 2 and twice.count("DWGF sampler's settings") == 1 and "anneal=1.0 " not in twice
     assert twice.index("anneal=10.0") < twice.index("Plots (d_y = 1")
+    assert merge_settings(twice, ["| 8 | 1 | anneal=10.0 |"], "cmd") == twice  # a re-run changes nothing
     with pytest.raises(SystemExit, match="no rows for d = 80"):
         merge_row(text, 80, 1, "| 80 | 1 | DWGF sampler | 1 |")
 
