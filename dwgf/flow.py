@@ -198,6 +198,7 @@ def flow_gradient(
     Returns the latent gradient and the iteration's state.
     """
     b, n = z.shape[:2]
+    likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
     abar = prior.abar(t)
     a = abar.view(b, *([1] * (z.dim() - 1)))
     eps = draw(z.shape[1:])
@@ -215,11 +216,11 @@ def flow_gradient(
     leaf = z.flatten(0, 1).requires_grad_(True)
     x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
     x_d = x.detach()
-    g_x, loss = (likelihood or _PAPER_DATA_TERM).grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
+    g_x, loss = likelihood.grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
     state = FlowState(
         z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
         iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
-        operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood or _PAPER_DATA_TERM,
+        operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood,
     )
     g_z = torch.zeros_like(z)
     state.forces = {}

@@ -149,6 +149,14 @@ def test_kl_prior_curvature_bounds_the_smoothed_priors_hessian():
         assert worst <= bound * (1 + 1e-6)
 
 
+def test_kde_kl_prior_has_the_papers_per_element_curvature_bound():
+    from dwgf.regularizers import KDEKLPrior
+
+    state = _state(torch.zeros(2, 3, 4, 2, 2), torch.tensor([0.3, 0.9]))
+    assert torch.allclose(KDEKLPrior(0.2).curvature(state), KLPrior(0.2).curvature(state))
+    assert "per_element" not in repr(KDEKLPrior(0.2)) and "particle_term" not in repr(KDEKLPrior(0.2))
+
+
 # -- optimisers ----------------------------------------------------------------------------------
 def test_default_optimizer_and_data_term_are_adam_and_the_papers_bit_for_bit():
     prior = GaussianMixturePrior(grid_mixture(6), schedule="linear")

@@ -67,7 +67,7 @@ class Langevin(FlowOptimizer):
         temperature: ``T``. ``1`` samples the posterior; ``0`` is :class:`GradientDescent` with the
             bounded step. Default 1.
         max_step: ``"curvature"`` (default) or ``"none"`` (the schedule's ``lr_k`` as it is).
-        safety: ``eta_k <= safety / L``. Default 0.5.
+        safety: ``eta_k <= safety / (L + P_k)``. Default 0.5.
         power_iterations: power iterations per curvature estimate. Default 10.
         refresh_every: re-measure the curvature every this many iterations (``0``: only at the
             start, the default). Each measurement costs ``power_iterations + 1`` decoder forwards

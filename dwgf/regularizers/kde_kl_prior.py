@@ -49,10 +49,14 @@ class KDEKLPrior(KLPrior):
         entropy_weight: ``a``, the interaction's factor. Default 1 (the KL functional itself).
     """
 
+    # fixed here, as class attributes (the methods it inherits read them; its repr lists only its own arguments)
+    particle_term = True
+    per_element = True
+
     def __init__(self, weight: float = 0.15, weighting: Optional[TimeWeighting] = None,
                  bandwidth: Union[str, float] = "median", scale: float = 1.0, entropy_weight: float = 1.0):
         super().__init__(weight, weighting, particle_term=True)
-        del self.particle_term, self.per_element  # always on here (its repr lists only this class's arguments)
+        del self.particle_term, self.per_element  # the class attributes above stand for them
         if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
             raise argument_error(self, "bandwidth", f" must be 'median' or a positive number, got {bandwidth!r}")
         if scale <= 0:
