@@ -66,7 +66,8 @@ def main() -> None:
         hashes = particle_hashes(config, args.steps)
         if args.check:
             same = hashes == mine.get(config)
-            print(f"{config}: {'identical' if same else 'DIFFERENT'} ({len(hashes)} items)", flush=True)
+            verdict = "identical" if same else "DIFFERENT" if config in mine else "NOT RECORDED (run without --check to record it)"
+            print(f"{config}: {verdict} ({len(hashes)} items)", flush=True)
             if not same:
                 different.append(config)
         else:

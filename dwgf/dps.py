@@ -75,7 +75,7 @@ def dps_sample(
         y_n, params_n = y.repeat_interleave(n, dim=0), repeat_params(params, n)
 
         def loss(z0: torch.Tensor) -> torch.Tensor:
-            x0 = prior.decode(z0)
+            x0 = prior.flow_decode(z0)
             value = guidance * operator.residual_norm(x0, y_n, params_n)
             if gluing > 0:
                 glued = prior.encode(operator.project(x0, y_n, params_n))

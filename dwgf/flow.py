@@ -199,22 +199,21 @@ def flow_gradient(
     """
     b, n = z.shape[:2]
     likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
-    abar = prior.abar(t)
-    a = abar.view(b, *([1] * (z.dim() - 1)))
+    abar = prior.abar(t, z)
     eps = draw(z.shape[1:])
     if query_noise != 1.0:
         eps = eps * query_noise
     x_noise = draw((n, *prior.image_shape_of(z))) * decoder_noise
     z = z.detach()
     with torch.no_grad():
-        z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+        z_t = prior.diffuse(z, eps, t)
         eps_hat = None
         if any(r.needs_eps for r in regularizers):
             with unet_precision(z.device.type, unet_dtype):
                 eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n), prompt_n).view_as(z)
 
     leaf = z.flatten(0, 1).requires_grad_(True)
-    x = prior.decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
+    x = prior.flow_decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
     x_d = x.detach()
     g_x, loss = likelihood.grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
     state = FlowState(
@@ -248,7 +247,7 @@ def data_gradient_of(prior: LatentPrior, operator: ForwardOperator, likelihood: 
     def data_gradient(z: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             leaf = z.detach().flatten(0, 1).requires_grad_(True)
-            x = prior.decode(leaf)
+            x = prior.flow_decode(leaf)
             g_x, _ = likelihood.grad(operator, x.detach(), y_n, params_n)
             (g,) = torch.autograd.grad(x, leaf, grad_outputs=g_x)
         return g.view_as(z)

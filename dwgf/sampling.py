@@ -38,8 +38,11 @@ def ddim_loop(
 ) -> torch.Tensor:
     """DDIM from ``z`` (at the first DDIM timestep) down to ``t = 0``; returns the final latents.
 
-    Each step: ``eps_hat = eps_theta(z_t, t)``, ``z0_hat = (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar)``,
-    then :func:`ddim_step` to the next timestep. With ``guidance``, a per-sample loss of ``z0_hat``, the
+    Each step: ``eps_hat = eps_theta(z_t, t)``, ``z0_hat = (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar)``
+    (:meth:`~dwgf.priors.LatentPrior.predict`), then :func:`ddim_step` to the next timestep. For a
+    rectified-flow prior (in the flow's coordinates, see :class:`~dwgf.priors.LatentPrior`) the
+    deterministic step is exactly the Euler step ``z_s' = z_s + (s' - s) v`` of diffusers'
+    ``FlowMatchEulerDiscreteScheduler``. With ``guidance``, a per-sample loss of ``z0_hat``, the
     step also goes down its gradient with respect to ``z_t`` (Latent DPS and PSLD); the network is then
     differentiated, otherwise it runs without gradient.
 
@@ -56,15 +59,14 @@ def ddim_loop(
     m = z.shape[0]
     for i, t in enumerate(ts):
         tt = t.repeat(m)
-        abar = prior.abar(tt).view(-1, 1, 1, 1)
-        abar_prev = prior.abar(ts[i + 1].repeat(m)).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
+        abar = prior.abar(tt, z).view(-1, 1, 1, 1)
+        abar_prev = prior.abar(ts[i + 1].repeat(m), z).view(-1, 1, 1, 1) if i + 1 < len(ts) else torch.ones_like(abar)
         z_in = z.detach().requires_grad_(guidance is not None)
         with contextlib.ExitStack() as stack:
             if guidance is None:
                 stack.enter_context(torch.no_grad())
             with unet_precision(z.device.type, unet_dtype):
-                eps = prior.eps(z_in, tt, prompt)
-            z0 = (z_in - (1 - abar).sqrt() * eps) / abar.sqrt()
+                eps, z0 = prior.predict(z_in, tt, prompt)
             z_next = ddim_step(z0.detach(), eps.detach(), abar, abar_prev, eta, noise)
             if guidance is not None:
                 (grad,) = torch.autograd.grad(guidance(z0).sum(), z_in)

@@ -3,10 +3,13 @@
 ``make_tiny_sd_prior(path)`` writes a Stable-Diffusion-layout diffusers folder (AutoencoderKL,
 UNet2DConditionModel, CLIP text encoder and tokenizer, scheduler) and
 ``make_tiny_unconditional_prior(path)`` an unconditional latent diffusion folder (AutoencoderKL or
-VQModel + UNet2DModel + scheduler). Weights are random: the numbers they produce mean nothing,
+VQModel + UNet2DModel + scheduler); ``make_tiny_sd3_prior`` and ``make_tiny_flux_prior`` the
+rectified-flow layouts (SD3Transformer2DModel / FluxTransformer2DModel, CLIP and T5 text encoders,
+16-channel autoencoders), ``make_tiny_flow_decoder`` an AutoencoderTiny for ``flow_decoder``. Weights are random: the numbers they produce mean nothing,
 but every code path, shape and file layout is the real one.
 
     python -m dwgf.testing tiny-priors/        # sd15/, sd21-v/, sdxl/ (a second or two each)
+    python -m dwgf.testing tiny-priors/ --layouts sd3 flux-dev flux-schnell taesd
     python -m dwgf.testing sd /tmp/tiny-sd     # one SD 1.x folder
 """
 
@@ -145,6 +148,105 @@ def make_tiny_sdxl_prior(path: str | Path, image_size: int = 32, seed: int = 0) 
     return path
 
 
+def _t5_tokenizer(model_max_length: int = 512):
+    """A T5 (unigram) tokenizer with a minimal vocabulary: the special tokens and printable ASCII."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(33, 127)] + [("\u2581" + chr(c), -1.5) for c in range(97, 123)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length), len(pieces)
+
+
+def _t5_text(vocab: int, hidden: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=vocab, d_model=hidden, d_kv=8, d_ff=2 * hidden, num_layers=1, num_heads=2,
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5EncoderModel(cfg)
+
+
+def _flow_vae(scaling_factor: float, shift_factor: float, quant_conv: bool = True):
+    vae = _vae(3, latent_channels=16)
+    if not quant_conv:  # FLUX's autoencoder has no quant convolutions
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL(**{**dict(vae.config), "use_quant_conv": False, "use_post_quant_conv": False})
+    vae.register_to_config(scaling_factor=scaling_factor, shift_factor=shift_factor)
+    return vae
+
+
+def make_tiny_sd3_prior(path: str | Path, image_size: int = 32, seed: int = 0, t5: bool = True) -> Path:
+    """Writes a tiny random Stable-Diffusion-3-layout folder: a 16-channel ``vae/`` with ``shift_factor``,
+    ``transformer/`` (SD3Transformer2DModel, patch 2), CLIP-L and bigG stand-ins with projection,
+    T5 (``t5=False``: none, as SD3 loaded without T5) and a shift-3 flow-matching ``scheduler/``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer, vocab = _clip_tokenizer(path / "_tokenizer_src")
+    tokenizer_2, _ = _clip_tokenizer(path / "_tokenizer_src_2")
+    tokenizer_3, vocab_3 = _t5_tokenizer(64)
+    transformer = SD3Transformer2DModel(
+        sample_size=image_size // 2, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32, out_channels=16, pos_embed_max_size=32,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(1.5305, 0.0609),
+        text_encoder=_clip_text(vocab, 16, projection=16, layers=2), tokenizer=tokenizer,
+        text_encoder_2=_clip_text(vocab, 16, "gelu", projection=16, layers=2), tokenizer_2=tokenizer_2,
+        text_encoder_3=_t5_text(vocab_3) if t5 else None, tokenizer_3=tokenizer_3 if t5 else None,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    _remove_tree(path / "_tokenizer_src")
+    _remove_tree(path / "_tokenizer_src_2")
+    return path
+
+
+def make_tiny_flux_prior(path: str | Path, seed: int = 0, guidance: bool = True) -> Path:
+    """Writes a tiny random FLUX.1-layout folder: a 16-channel ``vae/`` without quant convolutions,
+    ``transformer/`` (FluxTransformer2DModel over packed 2x2 patches; ``guidance=True``: dev's guidance
+    embedding and resolution-dependent shift, ``False``: schnell's, shift 1), CLIP-L and T5."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer, vocab = _clip_tokenizer(path / "_tokenizer_src")
+    tokenizer_2, vocab_2 = _t5_tokenizer(64)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance, axes_dims_rope=(4, 4, 8),
+    )
+    if guidance:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                    base_image_seq_len=256, max_image_seq_len=4096)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=_flow_vae(0.3611, 0.1159, quant_conv=False),
+        text_encoder=_clip_text(vocab, 16, layers=2), tokenizer=tokenizer, text_encoder_2=_t5_text(vocab_2), tokenizer_2=tokenizer_2,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    _remove_tree(path / "_tokenizer_src")
+    return path
+
+
+def make_tiny_flow_decoder(path: str | Path, latent_channels: int = 4, seed: int = 0, scaling_factor: float = 1.0,
+                           shift_factor: float = 0.0) -> Path:
+    """Writes a tiny random ``AutoencoderTiny`` (TAESD layout, 2x) folder for the tiny priors' latents
+    (``latent_channels`` 4 for SD/SDXL, 16 for SD3/FLUX), usable as ``flow_decoder``."""
+    from diffusers import AutoencoderTiny
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tiny = AutoencoderTiny(
+        in_channels=3, out_channels=3, encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=latent_channels, upsampling_scaling_factor=2,
+        scaling_factor=scaling_factor, shift_factor=shift_factor,
+    )
+    tiny.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def _remove_tree(folder: Path) -> None:
     for f in folder.iterdir():
         f.unlink()
@@ -206,6 +308,12 @@ LAYOUTS = {
     "sd21-v": ("SD 2.x v-prediction (as SD 2.1-768)", lambda out: make_tiny_sd_prior(out, prediction_type="v_prediction", version="2")),
     "sdxl": ("SDXL (two text encoders)", lambda out: make_tiny_sdxl_prior(out)),
     "ldm": ("unconditional latent diffusion", lambda out: make_tiny_unconditional_prior(out)),
+    "sd3": ("Stable Diffusion 3 (rectified flow, three text encoders)", lambda out: make_tiny_sd3_prior(out)),
+    "flux-dev": ("FLUX.1-dev (packed latents, guidance embedding)", lambda out: make_tiny_flux_prior(out)),
+    "flux-schnell": ("FLUX.1-schnell (no guidance embedding)", lambda out: make_tiny_flux_prior(out, guidance=False)),
+    "taesd": ("an AutoencoderTiny flow decoder for 4-channel latents", lambda out: make_tiny_flow_decoder(out)),
+    "taesd3": ("an AutoencoderTiny flow decoder for 16-channel latents", lambda out: make_tiny_flow_decoder(out, 16, scaling_factor=1.5305,
+                                                                                                          shift_factor=0.0609)),
 }
 
 

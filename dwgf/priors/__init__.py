@@ -8,6 +8,7 @@ from dwgf.priors.diffusers_priors import (
     shipped_priors,
 )
 from dwgf.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionXLPrior
+from dwgf.priors.flow_matching import FlowMatchingPrior, FlowMatchingSchedule, FluxPrior, StableDiffusion3Prior
 from dwgf.priors.loading import load_prior, prior_class_of
 from dwgf.priors.gaussian_mixture import GaussianMixture, GaussianMixturePrior, ddpm_schedule, grid_mixture
 
@@ -16,6 +17,10 @@ __all__ = [
     "DiffusersLatentPrior",
     "StableDiffusionPrior",
     "StableDiffusionXLPrior",
+    "StableDiffusion3Prior",
+    "FluxPrior",
+    "FlowMatchingPrior",
+    "FlowMatchingSchedule",
     "UnconditionalLatentPrior",
     "load_prior",
     "prior_class_of",

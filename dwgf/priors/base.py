@@ -30,8 +30,20 @@ class LatentPrior(nn.Module):
         size_multiple (int or None): image sides the prior takes are multiples of it (64 for SD 1/2:
             the autoencoder's factor 8 times the UNet's three halvings); ``None``: only the native
             size (:meth:`latent_shape_at`).
-        prediction_type (str): ``"epsilon"`` or ``"v_prediction"``.
-        alphas_cumprod (Tensor): ``abar_t`` for ``t = 0 .. T-1``, float64 buffer.
+        prediction_type (str): what the network predicts: ``"epsilon"``, ``"v_prediction"`` (both DDPM
+            models) or ``"flow"`` (a rectified-flow velocity, :mod:`dwgf.priors.flow_matching`).
+        alphas_cumprod (Tensor): ``abar_t`` for ``t = 0 .. T-1``, float64 buffer (at the native size
+            for priors whose schedule depends on the image size, see :meth:`abar`).
+
+    **The flow's time and coordinates.** Every prior is presented to the flow and the baselines as
+    a variance-preserving diffusion over integer times ``t = 0 .. T-1``: the diffused latent is
+    :meth:`diffuse` ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` and :meth:`eps` predicts ``eps``
+    from it, whatever the network was trained on. For DDPM models this is the model's own
+    parametrisation. A rectified-flow model (``z_s = (1 - s) z + s eps``) is the same process up to
+    a scale: ``z_s = c_s z_t`` with ``c_s = sqrt((1 - s)^2 + s^2)`` and ``abar_t = (1 - s)^2 / c_s^2``,
+    the flow time ``t`` mapping to the model's ``s`` through its scheduler's shift; the prior does
+    the conversion inside :meth:`eps` and :meth:`predict`, so regularizers written for the DDPM
+    formulas hold unchanged for every family.
     """
 
     image_size: int
@@ -95,7 +107,8 @@ class LatentPrior(nn.Module):
         Compilation happens at the first calls, which are slow (seconds to minutes); it pays on
         long runs. Parameter names and results are unchanged (to float rounding).
         """
-        for module in (getattr(self, "unet", None), getattr(getattr(self, "vae", None), "decoder", None)):
+        decoders = [getattr(getattr(self, name, None), "decoder", None) for name in ("vae", "flow_vae")]
+        for module in (getattr(self, "unet", None), getattr(self, "transformer", None), *decoders):
             if isinstance(module, nn.Module):
                 module.compile(**kwargs)
         return self
@@ -107,9 +120,35 @@ class LatentPrior(nn.Module):
     def _register_schedule(self, alphas_cumprod: torch.Tensor) -> None:
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
 
-    def abar(self, t: torch.Tensor) -> torch.Tensor:
-        """``abar_t`` for integer timesteps ``t``, as float32 on ``t``'s device."""
+    def abar(self, t: torch.Tensor, latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``abar_t`` for integer timesteps ``t``, as float32 on ``t``'s device.
+
+        ``latent``: a latent (``... x c x h x w``) whose size selects the schedule, for priors whose
+        schedule depends on the image size (FLUX's resolution-dependent shift); others ignore it.
+        """
         return self.alphas_cumprod.to(t.device)[t.long()].to(torch.float32)
+
+    def diffuse(self, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The diffused latent ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` of latents ``z``
+        (``B x ...``, ``t`` of shape ``(B,)``) in the flow's coordinates (see the class docstring)."""
+        abar = self.abar(t, z).view(-1, *([1] * (z.dim() - 1)))
+        return abar.sqrt() * z + (1 - abar).sqrt() * eps
+
+    def model_latent(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's own latent for flow-coordinate latents ``z_t`` at times ``t``: ``z_t`` itself
+        for DDPM models (rectified-flow priors: ``c_s z_t``)."""
+        return z_t
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps_hat, z0_hat)``: the noise and the clean latent predicted from ``z_t`` at times ``t``.
+
+        ``z0_hat = (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar)`` for DDPM models; rectified-flow
+        priors compute both from the velocity, with no division (finite up to ``s = 1``).
+        Arguments as :meth:`eps`.
+        """
+        eps = self.eps(z_t, t, prompt)
+        abar = self.abar(t, z_t).view(-1, *([1] * (z_t.dim() - 1)))
+        return eps, (z_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
     @contextlib.contextmanager
     def _full_precision(self, device: torch.device):
@@ -137,6 +176,12 @@ class LatentPrior(nn.Module):
         """Images (``B x C x H x W``, nominally in ``[-1, 1]``) from scaled latents ``z``."""
         with self._full_precision(z.device):
             return self._decode(z.to(self.autoencoder_dtype))
+
+    def flow_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder the flow's inner loop differentiates: :meth:`decode` unless the prior has a
+        cheaper flow decoder (``flow_decoder``, :class:`~dwgf.priors.DiffusersLatentPrior`). Final
+        images and metrics always come from :meth:`decode`."""
+        return self.decode(z)
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Epsilon prediction ``eps_theta(z_t, t)`` for latents ``z_t`` (``B x c x h x w``).

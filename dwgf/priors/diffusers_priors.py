@@ -125,12 +125,20 @@ class DiffusersLatentPrior(LatentPrior):
         channels_last: store the autoencoder's weights channels-last (default ``True``; results
             equal to float rounding). What it is worth is measured by ``benchmarks/flow_speed.py
             --changes vae_channels_last`` (README, "Performance").
+        flow_decoder: an ``AutoencoderTiny`` folder (TAESD and its SDXL / SD3 / FLUX versions: a
+            folder with ``config.json``, or with ``vae/config.json``, or a hub id) for the latents of
+            this prior, or ``None`` (default). The flow's inner loop then decodes and differentiates
+            the tiny decoder (:meth:`~dwgf.priors.LatentPrior.flow_decode`); the final images and
+            every metric still come from the prior's own autoencoder.
     """
+
+    flow_vae: Optional[torch.nn.Module] = None
+    flow_decoder: Optional[str] = None
 
     def _pretrained_error(self, detail: str) -> DWGFError:
         return _pretrained_error(type(self).__name__, self.pretrained, detail)
 
-    def __init__(self, pretrained: str, channels_last: bool = True):
+    def __init__(self, pretrained: str, channels_last: bool = True, flow_decoder: Optional[str] = None):
         super().__init__()
         self.pretrained = str(pretrained)
         self.channels_last = bool(channels_last)
@@ -140,12 +148,71 @@ class DiffusersLatentPrior(LatentPrior):
         self._load_schedule(root)
         self._load_denoiser(root)
         self._finish()
+        self.flow_decoder = None if flow_decoder is None else str(flow_decoder)
+        if flow_decoder is not None:
+            self.set_flow_decoder(self._load_flow_decoder(str(flow_decoder)))
 
     def _finish(self) -> None:
         self._set_shapes()
         if self.channels_last:
             self.vae.to(memory_format=torch.channels_last)
         self.freeze()
+
+    # -- the flow decoder -------------------------------------------------------------------------
+    def _load_flow_decoder(self, flow_decoder: str) -> torch.nn.Module:
+        from diffusers import AutoencoderTiny
+
+        owner = type(self).__name__
+        root = resolve_pretrained(flow_decoder, owner)
+        sub = "" if (root / "config.json").is_file() else "vae" if (root / "vae" / "config.json").is_file() else None
+        if sub is None:
+            raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: the folder has neither config.json nor vae/config.json "
+                                 "(expected an AutoencoderTiny folder such as madebyollin/taesd)")
+        cfg = _read_config(root / sub / "config.json", flow_decoder, owner)
+        if cfg.get("_class_name") != "AutoencoderTiny":
+            raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: {sub + '/' if sub else ''}config.json describes a "
+                                 f"{cfg.get('_class_name') or 'model of no class'}; expected an AutoencoderTiny (TAESD)")
+        try:
+            return AutoencoderTiny.from_pretrained(root, subfolder=sub or None, use_safetensors=True, low_cpu_mem_usage=False)
+        except Exception as err:  # noqa: BLE001 - a broken folder is one line
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: could not load it as AutoencoderTiny from safetensors ({reason})") from None
+
+    def set_flow_decoder(self, vae: Optional[torch.nn.Module]) -> None:
+        """Uses ``vae`` (an ``AutoencoderTiny``, in memory) as the flow decoder; ``None`` removes it.
+
+        Its latents must be this prior's: the same number of channels, decoding to images with the
+        prior's channels at the same factor. It is frozen like the prior's other networks.
+        """
+        if vae is None:
+            self.flow_vae = None
+            return
+        cfg, owner = vae.config, type(self).__name__
+        channels = int(self.latent_shape[0])
+        if int(cfg.latent_channels) != channels or int(cfg.out_channels) != self.image_channels:
+            raise argument_error(owner, "flow_decoder", f": an AutoencoderTiny for {cfg.latent_channels}-channel latents and "
+                                 f"{cfg.out_channels}-channel images; this prior has {channels}-channel latents and "
+                                 f"{self.image_channels}-channel images")
+        ups = int(getattr(cfg, "upsampling_scaling_factor", 2)) ** max(0, len(cfg.decoder_block_out_channels) - 1)
+        if ups != self.latent_factor:
+            raise argument_error(owner, "flow_decoder", f": an AutoencoderTiny that upsamples latents {ups}x; this prior's "
+                                 f"autoencoder is {self.latent_factor}x")
+        self.flow_vae = vae
+        self.flow_vae_scaling = float(getattr(cfg, "scaling_factor", None) or 1.0)
+        self.flow_vae_shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+        if self.channels_last:
+            vae.to(memory_format=torch.channels_last)
+        vae.eval().requires_grad_(False)
+
+    def flow_decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.flow_vae is None:
+            return self.decode(z)
+        with self._full_precision(z.device):
+            dtype = next(self.flow_vae.parameters()).dtype
+            latent = z.to(dtype) / self.flow_vae_scaling
+            if self.flow_vae_shift:
+                latent = latent + self.flow_vae_shift
+            return self.flow_vae.decode(latent).sample
 
     @classmethod
     def from_modules(cls, vae: Any, unet: Any, alphas_cumprod: torch.Tensor, *, prediction_type: str = "epsilon",
@@ -163,6 +230,7 @@ class DiffusersLatentPrior(LatentPrior):
         self.vae, self.unet = vae, unet
         self.is_vq = type(vae).__name__ == "VQModel"
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self._register_schedule(alphas_cumprod)
         self.prediction_type = prediction_type
         for name, value in buffers.items():
@@ -182,6 +250,8 @@ class DiffusersLatentPrior(LatentPrior):
         self.vae = _load(classes[cls_name], root, sub, self.pretrained, type(self).__name__)
         self.is_vq = cls_name == "VQModel"
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
+        # SD3 and FLUX autoencoders also shift: scaled latent = (latent - shift_factor) * scaling_factor
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     def _load_schedule(self, root: Path) -> None:
         from diffusers import DDPMScheduler
@@ -227,10 +297,15 @@ class DiffusersLatentPrior(LatentPrior):
             return self.vae.encode(x).latents * self.scaling_factor
         dist = self.vae.encode(x).latent_dist
         z = dist.mean if noise is None else dist.mean + dist.std * noise
+        if self.shift_factor:
+            z = z - self.shift_factor
         return z * self.scaling_factor
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.scaling_factor).sample
+        latent = z / self.scaling_factor
+        if self.shift_factor:
+            latent = latent + self.shift_factor
+        return self.vae.decode(latent).sample
 
     def extra_repr(self) -> str:
         return (f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}, "
@@ -246,7 +321,7 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
     Args:
         pretrained: a local diffusers folder, a hub id (only if reachable or already cached), or
             ``dwgf:<name>`` for a prior that ships with dwgf (``dwgf:mnist-ldm``).
-        channels_last: see :class:`DiffusersLatentPrior`.
+        channels_last, flow_decoder: see :class:`DiffusersLatentPrior`.
     """
 
     def _load_denoiser(self, root: Path) -> None:

@@ -59,7 +59,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         negative_prompt: the condition guidance steers away from; ``None`` (default) is the empty
             prompt, as in diffusers.
         guidance_scale: classifier-free guidance ``g`` (default 1: no guidance, one network row).
-        channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        channels_last, flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
 
     Example:
         >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
@@ -75,7 +75,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
     guidance_scale: float = 1.0
 
     def __init__(self, pretrained: str, prompt: str = "", negative_prompt: Optional[str] = None, guidance_scale: float = 1.0,
-                 channels_last: bool = True):
+                 channels_last: bool = True, flow_decoder: Optional[str] = None):
         if not isinstance(prompt, str):
             raise argument_error(type(self).__name__, "prompt", f" must be text, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -88,7 +88,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             warnings.warn(argument_warning(type(self).__name__, "negative_prompt", " has no effect without guidance (<guidance_scale> 1): "
                                            "it is only used by guided calls", also=("guidance_scale",)), stacklevel=2)
         self._prompt_rows: dict[str, int] = {prompt: 0}  # the prompt table's rows (row 0: the prior's own prompt)
-        super().__init__(pretrained, channels_last)
+        super().__init__(pretrained, channels_last, flow_decoder)
 
     @property
     def guided(self) -> bool:
@@ -266,7 +266,7 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
     Args:
         pretrained: a local diffusers folder, or ``stabilityai/stable-diffusion-xl-base-1.0`` (only if
             reachable or already cached).
-        prompt, negative_prompt, guidance_scale, channels_last: as :class:`StableDiffusionPrior`.
+        prompt, negative_prompt, guidance_scale, channels_last, flow_decoder: as :class:`StableDiffusionPrior`.
     """
 
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))

@@ -18,7 +18,9 @@ class EncoderConsistency(Regularizer):
     With ``x^i = D(z^i)`` and the iteration's decoder noise ``n^i``, and no gradient through the
     autoencoder, ``c^i = x^i - D(E(x^i + n^i))``; the force on ``x^i`` is ``weight * c^i / P`` with
     ``P`` the number of elements of one image. ``E`` samples the encoder's posterior with noise
-    from the item's generator. Costs one encoder and one decoder forward per iteration.
+    from the item's generator. Costs one encoder and one decoder forward per iteration. ``D`` is
+    the decoder the flow differentiates (the prior's ``flow_decoder`` when it has one), so that
+    ``x`` and its reconstruction come from the same decoder.
 
     Args:
         weight: ``beta``. Default 0.1 (the reference).
@@ -33,6 +35,6 @@ class EncoderConsistency(Regularizer):
         b, n = state.x.shape[:2]
         noise = state.draw((n, *state.z.shape[2:])).flatten(0, 1)
         with torch.no_grad():
-            rec = state.prior.decode(state.prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
+            rec = state.prior.flow_decode(state.prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
         c = state.x - rec.view_as(state.x)
         return self.weight * c / state.x[0, 0].numel()
