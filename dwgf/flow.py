@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from dwgf.errors import DWGFError
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.optimizers.base import Adam, FlowOptimizer
 from dwgf.precision import float32_but_the_unet, unet_precision
@@ -270,6 +271,9 @@ def _flow(
     prompt_n = None if prompt is None else prompt.to(device).repeat_interleave(n)
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)  # first non-finite iteration per item
     ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
+    if regularizers and bool((prior.abar(ts.flatten(), z) >= 1).any()):
+        raise DWGFError(f"{type(timesteps).__name__}: time {int(ts.min())} is the clean data for {type(prior).__name__} (abar = 1), where "
+                        "the diffusion terms are undefined; use t_min >= 1")
     params_n = repeat_params(params, n)
     y_n = y.repeat_interleave(n, dim=0)
     optimizer = optimizer if optimizer is not None else Adam(betas)

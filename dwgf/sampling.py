@@ -23,7 +23,8 @@ def ddim_step(z0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, abar_prev
 
     ``s = eta sqrt((1-abar')/(1-abar) (1 - abar/abar'))``; ``noise()`` supplies ``e`` when ``eta > 0``.
     """
-    s = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    # a step from abar = 1 (a rectified-flow prior's t = 0, the clean data) adds no noise
+    s = eta * torch.where(abar < 1, (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev), 0.0).sqrt()
     z = abar_prev.sqrt() * z0 + (1 - abar_prev - s**2).clamp_min(0).sqrt() * eps
     if eta > 0:
         z = z + s * noise()

@@ -107,7 +107,7 @@ class LatentPrior(nn.Module):
         Compilation happens at the first calls, which are slow (seconds to minutes); it pays on
         long runs. Parameter names and results are unchanged (to float rounding).
         """
-        decoders = [getattr(getattr(self, name, None), "decoder", None) for name in ("vae", "flow_vae")]
+        decoders = [getattr(self._modules.get(name), "decoder", None) for name in ("vae", "flow_vae")]
         for module in (getattr(self, "unet", None), getattr(self, "transformer", None), *decoders):
             if isinstance(module, nn.Module):
                 module.compile(**kwargs)

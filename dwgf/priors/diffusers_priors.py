@@ -132,8 +132,7 @@ class DiffusersLatentPrior(LatentPrior):
             every metric still come from the prior's own autoencoder.
     """
 
-    flow_vae: Optional[torch.nn.Module] = None
-    flow_decoder: Optional[str] = None
+    flow_decoder: Optional[str] = None  # the folder (the module, when set, is the submodule ``flow_vae``)
 
     def _pretrained_error(self, detail: str) -> DWGFError:
         return _pretrained_error(type(self).__name__, self.pretrained, detail)
@@ -185,7 +184,7 @@ class DiffusersLatentPrior(LatentPrior):
         prior's channels at the same factor. It is frozen like the prior's other networks.
         """
         if vae is None:
-            self.flow_vae = None
+            self._modules.pop("flow_vae", None)
             return
         cfg, owner = vae.config, type(self).__name__
         channels = int(self.latent_shape[0])
@@ -205,14 +204,14 @@ class DiffusersLatentPrior(LatentPrior):
         vae.eval().requires_grad_(False)
 
     def flow_decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.flow_vae is None:
+        tiny = self._modules.get("flow_vae")
+        if tiny is None:
             return self.decode(z)
         with self._full_precision(z.device):
-            dtype = next(self.flow_vae.parameters()).dtype
-            latent = z.to(dtype) / self.flow_vae_scaling
+            latent = z.to(next(tiny.parameters()).dtype) / self.flow_vae_scaling
             if self.flow_vae_shift:
                 latent = latent + self.flow_vae_shift
-            return self.flow_vae.decode(latent).sample
+            return tiny.decode(latent).sample
 
     @classmethod
     def from_modules(cls, vae: Any, unet: Any, alphas_cumprod: torch.Tensor, *, prediction_type: str = "epsilon",
