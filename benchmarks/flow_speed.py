@@ -197,7 +197,76 @@ def sdxl_layout_prior(image_size: int = 1024, guidance_scale: float = 1.0, seed:
         prompt_pooled=torch.randn(1, 1280), negative_embeds=torch.zeros(1, 77, 2048), negative_pooled=torch.zeros(1, 1280))
 
 
-FAMILY = {"sd15": ("SD 1.5 layout", sd15_layout_prior), "sdxl": ("SDXL layout", sdxl_layout_prior)}
+def rf_autoencoder(image_size: int, scaling_factor: float, shift_factor: float):
+    """SD3's / FLUX's AutoencoderKL layout: SD's with 16 latent channels, no quant convolutions, and a shift."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=image_size, scaling_factor=scaling_factor, shift_factor=shift_factor,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def sd3_layout_prior(image_size: int = 512, guidance_scale: float = 1.0, seed: int = 0):
+    """Stable Diffusion 3.5 medium's MMDiT (2.5 B parameters: 24 blocks of 24 heads x 64, dual attention in the
+    first 13, RMS q/k norm, patch 2) and 16-channel autoencoder with random weights, as
+    :class:`~dwgf.priors.StableDiffusion3Prior`; random prompt embeddings (77 CLIP + 256 T5 tokens x 4096,
+    pooled 2048) and negative ones; the shift-3 time map."""
+    from diffusers import SD3Transformer2DModel
+
+    from dwgf.priors import FlowMatchingSchedule, StableDiffusion3Prior
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=image_size // 8, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+        joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+    )
+    return StableDiffusion3Prior.from_modules(
+        rf_autoencoder(image_size, 1.5305, 0.0609), transformer, FlowMatchingSchedule(shift=3.0), guidance_scale=guidance_scale,
+        prompt_embeds=torch.randn(1, 333, 4096), prompt_pooled=torch.randn(1, 2048), negative_embeds=torch.randn(1, 333, 4096),
+        negative_pooled=torch.randn(1, 2048))
+
+
+FLUX_DEPTH = (2, 4)  # double-stream and single-stream blocks of the reduced FLUX layout (FLUX.1: 19 and 38)
+
+
+def flux_layout_prior(image_size: int = 512, guidance_scale: float = 1.0, seed: int = 0):
+    """FLUX.1-dev's transformer at its full width (24 heads x 128, T5 width 4096, guidance embedding, RoPE
+    axes 16/56/56) but only :data:`FLUX_DEPTH` blocks (the full 12 B parameters are 48 GB in float32, more than
+    this CPU's memory), and its 16-channel autoencoder, random weights, as :class:`~dwgf.priors.FluxPrior`;
+    random prompt embeddings (512 T5 tokens, pooled 768); the resolution-dependent time map. Fewer blocks make
+    the floor smaller, so the ratio to it is an upper bound of the full model's. ``guidance_scale`` is the
+    classifier-free (true CFG) scale; the embedded guidance is 3.5."""
+    from diffusers import FluxTransformer2DModel
+
+    from dwgf.priors import FlowMatchingSchedule, FluxPrior
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=FLUX_DEPTH[0], num_single_layers=FLUX_DEPTH[1], attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+    )
+    schedule = FlowMatchingSchedule(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    return FluxPrior.from_modules(
+        rf_autoencoder(image_size, 0.3611, 0.1159), transformer, schedule, guidance_scale=3.5, true_cfg_scale=guidance_scale,
+        image_size=image_size, prompt_embeds=torch.randn(1, 512, 4096), prompt_pooled=torch.randn(1, 768),
+        negative_embeds=torch.randn(1, 512, 4096), negative_pooled=torch.randn(1, 768))
+
+
+def taesd_layout(latent_channels: int):
+    """TAESD's AutoencoderTiny layout (64-channel blocks, 8x; the SD/SDXL one for 4 latent channels, taesd3 /
+    taef1 for 16), random weights: the flow decoder of ``--flow-decoder``."""
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=latent_channels)
+
+
+FAMILY = {"sd15": ("SD 1.5 layout", sd15_layout_prior), "sdxl": ("SDXL layout", sdxl_layout_prior),
+          "sd3": ("SD 3.5 medium layout", sd3_layout_prior),
+          "flux": (f"FLUX.1-dev layout ({FLUX_DEPTH[0]}+{FLUX_DEPTH[1]} of 19+38 blocks)", flux_layout_prior)}
 
 
 def family_spec(text: str) -> tuple[str, int, list[int]]:
@@ -286,7 +355,7 @@ def network_calls(prior, z, z_t, t, cotangent=None, unet_dtype=None):
 
     def decode_vjp():
         leaf = z.detach().requires_grad_(True)
-        x = prior.decode(leaf)
+        x = prior.flow_decode(leaf)  # the flow's decoder (the prior's own unless it has a flow decoder)
         torch.autograd.grad(x, leaf, grad_outputs=torch.ones_like(x) if cotangent is None else cotangent)
 
     return unet, decode_vjp
@@ -308,7 +377,7 @@ def time_floor_calls(prior, state, encoder, unet_dtype=None) -> dict[str, float]
 
     def encode_decode():
         with torch.no_grad():
-            prior.decode(prior.encode(cot, enc_noise))
+            prior.flow_decode(prior.encode(cot, enc_noise))
 
     calls = {"unet": unet, "decode+vjp": decode_vjp, **({"encode+decode": encode_decode} if encoder else {})}
     out = {}
@@ -647,7 +716,9 @@ def main() -> None:
     parser.add_argument("--sd-iters", type=int, default=2)
     parser.add_argument("--skip-sd", action="store_true")
     parser.add_argument("--family", type=family_spec, nargs="*", default=[], metavar="FAMILY:RES:BN[,BN...]",
-                        help="SD-family layout runs (sd15, sdxl), each with every --guidance: e.g. sd15:512:1 sdxl:1024:1")
+                        help="layout runs (sd15, sdxl, sd3, flux), each with every --guidance: e.g. sd15:512:1 sdxl:1024:1 sd3:512:1")
+    parser.add_argument("--flow-decoder", action="store_true",
+                        help="time each --family layout also with a TAESD-layout AutoencoderTiny as its flow decoder (same weights otherwise)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0],
                         help="guidance scales for --family (1: one network row per particle; else two)")
     parser.add_argument("--compare-sizes", type=int, nargs="*", default=[4, 16], help="B x N for the reference comparator")
@@ -701,10 +772,14 @@ def main() -> None:
     for name, res, sizes in args.family:
         label, build = FAMILY[name]
         prior = build(res, guidance_scale=args.guidance[0]).to(device)
+        tiny = taesd_layout(prior.latent_shape[0]).to(device) if args.flow_decoder else None
         for g in args.guidance:
             prior.guidance_scale = float(g)  # the same weights with and without guidance
-            measure(f"{label} {res}px, guidance {g:g}", prior, sizes, args.sd_iters, 1, 1, False, device, 998, family_rows, unet_dtype)
-        del prior
+            for with_tiny in (False, True) if tiny is not None else (False,):
+                prior.set_flow_decoder(tiny if with_tiny else None)
+                what = f"{label} {res}px, guidance {g:g}" + (", flow decoder TAESD" if with_tiny else "")
+                measure(what, prior, sizes, args.sd_iters, 1, 1, False, device, 998, family_rows, unet_dtype)
+        del prior, tiny
         gc.collect()
 
     if family_rows and not rows and not compare and not changes:  # a family-only run: its section of the file
@@ -713,7 +788,8 @@ def main() -> None:
     write(args, device, rows + family_rows, compare, diff, changes)
 
 
-FAMILY_TITLE = "## Stable Diffusion family: guidance and SDXL"
+FAMILY_TITLE = "## Layouts: guidance, SDXL, SD3, FLUX and the flow decoder"
+OLD_FAMILY_TITLES = ("## Stable Diffusion family: guidance and SDXL",)
 
 
 def write_family_section(args, device, rows) -> None:
@@ -725,12 +801,16 @@ def write_family_section(args, device, rows) -> None:
         "",
         f"`python benchmarks/flow_speed.py {' '.join(sys.argv[1:])}` on {where}, torch {torch.__version__}, {datetime.date.today()}.",
         "",
-        "Published layouts with random weights (SD 1.5: 860 M-parameter UNet; SDXL base: 2.6 B), one DWGF iteration",
+        "Published layouts with random weights (SD 1.5: 860 M-parameter UNet; SDXL base: 2.6 B; SD 3.5 medium: 2.5 B MMDiT;",
+        f"FLUX.1-dev at full width but {FLUX_DEPTH[0]}+{FLUX_DEPTH[1]} of its 19+38 blocks, which makes its ratio an upper bound), one DWGF iteration",
         "against its floor, as above. With guidance g != 1 the floor's UNet call is the guided one (two rows per",
         "particle in one call), as it must be made: the ratio says what the flow adds, the UNet part what guidance",
         "costs. The same weights are timed with each guidance scale. Where a whole iteration does not fit, each call",
         "is timed alone (\"alone\"). On a CPU \"out of memory\" is a failed allocation: these runs were made under",
         "`ulimit -v 23500000` (22.4 GiB of the machine's 24), which turns the system's OOM killer into an error.",
+        "Rows \"flow decoder TAESD\" (`--flow-decoder`) are the same prior with a TAESD-layout AutoencoderTiny (random",
+        "weights) as the flow's decoder: the decode and its vector-Jacobian product of every iteration (and the floor's)",
+        "are the tiny decoder's. What it does to quality is not measured here (no trained weights).",
         "",
         HEADER,
         "|---|---|---|---|---|---|---|---|---|",
@@ -739,6 +819,8 @@ def write_family_section(args, device, rows) -> None:
     ]
     path = Path(args.output)
     text = path.read_text() if path.is_file() else ""
+    for old_title in OLD_FAMILY_TITLES:
+        text = text.replace(old_title + "\n", FAMILY_TITLE + "\n")
     if FAMILY_TITLE in text:
         start = text.index(FAMILY_TITLE)
         nxt = text.find("\n## ", start + len(FAMILY_TITLE))

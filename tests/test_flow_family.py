@@ -290,3 +290,59 @@ def test_a_flow_down_to_the_clean_data_is_a_clear_error(folders):
     with pytest.raises(DWGFError, match="DescendingTimesteps: time 0 is the clean data.*t_min >= 1"):
         dwgf_flow(prior, op, y, params, ItemNoise(item_generators([0], "cpu"), "cpu"), num_particles=1, num_steps=2,
                   regularizers=[KLPrior()], step_size=ConstantStepSize(0.1), timesteps=DescendingTimesteps(t_max=5, t_min=0))
+
+
+def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_over_its_snr_range():
+    import yaml
+
+    from dwgf.priors import FlowMatchingSchedule
+
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    schedules = {"sd3": (FlowMatchingSchedule(shift=3.0), None, "StableDiffusion3Prior", "stabilityai/stable-diffusion-3.5-medium"),
+                 "flux": (FlowMatchingSchedule(shift=3.0, use_dynamic_shifting=True), 4096, "FluxPrior", "black-forest-labs/FLUX.1-dev")}
+    for family, (schedule, tokens, cls, hub) in schedules.items():
+        for task in ["box_inpaint", "sr8"]:
+            path = ROOT / f"configs/{family}/{task}.yaml"
+            run = subprocess.run([sys.executable, "-m", "dwgf", "predict", "--config", str(path), "--print_config"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+            assert run.returncode == 0, run.stderr[-2000:]
+            cfg = yaml.safe_load(path.read_text())
+            model = cfg["model"]["init_args"]
+            assert model["prior"]["class_path"] == f"dwgf.priors.{cls}" and model["prior"]["init_args"]["pretrained"] == hub
+            assert (model["num_particles"], model["decoder_noise"], model["step_size"]["init_args"]["lr"]) == (4, 0.01, 1.0)
+            assert [(r["class_path"].rsplit(".", 1)[1], r["init_args"]["weight"]) for r in model["regularizers"]] == [
+                ("KLPrior", 0.15), ("EncoderConsistency", 0.1)]
+            times = model["timesteps"]["init_args"]
+            assert model["num_steps"] == times["t_max"] - times["t_min"] + 1  # one flow time per iteration
+            abar = schedule.alphas_cumprod(tokens)
+            # the SNR range of the paper's SD runs (timesteps 999 -> 2 of SD 1.5), at the native 1024 px
+            assert abs(float(abar[times["t_max"]]) - float(ddpm[999])) < 2e-4 and abs(float(abar[times["t_min"]]) - float(ddpm[2])) < 2e-4
+            assert cfg["data"]["init_args"]["operator"]["init_args"]["sigma_y"] == 0.001
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux-dev"])
+def test_text_encoders_are_loaded_one_at_a_time_and_released(folders, monkeypatch, name):
+    """T5-XXL is 19 GB in float32: no two text encoders are alive together, none after the prompts are encoded."""
+    import gc
+    import weakref
+
+    import dwgf.priors.flow_matching as fm
+
+    alive, most = [], []
+    real = fm._quiet_load
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        most.append(sum(ref() is not None for ref in alive))
+        model = real(*args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(fm, "_quiet_load", spy)
+    prior = load_prior(str(folders[name]), prompt=PROMPT)
+    prior.prompt_ids(["a dog"])
+    gc.collect()
+    assert len(alive) == 2 * len(prior.text_components) and max(most) == 0
+    assert all(ref() is None for ref in alive)

@@ -276,13 +276,8 @@ class FlowMatchingPrior(StableDiffusionPrior):
             uncond = self._conditioning(rows, z_s, negative=True)
             out = self._transformer(torch.cat([z_s, z_s]), torch.cat([timestep, timestep]), {k: _cat(uncond[k], cond[k]) for k in cond})
             v_uncond, v_cond = out.chunk(2)
-            v = v_uncond + self.cfg_scale * (v_cond - v_uncond)
+            v = v_uncond + self.guidance_scale * (v_cond - v_uncond)
         return z_s, s, v.float()
-
-    @property
-    def cfg_scale(self) -> float:
-        """The classifier-free guidance scale applied to the network's output."""
-        return self.guidance_scale
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``eps_hat = z_s + (1 - s) v_hat`` for flow-coordinate latents ``z_t`` (see the module docstring)."""
@@ -309,14 +304,17 @@ class FlowMatchingPrior(StableDiffusionPrior):
 
     @classmethod
     def from_modules(cls, vae: Any, transformer: Any, schedule: FlowMatchingSchedule, *, channels_last: bool = True,
-                     guidance_scale: Optional[float] = None, **kwargs: Any) -> "FlowMatchingPrior":
+                     guidance_scale: Optional[float] = None, image_size: Optional[int] = None, **kwargs: Any) -> "FlowMatchingPrior":
         """The prior from networks in memory: ``vae``, ``transformer``, the time map, and its prompt table
         as tensors (``prompt_embeds`` ``P x L x D`` and ``prompt_pooled`` ``P x Dp``; with guidance also
-        ``negative_embeds`` / ``negative_pooled``). Benchmarks use it for published layouts with random
-        weights. Such a prior has no text encoder: per-item prompts cannot be added to it."""
+        ``negative_embeds`` / ``negative_pooled``); ``image_size``: the native image side (default the
+        class's). Benchmarks use it for published layouts with random weights. Such a prior has no
+        text encoder: per-item prompts cannot be added to it."""
         self = cls.__new__(cls)
         LatentPrior.__init__(self)
         self.pretrained, self.channels_last, self._root = "(in memory)", bool(channels_last), None
+        if image_size is not None:
+            self._native_size = int(image_size) // 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae, self.transformer, self.schedule = vae, transformer, schedule
         self.is_vq = False
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", None) or 1.0)
@@ -374,7 +372,7 @@ class StableDiffusion3Prior(FlowMatchingPrior):
         super().__init__(pretrained, prompt, negative_prompt, guidance_scale, channels_last, flow_decoder)
 
     def _native_latent_size(self) -> int:
-        return int(self.transformer.config.sample_size)
+        return int(self.__dict__.get("_native_size") or self.transformer.config.sample_size)
 
     @property
     def patch_size(self) -> int:  # type: ignore[override]
@@ -447,8 +445,12 @@ class FluxPrior(FlowMatchingPrior):
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     transformer_class = "FluxTransformer2DModel"
     max_sequence_length = 512
-    true_cfg_scale = 1.0
     embedded_guidance: Optional[float] = None
+
+    @property
+    def true_cfg_scale(self) -> float:
+        """The classifier-free guidance scale (held as ``guidance_scale``, the attribute the SD machinery guides with)."""
+        return self.guidance_scale
 
     def __init__(self, pretrained: str, prompt: str = "", negative_prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
                  true_cfg_scale: float = 1.0, max_sequence_length: int = 512, channels_last: bool = True, flow_decoder: Optional[str] = None):
@@ -459,15 +461,13 @@ class FluxPrior(FlowMatchingPrior):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise argument_error(owner, name, f" must be a finite number >= 0, got {value!r}")
         self.max_sequence_length = int(max_sequence_length)
-        self.true_cfg_scale = float(true_cfg_scale)
         self.embedded_guidance = None if guidance_scale is None else float(guidance_scale)
         # StableDiffusionPrior's guidance_scale is the classifier-free one: here true_cfg_scale
         super().__init__(pretrained, prompt, negative_prompt, float(true_cfg_scale), channels_last, flow_decoder)
         self._check_guidance()
 
     def _set_guidance(self, guidance_scale: Optional[float], kwargs: dict[str, Any]) -> None:
-        self.true_cfg_scale = float(kwargs.pop("true_cfg_scale", 1.0))
-        self.guidance_scale = self.true_cfg_scale
+        self.guidance_scale = float(kwargs.pop("true_cfg_scale", 1.0))
         self.embedded_guidance = None if guidance_scale is None else float(guidance_scale)
 
     def _finish(self) -> None:
@@ -484,7 +484,7 @@ class FluxPrior(FlowMatchingPrior):
                                  "embedding (FLUX.1-schnell); leave it unset, or use true_cfg_scale for classifier-free guidance")
 
     def _native_latent_size(self) -> int:
-        return 128  # FluxPipeline's default_sample_size: 1024 px images with an 8x autoencoder
+        return int(self.__dict__.get("_native_size") or 128)  # FluxPipeline's default_sample_size: 1024 px with an 8x autoencoder
 
     def _load_denoiser(self, root: Path) -> None:
         super()._load_denoiser(root)
@@ -503,10 +503,6 @@ class FluxPrior(FlowMatchingPrior):
         ids = tokenizer(texts, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt").input_ids
         embeds = encoder(ids, output_hidden_states=False)[0].float()
         return {"embeds": embeds, "pooled": pooled}
-
-    @property
-    def cfg_scale(self) -> float:
-        return self.true_cfg_scale
 
     def _position_ids(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``(img_ids, txt_ids)`` for ``h x w`` latents, built once per size and device."""
