@@ -8,8 +8,8 @@ rectified-flow layouts (SD3Transformer2DModel / FluxTransformer2DModel, CLIP and
 16-channel autoencoders), ``make_tiny_flow_decoder`` an AutoencoderTiny for ``flow_decoder``. Weights are random: the numbers they produce mean nothing,
 but every code path, shape and file layout is the real one.
 
-    python -m dwgf.testing tiny-priors/        # sd15/, sd21-v/, sdxl/ (a second or two each)
-    python -m dwgf.testing tiny-priors/ --layouts sd3 flux-dev flux-schnell taesd
+    python -m dwgf.testing tiny-priors/        # sd15/, sd21-v/, sdxl/, sd3/, flux-dev/ (a second or two each)
+    python -m dwgf.testing tiny-priors/ --layouts flux-schnell taesd taesd3
     python -m dwgf.testing sd /tmp/tiny-sd     # one SD 1.x folder
 """
 
@@ -325,8 +325,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dwgf.testing", description="Writes tiny random diffusers folders of each "
                                      "layout dwgf loads (random weights: for tests and offline smoke runs, not for results).")
     parser.add_argument("folder", nargs="?", default="tiny-priors", help="where to write them (default: tiny-priors/)")
-    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=["sd15", "sd21-v", "sdxl"],
-                        help="which layouts (default: sd15 sd21-v sdxl)")
+    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=["sd15", "sd21-v", "sdxl", "sd3", "flux-dev"],
+                        help="which layouts (default: sd15 sd21-v sdxl sd3 flux-dev)")
     args = parser.parse_args(argv)
     for name in args.layouts:
         what, build = LAYOUTS[name]

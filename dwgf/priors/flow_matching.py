@@ -446,6 +446,7 @@ class FluxPrior(FlowMatchingPrior):
     transformer_class = "FluxTransformer2DModel"
     max_sequence_length = 512
     embedded_guidance: Optional[float] = None
+    cfg_option = "true_cfg_scale"
 
     @property
     def true_cfg_scale(self) -> float:

@@ -70,6 +70,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
     """
 
     text_components: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
+    cfg_option = "guidance_scale"  # the option that sets the classifier-free guidance scale (FLUX: true_cfg_scale)
     prompt: str = ""
     negative_prompt: Optional[str] = None
     guidance_scale: float = 1.0
@@ -85,8 +86,9 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             raise argument_error(type(self).__name__, "guidance_scale", f" must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}")
         self.prompt, self.negative_prompt, self.guidance_scale = prompt, negative_prompt, float(guidance_scale)
         if negative_prompt is not None and not self.guided:
-            warnings.warn(argument_warning(type(self).__name__, "negative_prompt", " has no effect without guidance (<guidance_scale> 1): "
-                                           "it is only used by guided calls", also=("guidance_scale",)), stacklevel=2)
+            opt = self.cfg_option
+            warnings.warn(argument_warning(type(self).__name__, "negative_prompt", f" has no effect without guidance (<{opt}> 1): "
+                                           "it is only used by guided calls", also=(opt,)), stacklevel=2)
         self._prompt_rows: dict[str, int] = {prompt: 0}  # the prompt table's rows (row 0: the prior's own prompt)
         super().__init__(pretrained, channels_last, flow_decoder)
 
@@ -231,7 +233,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if self.prompt:
             text += f", prompt={self.prompt!r}"
         if self.guided:
-            text += f", guidance_scale={self.guidance_scale:g}"
+            text += f", {self.cfg_option}={self.guidance_scale:g}"
         return text
 
 
