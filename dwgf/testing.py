@@ -5,8 +5,9 @@ UNet2DConditionModel, CLIP text encoder and tokenizer, scheduler) and
 ``make_tiny_unconditional_prior(path)`` an unconditional latent diffusion folder (AutoencoderKL or
 VQModel + UNet2DModel + scheduler); ``make_tiny_sd3_prior`` and ``make_tiny_flux_prior`` the
 rectified-flow layouts (SD3Transformer2DModel / FluxTransformer2DModel, CLIP and T5 text encoders,
-16-channel autoencoders), ``make_tiny_flow_decoder`` an AutoencoderTiny for ``flow_decoder``. Weights are random: the numbers they produce mean nothing,
-but every code path, shape and file layout is the real one.
+16-channel autoencoders), ``make_tiny_flow_decoder`` an AutoencoderTiny for ``flow_decoder``.
+Weights are random: the numbers they produce mean nothing, but every code path, shape and file
+layout is the real one.
 
     python -m dwgf.testing tiny-priors/        # sd15/, sd21-v/, sdxl/, sd3/, flux-dev/ (a second or two each)
     python -m dwgf.testing tiny-priors/ --layouts flux-schnell taesd taesd3

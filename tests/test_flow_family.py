@@ -104,8 +104,8 @@ def test_sd3_without_t5_has_zeros_for_it_as_the_pipeline(tmp_path):
 
     folder = make_tiny_sd3_prior(tmp_path / "sd3-no-t5", t5=False)
     prior = load_prior(str(folder), prompt=PROMPT)
-    embeds, _, pooled, _ = pipeline(folder, "sd3", text_encoder_3=None, tokenizer_3=None).encode_prompt(PROMPT, None, None, device="cpu", do_classifier_free_guidance=False,
-                                                                  max_sequence_length=256)
+    pipe = pipeline(folder, "sd3", text_encoder_3=None, tokenizer_3=None)
+    embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=256)
     assert torch.equal(prior.prompt_embeds, embeds) and torch.equal(prior.prompt_pooled, pooled)
     assert not prior.prompt_embeds[:, 16:].any()  # the T5 part (CLIP's 16 tokens come first)
 

@@ -175,7 +175,8 @@ class DiffusersLatentPrior(LatentPrior):
             return AutoencoderTiny.from_pretrained(root, subfolder=sub or None, use_safetensors=True, low_cpu_mem_usage=False)
         except Exception as err:  # noqa: BLE001 - a broken folder is one line
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: could not load it as AutoencoderTiny from safetensors ({reason})") from None
+            raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: could not load it as AutoencoderTiny from safetensors "
+                                 f"({reason})") from None
 
     def set_flow_decoder(self, vae: Optional[torch.nn.Module]) -> None:
         """Uses ``vae`` (an ``AutoencoderTiny``, in memory) as the flow decoder; ``None`` removes it.
