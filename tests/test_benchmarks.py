@@ -109,11 +109,19 @@ def test_flow_speed_family_section_keeps_other_rows_and_the_rest_of_the_file(tmp
     from benchmarks import flow_speed
 
     assert flow_speed.family_spec("sdxl:1024:1") == ("sdxl", 1024, [1])
-    for bad in ("sd3:512:1", "sdxl:1001:1", "sdxl"):
+    assert flow_speed.family_spec("sd3:512:1,2") == ("sd3", 512, [1, 2]) and flow_speed.family_spec("flux:1024:1")[0] == "flux"
+    for bad in ("sd4:512:1", "sdxl:1001:1", "sdxl"):
         with pytest.raises(argparse.ArgumentTypeError):
             flow_speed.family_spec(bad)
     out = tmp_path / "flow_speed.md"
     out.write_text("# DWGF flow speed\n\nearlier tables\n")
+    old = tmp_path / "old.md"  # a file with the section under its former title: renamed, its rows kept
+    old.write_text(f"# t\n\n{flow_speed.OLD_FAMILY_TITLES[0]}\n\n| prior | x |\n|---|\n| SDXL layout 1024px, guidance 3 | 1 |\n")
+    monkeypatch.setattr(sys, "argv", ["flow_speed.py", "--family", "sd3:512:1"])
+    flow_speed.write_family_section(argparse.Namespace(output=str(old)), torch.device("cpu"), [])
+    renamed = old.read_text()
+    assert flow_speed.OLD_FAMILY_TITLES[0] not in renamed and renamed.count(flow_speed.FAMILY_TITLE) == 1
+    assert "| SDXL layout 1024px, guidance 3 | 1 |" in renamed
     args = argparse.Namespace(output=str(out))
 
     def row(label, ms):

@@ -292,8 +292,10 @@ def test_a_flow_down_to_the_clean_data_is_a_clear_error(folders):
                   regularizers=[KLPrior()], step_size=ConstantStepSize(0.1), timesteps=DescendingTimesteps(t_max=5, t_min=0))
 
 
-def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_over_its_snr_range():
+def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_over_its_snr_range(capsys, monkeypatch):
     import yaml
+
+    from dwgf.cli import main
 
     from dwgf.priors import FlowMatchingSchedule
 
@@ -305,9 +307,12 @@ def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_o
     for family, (schedule, tokens, cls, hub) in schedules.items():
         for task in ["box_inpaint", "sr8"]:
             path = ROOT / f"configs/{family}/{task}.yaml"
-            run = subprocess.run([sys.executable, "-m", "dwgf", "predict", "--config", str(path), "--print_config"], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-            assert run.returncode == 0, run.stderr[-2000:]
+            monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+            with pytest.raises(SystemExit) as exc:
+                main(["predict", "--config", str(path), "--print_config"])
+            assert exc.value.code == 0
+            printed = yaml.safe_load(capsys.readouterr().out)
+            assert printed["model"]["init_args"]["prior"]["init_args"]["pretrained"] == hub
             cfg = yaml.safe_load(path.read_text())
             model = cfg["model"]["init_args"]
             assert model["prior"]["class_path"] == f"dwgf.priors.{cls}" and model["prior"]["init_args"]["pretrained"] == hub
