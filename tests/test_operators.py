@@ -10,10 +10,13 @@ from dwgf.operators import (
     ForwardOperator,
     BoxInpainting,
     Denoising,
+    FunctionOperator,
     GaussianBlur,
     MatrixOperator,
     MotionBlur,
+    PhaseRetrieval,
     RandomInpainting,
+    Saturation,
     SuperResolution,
     repeat_params,
 )
@@ -32,7 +35,15 @@ EXAMPLES = {
     "denoise": lambda: Denoising(sigma_y=0.1),
     "matrix": lambda: MatrixOperator(torch.randn(7, 3 * 24 * 24, generator=torch.Generator().manual_seed(0)), image_shape=[3, 24, 24],
                                      sigma_y=0.05),
+    "saturation": lambda: Saturation(gain=2.5, level=0.8, sigma_y=0.05),
+    "phase_retrieval": lambda: PhaseRetrieval(oversample=2.0, sigma_y=0.05),
+    "function": lambda: FunctionOperator(square_law, kwargs={"scale": 0.5}, sigma_y=0.05),
 }
+
+
+def square_law(x, params, scale=1.0):
+    """A user's nonlinear forward function (``FunctionOperator``): a square-law detector."""
+    return scale * x.square()
 
 
 def _exported_operators() -> dict[str, type]:
@@ -66,8 +77,17 @@ def op(request):
     return OPERATORS[request.param]()
 
 
-def test_adjointness(op):
+LINEAR = sorted(name for name, make in OPERATORS.items() if make().linear)
+
+
+@pytest.fixture(params=LINEAR)
+def linear_op(request):
+    return OPERATORS[request.param]()
+
+
+def test_adjointness(linear_op):
     """<A x, y> = <x, A^T y> for random x, y, in float64."""
+    op = linear_op
     params = {k: v.double() for k, v in batch_params(op).items()}
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
     y = torch.randn(2, *op.measurement_shape(SHAPE), dtype=torch.float64)
@@ -76,8 +96,9 @@ def test_adjointness(op):
     assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10), (lhs, rhs)
 
 
-def test_adjoint_is_the_matrix_transpose(op):
+def test_adjoint_is_the_matrix_transpose(linear_op):
     """The adjoint equals the transpose of A's explicit matrix on a small image (a matrix operator's own size)."""
+    op = linear_op
     shape = op.image_shape if isinstance(op, MatrixOperator) else (1, 12, 12)
     n = shape[0] * shape[1] * shape[2]
     params = {k: v.double() for k, v in batch_params(op, n=1, shape=shape).items()}
@@ -89,7 +110,7 @@ def test_adjoint_is_the_matrix_transpose(op):
     assert torch.allclose(At, A, atol=1e-12)
 
 
-SIZED = sorted(name for name, make in OPERATORS.items() if not isinstance(make() if name in EXAMPLES else make(), MatrixOperator))
+SIZED = sorted(name for name in LINEAR if not isinstance(OPERATORS[name](), MatrixOperator))
 
 
 @pytest.mark.parametrize("shape", [(2, 12, 24), (2, 24, 12)], ids=["wide", "tall"])
@@ -258,3 +279,50 @@ def test_matrix_projection_is_exact_and_idempotent():
     free = op.project(x, torch.zeros_like(y), {})
     assert torch.allclose(op.forward(free, {}), torch.zeros_like(y), atol=1e-10)
     assert torch.allclose(((p - x) * free).flatten(1).sum(1), torch.zeros(4, dtype=torch.float64), atol=1e-10)
+
+
+def test_saturation_clips_and_says_nothing_where_clipped():
+    op = Saturation(gain=2.0, level=0.8)
+    x = torch.tensor([[[[-0.9, -0.2, 0.1, 0.5]]]], dtype=torch.float64)
+    assert torch.allclose(op(x, {}), torch.tensor([[[[-0.8, -0.4, 0.2, 0.8]]]], dtype=torch.float64))
+    grad, _ = op.data_grad(x, torch.zeros(1, 1, 1, 4, dtype=torch.float64), {})
+    assert grad[0, 0, 0, 0] == 0 and grad[0, 0, 0, 3] == 0 and grad[0, 0, 0, 1] != 0 and grad[0, 0, 0, 2] != 0
+    assert not op.linear
+
+
+def test_phase_retrieval_is_parseval_and_blind_to_shifts_and_the_twin():
+    """|F| of the padded image keeps its energy, and cannot tell a shifted or 180-degree-rotated image (the twin)."""
+    op = PhaseRetrieval(oversample=2.0)
+    u = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    u[..., 2:5, 1:4] = torch.rand(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = 2 * u - 1
+    y = op(x, {})
+    assert y.shape == (1, 1, 16, 16) == (1, *op.measurement_shape((1, 8, 8)))
+    assert torch.allclose(y.square().sum(), u.square().sum())
+    shifted = 2 * torch.roll(u, shifts=(2, 3), dims=(-2, -1)) - 1
+    twin = 2 * torch.flip(u, dims=(-2, -1)) - 1
+    assert torch.allclose(op(shifted, {}), y) and torch.allclose(op(twin, {}), y)
+    assert torch.allclose(op.from_image(op.to_image(y, {}), {}), y)
+    assert op.to_image(y, {}).min() >= -1 and op.to_image(y, {}).max() <= 1
+
+
+def test_function_operator_from_a_dotted_path_and_its_errors():
+    op = FunctionOperator("test_operators.square_law", kwargs={"scale": 2.0}, sigma_y=0.01)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert torch.allclose(op(x, {}), 2 * x.square()) and op.measurement_shape((3, 8, 8)) == (3, 8, 8)
+    with pytest.raises(DWGFError, match="function.*cannot import module 'no_such_module'"):
+        FunctionOperator("no_such_module.f")
+    with pytest.raises(DWGFError, match="function.*has no 'nope'"):
+        FunctionOperator("test_operators.nope")
+    with pytest.raises(DWGFError, match="function.*'module.name'"):
+        FunctionOperator("square_law")
+    with pytest.raises(DWGFError, match="one row per image"):
+        FunctionOperator(lambda x, params: x.sum())(x, {})
+
+
+def test_psld_refuses_nonlinear_operators():
+    from dwgf.baselines import PSLD
+
+    for op in (Saturation(), PhaseRetrieval(), FunctionOperator(square_law)):
+        with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
+            PSLD.check_operator(None, op)
