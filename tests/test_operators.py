@@ -12,6 +12,7 @@ from dwgf.operators import (
     Denoising,
     FunctionOperator,
     GaussianBlur,
+    JPEG,
     MatrixOperator,
     MotionBlur,
     PhaseRetrieval,
@@ -38,6 +39,7 @@ EXAMPLES = {
     "saturation": lambda: Saturation(gain=2.5, level=0.8, sigma_y=0.05),
     "phase_retrieval": lambda: PhaseRetrieval(oversample=2.0, sigma_y=0.05),
     "function": lambda: FunctionOperator(square_law, kwargs={"scale": 0.5}, sigma_y=0.05),
+    "jpeg": lambda: JPEG(quality=20, sigma_y=0.05),
 }
 
 
@@ -162,6 +164,8 @@ def test_simulated_noise_uses_item_generator(op):
 
 
 def test_data_grad_matches_finite_differences(op):
+    if getattr(op, "surrogate_gradient", False):  # JPEG: checked on its smooth surrogate (test_jpeg_...)
+        op.smooth = True
     torch.manual_seed(0)
     params = {k: v.double() for k, v in batch_params(op).items()}
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
@@ -326,3 +330,38 @@ def test_psld_refuses_nonlinear_operators():
     for op in (Saturation(), PhaseRetrieval(), FunctionOperator(square_law)):
         with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
             PSLD.check_operator(None, op)
+
+
+def test_jpeg_matches_libjpeg_and_its_loss_is_the_exact_one():
+    """Our decoded JPEG is within a gray level of Pillow's libjpeg (4:4:4) at quality 10, where compression costs ~10."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:56]
+    img = np.stack([128 + 90 * np.sin(xx / 5 + c) * np.cos(yy / 7) for c in range(3)], -1) + rng.integers(-20, 20, (40, 56, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    for pixels in (img, img.mean(-1).astype(np.uint8)):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=10, subsampling=0)
+        theirs = torch.tensor(np.array(Image.open(io.BytesIO(buf.getvalue()))), dtype=torch.float64)
+        x = torch.tensor(pixels, dtype=torch.float64)
+        theirs, x = [(v.permute(2, 0, 1) if v.dim() == 3 else v[None])[None] / 127.5 - 1 for v in (theirs, x)]
+        ours = JPEG(quality=10)(x, {})
+        assert ours.shape == x.shape
+        assert float((ours - theirs).abs().mean()) * 127.5 < 1.0 < 5.0 < float((ours - x).abs().mean()) * 127.5
+    # the measurement uses exact rounding: compressing twice changes nothing (up to the clipping)
+    assert torch.allclose(JPEG(quality=10)(ours, {}), ours, atol=1e-6)
+
+
+def test_jpeg_gradient_is_the_smooth_surrogates_and_nonzero():
+    op = JPEG(quality=30)
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64) * 1.6 - 0.8
+    y = op(torch.rand(1, 3, 16, 16, dtype=torch.float64) * 1.6 - 0.8, {})
+    grad, loss = op.data_grad(x, y, {})
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert torch.allclose(loss, op.data_loss(x, y, {}))  # the loss is the exact one
+    with pytest.raises(DWGFError, match="quality.*1..100"):
+        JPEG(quality=0)

@@ -9,7 +9,7 @@ from dwgf.operators.blur import Blur, GaussianBlur, MotionBlur, gaussian_kernel,
 from dwgf.operators.denoising import Denoising
 from dwgf.operators.inpainting import BoxInpainting, RandomInpainting
 from dwgf.operators.matrix import MatrixOperator
-from dwgf.operators.nonlinear import FunctionOperator, PhaseRetrieval, Saturation
+from dwgf.operators.nonlinear import JPEG, FunctionOperator, PhaseRetrieval, Saturation
 from dwgf.operators.super_resolution import SuperResolution
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Saturation",
     "PhaseRetrieval",
     "FunctionOperator",
+    "JPEG",
     "gaussian_kernel",
     "motion_kernel",
 ]

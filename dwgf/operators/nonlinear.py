@@ -166,3 +166,88 @@ class FunctionOperator(ForwardOperator):
 
     def to_image(self, y: torch.Tensor, params: Params) -> torch.Tensor:
         return y
+
+
+# The JPEG standard's base quantisation tables (ITU-T T.81, Annex K), luminance and chrominance.
+_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+         18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100,
+         103, 99]
+_CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99]
+_CHROMA += [99] * (64 - len(_CHROMA))
+_RGB_TO_YCBCR = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+
+
+def _dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The orthonormal 8-point DCT-II matrix ``D`` (rows: frequencies); a block's transform is ``D B D^T``."""
+    k = torch.arange(8, dtype=torch.float64)
+    d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] /= math.sqrt(2)
+    return d.to(device=device, dtype=dtype)
+
+
+class JPEG(ForwardOperator):
+    """JPEG compression at a quality: the decoded image of what a baseline JPEG encoder keeps.
+
+    As libjpeg's baseline encoder, without chroma subsampling (4:4:4) and without the lossless
+    entropy coding: pixels to ``[0, 255]``, RGB to YCbCr (full range, JFIF), minus 128, the 8x8
+    block DCT, division by the standard tables scaled for ``quality`` (IJG's rule) and rounding;
+    then back (multiply, inverse DCT, plus 128, YCbCr to RGB, to ``[-1, 1]``, clipped to it).
+    Grayscale images use the luminance path only. Sides that are not multiples of 8 are padded by
+    replication, as encoders do, and cropped back.
+
+    The measurement uses exact rounding. The data term's gradient goes through a smooth surrogate,
+    ``round(v) + (v - round(v))^3`` (Shin and Song 2017), whose value is replaced by the exact
+    rounding (so the loss is the exact one and its gradient the surrogate's). A JPEG file read in
+    measurement-only mode is its own measurement.
+
+    Args:
+        quality: 1..100 (libjpeg's scale). Default 10 (strong compression).
+        sigma_y: additive noise on the decoded image. Default 0.
+    """
+
+    surrogate_gradient = True  # the data term's gradient is the smooth surrogate's, not a finite difference of the exact loss
+    smooth = False  # True: the surrogate's value too (a smooth operator, for checking its gradient)
+
+    def __init__(self, quality: int = 10, sigma_y: float = 0.0):
+        super().__init__(sigma_y)
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise argument_error(self, "quality", f" must be an integer in 1..100, got {quality!r}")
+        self.quality = int(quality)
+
+    def tables(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The luminance and chrominance quantisation tables (8 x 8) at this quality, as libjpeg scales them."""
+        scale = 5000 / self.quality if self.quality < 50 else 200 - 2 * self.quality
+        out = []
+        for base in (_LUMA, _CHROMA):
+            t = torch.tensor(base, dtype=torch.float64).view(8, 8)
+            out.append(((t * scale + 50) / 100).floor().clamp(1, 255).to(device=device, dtype=dtype))
+        return out[0], out[1]
+
+    def _round(self, v: torch.Tensor) -> torch.Tensor:
+        r = torch.round(v)
+        smooth = r + (v - r) ** 3
+        if self.smooth:
+            return smooth
+        return smooth + (r - smooth).detach()  # the exact rounding's value, the surrogate's gradient
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if c not in (1, 3):
+            raise argument_error(self, "quality", f": JPEG takes grayscale or RGB images, got {c} channels")
+        ph, pw = -h % 8, -w % 8
+        p = torch.nn.functional.pad((x + 1) * 127.5, (0, pw, 0, ph), mode="replicate") if ph or pw else (x + 1) * 127.5
+        m = torch.tensor(_RGB_TO_YCBCR, dtype=x.dtype, device=x.device)
+        # centred YCbCr: Y - 128 (the level shift); Cb and Cr are centred by the matrix (their +128 and -128 cancel)
+        shift = torch.tensor([128.0, 0.0, 0.0][:c], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        ycc = (torch.einsum("ij,bjhw->bihw", m, p) if c == 3 else p) - shift
+        luma, chroma = self.tables(x.dtype, x.device)
+        q = torch.stack([luma, chroma, chroma])[:c]  # (c, 8, 8)
+        d = _dct_matrix(x.dtype, x.device)
+        H, W = ycc.shape[-2:]
+        blocks = ycc.reshape(b, c, H // 8, 8, W // 8, 8).permute(0, 1, 2, 4, 3, 5)  # b c nh nw 8 8
+        coef = d @ blocks @ d.T
+        q = q[None, :, None, None]
+        kept = self._round(coef / q) * q
+        back = (d.T @ kept @ d).permute(0, 1, 2, 4, 3, 5).reshape(b, c, H, W) + shift
+        rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), back) if c == 3 else back
+        return (rgb[..., :h, :w] / 127.5 - 1).clamp(-1, 1)
