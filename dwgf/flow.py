@@ -207,7 +207,7 @@ def flow_gradient(
     x_noise = draw((n, *prior.image_shape_of(z))) * decoder_noise
     z = z.detach()
     with torch.no_grad():
-        z_t = prior.diffuse(z, eps, t)
+        z_t = prior.diffuse(z, eps, t, abar)
         eps_hat = None
         if any(r.needs_eps for r in regularizers):
             with unet_precision(z.device.type, unet_dtype):

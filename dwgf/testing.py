@@ -65,7 +65,7 @@ def _scheduler(prediction_type: str = "epsilon"):
     )
 
 
-def _vae(channels: int, latent_channels: int = 4):
+def _vae(channels: int, latent_channels: int = 4, **extra):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -73,7 +73,7 @@ def _vae(channels: int, latent_channels: int = 4):
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 16), layers_per_block=1, latent_channels=latent_channels,
-        norm_num_groups=4, sample_size=32,
+        norm_num_groups=4, sample_size=32, **extra,
     )
 
 
@@ -167,13 +167,9 @@ def _t5_text(vocab: int, hidden: int = 32):
 
 
 def _flow_vae(scaling_factor: float, shift_factor: float, quant_conv: bool = True):
-    vae = _vae(3, latent_channels=16)
-    if not quant_conv:  # FLUX's autoencoder has no quant convolutions
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL(**{**dict(vae.config), "use_quant_conv": False, "use_post_quant_conv": False})
-    vae.register_to_config(scaling_factor=scaling_factor, shift_factor=shift_factor)
-    return vae
+    """A 16-channel autoencoder with SD3's / FLUX's scale and shift (FLUX's has no quant convolutions)."""
+    return _vae(3, latent_channels=16, scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=quant_conv,
+                use_post_quant_conv=quant_conv)
 
 
 def make_tiny_sd3_prior(path: str | Path, image_size: int = 32, seed: int = 0, t5: bool = True) -> Path:

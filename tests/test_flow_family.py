@@ -333,7 +333,7 @@ def test_text_encoders_are_loaded_one_at_a_time_and_released(folders, monkeypatc
     import gc
     import weakref
 
-    import dwgf.priors.flow_matching as fm
+    import dwgf.priors.stable_diffusion as fm
 
     alive, most = [], []
     real = fm._quiet_load

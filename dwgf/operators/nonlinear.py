@@ -164,9 +164,6 @@ class FunctionOperator(ForwardOperator):
                 self._shapes[key] = tuple(self.forward(torch.zeros(1, *key), {}).shape[1:])
         return self._shapes[key]
 
-    def to_image(self, y: torch.Tensor, params: Params) -> torch.Tensor:
-        return y
-
 
 # The JPEG standard's base quantisation tables (ITU-T T.81, Annex K), luminance and chrominance.
 _LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
@@ -223,6 +220,19 @@ class JPEG(ForwardOperator):
             out.append(((t * scale + 50) / 100).floor().clamp(1, 255).to(device=device, dtype=dtype))
         return out[0], out[1]
 
+    def _constants(self, dtype: torch.dtype, device: torch.device):
+        """The colour matrix and its inverse, the level shift, the tables and the DCT matrix, built once per dtype and device."""
+        key = (dtype, torch.device(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            m = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64)
+            # centred YCbCr: Y - 128 (the level shift); Cb and Cr are centred by the matrix (their +128 and -128 cancel)
+            shift = torch.tensor([128.0, 0.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1)
+            luma, chroma = self.tables(torch.float64)
+            tensors = (m, torch.linalg.inv(m), shift, torch.stack([luma, chroma, chroma]), _dct_matrix(torch.float64, torch.device("cpu")))
+            cache[key] = tuple(v.to(device=device, dtype=dtype) for v in tensors)
+        return cache[key]
+
     def _round(self, v: torch.Tensor) -> torch.Tensor:
         r = torch.round(v)
         smooth = r + (v - r) ** 3
@@ -236,18 +246,14 @@ class JPEG(ForwardOperator):
             raise argument_error(self, "quality", f": JPEG takes grayscale or RGB images, got {c} channels")
         ph, pw = -h % 8, -w % 8
         p = torch.nn.functional.pad((x + 1) * 127.5, (0, pw, 0, ph), mode="replicate") if ph or pw else (x + 1) * 127.5
-        m = torch.tensor(_RGB_TO_YCBCR, dtype=x.dtype, device=x.device)
-        # centred YCbCr: Y - 128 (the level shift); Cb and Cr are centred by the matrix (their +128 and -128 cancel)
-        shift = torch.tensor([128.0, 0.0, 0.0][:c], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        m, m_inv, shift, q, d = self._constants(x.dtype, x.device)
+        shift, q = shift[:, :c], q[:c]
         ycc = (torch.einsum("ij,bjhw->bihw", m, p) if c == 3 else p) - shift
-        luma, chroma = self.tables(x.dtype, x.device)
-        q = torch.stack([luma, chroma, chroma])[:c]  # (c, 8, 8)
-        d = _dct_matrix(x.dtype, x.device)
         H, W = ycc.shape[-2:]
         blocks = ycc.reshape(b, c, H // 8, 8, W // 8, 8).permute(0, 1, 2, 4, 3, 5)  # b c nh nw 8 8
         coef = d @ blocks @ d.T
         q = q[None, :, None, None]
         kept = self._round(coef / q) * q
         back = (d.T @ kept @ d).permute(0, 1, 2, 4, 3, 5).reshape(b, c, H, W) + shift
-        rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), back) if c == 3 else back
+        rgb = torch.einsum("ij,bjhw->bihw", m_inv, back) if c == 3 else back
         return (rgb[..., :h, :w] / 127.5 - 1).clamp(-1, 1)

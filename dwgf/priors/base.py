@@ -128,10 +128,11 @@ class LatentPrior(nn.Module):
         """
         return self.alphas_cumprod.to(t.device)[t.long()].to(torch.float32)
 
-    def diffuse(self, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def diffuse(self, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The diffused latent ``z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` of latents ``z``
-        (``B x ...``, ``t`` of shape ``(B,)``) in the flow's coordinates (see the class docstring)."""
-        abar = self.abar(t, z).view(-1, *([1] * (z.dim() - 1)))
+        (``B x ...``, ``t`` of shape ``(B,)``) in the flow's coordinates (see the class docstring).
+        ``abar``: :meth:`abar` ``(t, z)`` when the caller has it already."""
+        abar = (self.abar(t, z) if abar is None else abar).view(-1, *([1] * (z.dim() - 1)))
         return abar.sqrt() * z + (1 - abar).sqrt() * eps
 
     def model_latent(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from dwgf.errors import DWGFError, argument_error
 from dwgf.priors.base import LatentPrior
 from dwgf.priors.diffusers_priors import _component_config, _load, _read_config
-from dwgf.priors.stable_diffusion import StableDiffusionPrior, _cat, _quiet_load, _rows
+from dwgf.priors.stable_diffusion import StableDiffusionPrior, _cat, _rows
 
 
 class FlowMatchingSchedule:
@@ -104,29 +104,6 @@ class FlowMatchingSchedule:
         return f"FlowMatchingSchedule(T={self.num_train_timesteps}, {shift})"
 
 
-class _LazyEncoders:
-    """The folder's ``(tokenizer, encoder)`` pairs, each loaded when asked for; only the last one stays resident."""
-
-    def __init__(self, load, count: int):
-        self._load, self._count, self._index, self._pair = load, count, None, None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, i: int):
-        if self._index != i:
-            self._pair = None  # release the previous encoder before loading the next
-            self._pair, self._index = self._load(i), i
-        return self._pair
-
-    def __iter__(self):
-        for i in range(self._count):
-            yield self[i]
-
-    def clear(self) -> None:
-        self._pair, self._index = None, None
-
-
 class FlowMatchingPrior(StableDiffusionPrior):
     """Shared maths of the rectified-flow priors (:class:`StableDiffusion3Prior`, :class:`FluxPrior`).
 
@@ -137,7 +114,6 @@ class FlowMatchingPrior(StableDiffusionPrior):
 
     prediction_type = "flow"
     patch_size = 2
-    text_encoder_classes = {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"}
 
     # -- loading ---------------------------------------------------------------------------------
     def _load_schedule(self, root: Path) -> None:
@@ -153,32 +129,17 @@ class FlowMatchingPrior(StableDiffusionPrior):
         except (TypeError, ValueError) as err:
             raise self._pretrained_error(f": scheduler/scheduler_config.json does not describe a flow-matching time map ({err})") from None
 
-    def _load_transformer(self, root: Path, class_name: str) -> None:
+    def _check_network(self, root: Path) -> None:
+        _, cfg = _component_config(root, ("transformer",), "transformer", self.pretrained, type(self).__name__)
+        if cfg.get("_class_name") != self.transformer_class:
+            raise self._pretrained_error(f": transformer/ is a {cfg.get('_class_name')}; {type(self).__name__} needs a "
+                                         f"{self.transformer_class} (load_prior picks the class from the folder)")
+
+    def _load_network(self, root: Path) -> None:
         import diffusers
 
-        sub, cfg = _component_config(root, ("transformer",), "transformer", self.pretrained, type(self).__name__)
-        if cfg.get("_class_name") != class_name:
-            raise self._pretrained_error(f": transformer/ is a {cfg.get('_class_name')}; {type(self).__name__} needs a {class_name} "
-                                         "(load_prior picks the class from the folder)")
-        self.transformer = _load(getattr(diffusers, class_name), root, sub, self.pretrained, type(self).__name__)
+        self.transformer = _load(getattr(diffusers, self.transformer_class), root, "transformer", self.pretrained, type(self).__name__)
 
-    def _load_denoiser(self, root: Path) -> None:
-        for tokenizer, encoder in self.text_components:  # a folder without them fails now, not at the first prompt
-            if encoder in self.optional_text_components and not (root / encoder).is_dir():
-                continue
-            _component_config(root, (encoder,), encoder, self.pretrained, type(self).__name__)
-            if not (root / tokenizer).is_dir():
-                raise self._pretrained_error(f": the folder lacks the {tokenizer} component (expected {tokenizer}/)")
-        self._load_transformer(root, self.transformer_class)
-        with self._text_encoders() as encoders:
-            for name, value in self._encode_text(encoders, [self.prompt]).items():
-                self.register_buffer(f"prompt_{name}", value, persistent=False)
-            if self.guided:
-                for name, value in self._negative(encoders).items():
-                    self.register_buffer(f"negative_{name}", value, persistent=False)
-        self._check_conditioning()
-
-    optional_text_components: tuple[str, ...] = ()
     transformer_class = ""
 
     def _check_conditioning(self) -> None:
@@ -190,40 +151,6 @@ class FlowMatchingPrior(StableDiffusionPrior):
         if got != want:
             raise self._pretrained_error(f": the text encoders give a {got}-dim pooled embedding but transformer/ expects "
                                          f"pooled_projection_dim {want}")
-
-    def _text_encoders(self):
-        """The folder's ``(tokenizer, encoder)`` pairs, loaded one at a time (T5-XXL is large) and released after."""
-        import contextlib
-
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
-
-        root, owner = self._root, type(self).__name__
-        if root is None:
-            raise DWGFError(f"{owner} was built in memory without text encoders: it knows only the prompts given to from_modules")
-        classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection, "T5EncoderModel": T5EncoderModel}
-
-        def load(i: int):
-            tok_name, enc_name = self.text_components[i]
-            if enc_name in self.optional_text_components and not (root / enc_name).is_dir():
-                return None
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(root, subfolder=tok_name, trust_remote_code=False)
-            except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
-                raise self._pretrained_error(f": could not load {tok_name}/ ({str(err).splitlines()[0][:200]})") from None
-            arch = (_read_config(root / enc_name / "config.json", self.pretrained, owner).get("architectures") or ["?"])[0]
-            if arch not in classes:
-                raise self._pretrained_error(f": {enc_name}/ is a {arch}; expected one of {', '.join(sorted(classes))}")
-            return tokenizer, _quiet_load(classes[arch], root, enc_name, self.pretrained, owner)
-
-        @contextlib.contextmanager
-        def scope():
-            encoders = _LazyEncoders(load, len(self.text_components))
-            try:
-                yield encoders
-            finally:
-                encoders.clear()
-
-        return scope()
 
     def _negative(self, encoders) -> dict[str, torch.Tensor]:
         """The negative prompt's row (the pipelines' empty prompt when none is given)."""
@@ -263,12 +190,13 @@ class FlowMatchingPrior(StableDiffusionPrior):
     def _velocity_at(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor]):
         """``(z_s, s, v_hat)`` for flow-coordinate latents ``z_t`` (``B x c x h x w``) at flow times ``t``."""
         t = t.to(z_t.device).expand(z_t.shape[0]) if t.dim() == 0 else t.to(z_t.device)
-        s = self.sigma(t, z_t).view(-1, *([1] * (z_t.dim() - 1)))
+        sigma = self.sigma(t, z_t)
+        s = sigma.view(-1, *([1] * (z_t.dim() - 1)))
         z_s = ((1 - s) ** 2 + s**2).sqrt() * z_t.float()
         rows = None if prompt is None else prompt.to(z_t.device).long()
         if rows is not None and rows.shape != (z_t.shape[0],):
             raise ValueError(f"prompt has shape {tuple(rows.shape)}, expected ({z_t.shape[0]},): one table row per latent")
-        timestep = self.sigma(t, z_t) * self.schedule.num_train_timesteps
+        timestep = sigma * self.schedule.num_train_timesteps  # what the pipelines give the network
         cond = self._conditioning(rows, z_s, negative=False)
         if not self.guided:
             v = self._transformer(z_s, timestep, cond)
@@ -487,8 +415,8 @@ class FluxPrior(FlowMatchingPrior):
     def _native_latent_size(self) -> int:
         return int(self.__dict__.get("_native_size") or 128)  # FluxPipeline's default_sample_size: 1024 px with an 8x autoencoder
 
-    def _load_denoiser(self, root: Path) -> None:
-        super()._load_denoiser(root)
+    def _load_network(self, root: Path) -> None:
+        super()._load_network(root)
         if self.transformer.config.in_channels != 4 * int(self.vae.config.latent_channels):
             raise self._pretrained_error(f": transformer/ takes {self.transformer.config.in_channels} channels, but 2x2 patches of "
                                          f"vae/'s {self.vae.config.latent_channels}-channel latents have {4 * self.vae.config.latent_channels}")

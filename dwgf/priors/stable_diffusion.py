@@ -70,6 +70,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
     """
 
     text_components: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
+    optional_text_components: tuple[str, ...] = ()  # encoders a folder may lack (SD3's T5)
     cfg_option = "guidance_scale"  # the option that sets the classifier-free guidance scale (FLUX: true_cfg_scale)
     prompt: str = ""
     negative_prompt: Optional[str] = None
@@ -121,24 +122,34 @@ class StableDiffusionPrior(DiffusersLatentPrior):
                                          "(class_path: dwgf.priors.StableDiffusionXLPrior, as configs/sdxl/; in Python, load_prior picks the class)")
 
     def _load_denoiser(self, root: Path) -> None:
-        from diffusers import UNet2DConditionModel
-
-        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
-        self._check_unet(cfg)
-        for tokenizer, encoder in self.text_components:  # a folder without them fails now, not at the first prompt
-            _component_config(root, (encoder,), encoder, self.pretrained, type(self).__name__)
+        """The denoising network, then the prompt table's first rows (the prior's prompt, and the negative
+        one with guidance); a folder without its text components fails now, not at the first prompt."""
+        owner = type(self).__name__
+        self._check_network(root)  # the wrong class for the folder is the first thing to say
+        for tokenizer, encoder in self.text_components:
+            if encoder in self.optional_text_components and not (root / encoder).is_dir():
+                continue
+            _component_config(root, (encoder,), encoder, self.pretrained, owner)
             if not (root / tokenizer).is_dir():
                 raise self._pretrained_error(f": the folder lacks the {tokenizer} component (expected {tokenizer}/)")
-        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__)
-        texts = [self.prompt]
+        self._load_network(root)
         with self._text_encoders() as encoders:
-            table = self._encode_text(encoders, texts)
-            for name, value in table.items():
+            for name, value in self._encode_text(encoders, [self.prompt]).items():
                 self.register_buffer(f"prompt_{name}", value, persistent=False)
             if self.guided:
                 for name, value in self._negative(encoders).items():
                     self.register_buffer(f"negative_{name}", value, persistent=False)
         self._check_conditioning()
+
+    def _check_network(self, root: Path) -> None:
+        """The denoiser's config says it is this class's (before anything is loaded)."""
+        _, cfg = _component_config(root, ("unet",), "unet", self.pretrained, type(self).__name__)
+        self._check_unet(cfg)
+
+    def _load_network(self, root: Path) -> None:
+        from diffusers import UNet2DConditionModel
+
+        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__)
 
     def _check_conditioning(self) -> None:
         """The text embeddings fit the UNet's cross-attention (a mismatched folder fails at load)."""
@@ -148,26 +159,35 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             raise self._pretrained_error(f": the text encoder gives {got}-dim embeddings but unet/ expects cross_attention_dim {want}")
 
     @contextlib.contextmanager
-    def _text_encoders(self) -> Iterator[list[tuple[Any, Any]]]:
-        """The folder's ``(tokenizer, text encoder)`` pairs, loaded for a ``with`` block and released after."""
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+    def _text_encoders(self) -> Iterator["_LazyEncoders"]:
+        """The folder's ``(tokenizer, text encoder)`` pairs for a ``with`` block: each loaded when first
+        asked for, the previous one released first (SD3's and FLUX's T5-XXL is 19 GB in float32), and
+        none left after. An absent optional encoder (:attr:`optional_text_components`) is ``None``."""
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
         root, owner = self._root, type(self).__name__
         if root is None:
             raise DWGFError(f"{owner} was built in memory without text encoders: it knows only the prompts given to from_modules")
-        pairs = []
-        for tok_name, enc_name in self.text_components:
+        classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection, "T5EncoderModel": T5EncoderModel}
+
+        def load(i: int):
+            tok_name, enc_name = self.text_components[i]
+            if enc_name in self.optional_text_components and not (root / enc_name).is_dir():
+                return None
             try:
                 tokenizer = AutoTokenizer.from_pretrained(root, subfolder=tok_name, trust_remote_code=False)
             except Exception as err:  # noqa: BLE001 - includes a tokenizer that asks for remote code (never run)
                 raise self._pretrained_error(f": could not load {tok_name}/ ({str(err).splitlines()[0][:200]})") from None
             arch = (_read_config(root / enc_name / "config.json", self.pretrained, owner).get("architectures") or ["CLIPTextModel"])[0]
-            cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
-            pairs.append((tokenizer, _quiet_load(cls, root, enc_name, self.pretrained, owner)))
+            if arch not in classes:
+                raise self._pretrained_error(f": {enc_name}/ is a {arch}; expected one of {', '.join(sorted(classes))}")
+            return tokenizer, _quiet_load(classes[arch], root, enc_name, self.pretrained, owner)
+
+        encoders = _LazyEncoders(load, len(self.text_components))
         try:
-            yield pairs
+            yield encoders
         finally:
-            pairs.clear()  # the encoders go with the last reference
+            encoders.clear()  # the last encoder goes with its last reference
 
     @torch.no_grad()
     def _encode_text(self, encoders: list[tuple[Any, Any]], texts: list[str], max_length: Optional[int] = None) -> dict[str, torch.Tensor]:
@@ -235,6 +255,29 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         if self.guided:
             text += f", {self.cfg_option}={self.guidance_scale:g}"
         return text
+
+
+class _LazyEncoders:
+    """``(tokenizer, encoder)`` pairs loaded on demand by ``load(i)``; loading one releases the previous."""
+
+    def __init__(self, load, count: int):
+        self._load, self._count, self._index, self._pair = load, count, None, None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: int):
+        if self._index != i:
+            self._pair = None  # release the previous encoder before loading the next
+            self._pair, self._index = self._load(i), i
+        return self._pair
+
+    def __iter__(self):
+        for i in range(self._count):
+            yield self[i]
+
+    def clear(self) -> None:
+        self._pair, self._index = None, None
 
 
 def _rows(table: torch.Tensor, rows: Optional[torch.Tensor], count: int) -> torch.Tensor:
@@ -306,6 +349,7 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
             if pooled is None and out[0].ndim == 2:  # the projection of the encoder that has one
                 pooled = out[0]
             hidden.append(out.hidden_states[-2])
+            del tokenizer, encoder, out  # released before the next encoder loads
         if pooled is None:
             raise self._pretrained_error(": neither text encoder gives a pooled (projected) embedding; SDXL's "
                                          "text_encoder_2 is a CLIPTextModelWithProjection")
