@@ -271,6 +271,16 @@ def test_flow_decoder_errors_name_the_option(folders, tmp_path):
         load_prior(str(folders["sd15"]), flow_decoder=str(folders["sd15"] / "vae"))
     with pytest.raises(DWGFError, match="flow_decoder.*neither config.json"):
         load_prior(str(folders["sd15"]), flow_decoder=str(tmp_path))
+    # a file, a missing folder or a broken config is an error about flow_decoder, never about pretrained
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    for bad, why in [(tmp_path / "notes.txt", "is a file; expected an AutoencoderTiny folder"), (tmp_path / "nope", "no such folder"),
+                     (tmp_path / "broken", "config.json is not valid JSON")]:
+        with pytest.raises(DWGFError, match=f"flow_decoder '.*{bad.name}'.*{why}") as err:
+            load_prior(str(folders["sd15"]), flow_decoder=str(bad))
+        assert "pretrained" not in str(err.value)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "broken" / "config.json").read_text() == "{not json"
     prior = load_prior(str(folders["sd3"]), flow_decoder=str(folders["taesd3"]))  # SD3's 16-channel latents, scaled and shifted
     z = torch.randn(1, 16, 16, 16)
     assert prior.flow_decode(z).shape == prior.decode(z).shape == (1, 3, 32, 32)

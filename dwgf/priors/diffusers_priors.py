@@ -15,9 +15,9 @@ from dwgf.priors.base import LatentPrior
 
 
 
-def _pretrained_error(owner: str, pretrained: str, detail: str) -> DWGFError:
-    """An error about the ``pretrained`` argument of the prior class ``owner`` (the CLI names the option)."""
-    return argument_error(owner, "pretrained", f" {pretrained!r}{detail}")
+def _pretrained_error(owner: str, pretrained: str, detail: str, argument: str = "pretrained") -> DWGFError:
+    """An error about the ``argument`` (a folder or hub id) of the prior class ``owner`` (the CLI names the option)."""
+    return argument_error(owner, argument, f" {pretrained!r}{detail}")
 
 # What a diffusers pipeline folder must hold for each prior, besides model_index.json.
 _HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.model"]
@@ -39,7 +39,8 @@ def shipped_priors() -> list[str]:
     return sorted(p.name for p in assets.iterdir() if p.is_dir() and (p / "model_index.json").is_file())
 
 
-def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLatentPrior") -> Path:
+def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLatentPrior", argument: str = "pretrained",
+                       expected: str = "a diffusers folder (with model_index.json or vae/, unet/, scheduler/ subfolders)") -> Path:
     """A local folder for ``pretrained``: a shipped prior, the folder itself, or a hub id's snapshot.
 
     ``dwgf:<name>`` names a prior that ships with the package (``dwgf:mnist-ldm``).
@@ -55,16 +56,15 @@ def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLat
         name = text[len(SHIPPED_PREFIX) :]
         shipped = shipped_priors()
         if name not in shipped:
-            raise _pretrained_error(owner, text, f": no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})")
+            raise _pretrained_error(owner, text, f": no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})", argument)
         return Path(str(files("dwgf") / "assets" / name))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise _pretrained_error(owner, text, " is a file; expected a diffusers folder "
-                                    "(with model_index.json or vae/, unet/, scheduler/ subfolders)")
+            raise _pretrained_error(owner, text, f" is a file; expected {expected}", argument)
         return path
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is None:  # hub ids are "org/name"
-        raise _pretrained_error(owner, text, ": no such folder (and it is not a hub id of the form 'org/name')")
+        raise _pretrained_error(owner, text, ": no such folder (and it is not a hub id of the form 'org/name')", argument)
     from huggingface_hub import snapshot_download
 
     try:
@@ -74,25 +74,25 @@ def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLat
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub is unreachable or refused it"
         if offline:
             raise _pretrained_error(owner, text, f": not a local folder, and it could not be loaded as a hub id ({why}); download it where "
-                f"the hub is reachable and pass the local folder") from None
+                f"the hub is reachable and pass the local folder", argument) from None
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise _pretrained_error(owner, text, f": not a local folder, and it could not be loaded as a hub id ({why}: {reason}); download it "
-            f"where the hub is reachable and pass the local folder") from None
+            f"where the hub is reachable and pass the local folder", argument) from None
     return Path(local)
 
 
-def _read_config(path: Path, pretrained: str, owner: str) -> dict[str, Any]:
+def _read_config(path: Path, pretrained: str, owner: str, argument: str = "pretrained") -> dict[str, Any]:
     """A component's JSON config; a broken one is a one-line error naming the file and line."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise _pretrained_error(owner, pretrained, f": {path.parent.name}/{path.name} is not valid JSON (line {err.lineno}, column "
-            f"{err.colno}: {err.msg})") from None
+            f"{err.colno}: {err.msg})", argument) from None
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or err
-        raise _pretrained_error(owner, pretrained, f": cannot read {path.parent.name}/{path.name} ({reason})") from None
+        raise _pretrained_error(owner, pretrained, f": cannot read {path.parent.name}/{path.name} ({reason})", argument) from None
     if not isinstance(data, dict):
-        raise _pretrained_error(owner, pretrained, f": {path.parent.name}/{path.name} must hold a JSON object")
+        raise _pretrained_error(owner, pretrained, f": {path.parent.name}/{path.name} must hold a JSON object", argument)
     return data
 
 
@@ -162,12 +162,12 @@ class DiffusersLatentPrior(LatentPrior):
         from diffusers import AutoencoderTiny
 
         owner = type(self).__name__
-        root = resolve_pretrained(flow_decoder, owner)
+        root = resolve_pretrained(flow_decoder, owner, "flow_decoder", "an AutoencoderTiny folder (config.json or vae/config.json)")
         sub = "" if (root / "config.json").is_file() else "vae" if (root / "vae" / "config.json").is_file() else None
         if sub is None:
             raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: the folder has neither config.json nor vae/config.json "
                                  "(expected an AutoencoderTiny folder such as madebyollin/taesd)")
-        cfg = _read_config(root / sub / "config.json", flow_decoder, owner)
+        cfg = _read_config(root / sub / "config.json", flow_decoder, owner, "flow_decoder")
         if cfg.get("_class_name") != "AutoencoderTiny":
             raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: {sub + '/' if sub else ''}config.json describes a "
                                  f"{cfg.get('_class_name') or 'model of no class'}; expected an AutoencoderTiny (TAESD)")
