@@ -56,7 +56,8 @@ def resolve_pretrained(pretrained: str | os.PathLike, owner: str = "DiffusersLat
         name = text[len(SHIPPED_PREFIX) :]
         shipped = shipped_priors()
         if name not in shipped:
-            raise _pretrained_error(owner, text, f": no such shipped prior (shipped: {', '.join(SHIPPED_PREFIX + n for n in shipped) or 'none'})", argument)
+            listed = ", ".join(SHIPPED_PREFIX + n for n in shipped) or "none"
+            raise _pretrained_error(owner, text, f": no such shipped prior (shipped: {listed})", argument)
         return Path(str(files("dwgf") / "assets" / name))
     path = Path(text).expanduser()
     if path.exists():
