@@ -26,7 +26,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 OUTPUTS = ROOT / "outputs"
 
 # the MNIST tasks, each a config configs/mnist/<task>.yaml; the order of every table
-TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur", "motion_deblur", "denoise"]
+TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur", "motion_deblur", "denoise", "jpeg", "saturation", "phase_retrieval"]
+# the tasks whose operator is nonlinear (no adjoint: PSLD does not apply)
+NONLINEAR_TASKS = ("jpeg", "saturation", "phase_retrieval")
 
 # metrics.csv's uncertainty columns, averaged over digits like PSNR
 UNCERTAINTY = ("spread", "crps", "coverage90")
@@ -57,11 +59,14 @@ def digits_folder(split: str) -> Path:
 
 
 def naive_psnr(out: Path, names: list[str]) -> float:
-    """PSNR of the measurement shown as an image (nearest-neighbour upsampled where smaller)."""
+    """PSNR of the measurement shown as an image (nearest-neighbour upsampled where smaller); NaN where
+    the measurement is larger than the image in a side (a Fourier magnitude is not a degraded image)."""
     vals = []
     for name in names:
         truth = np.asarray(Image.open(out / name / "ground_truth.png"), dtype=np.float64) / 255
         meas = Image.open(out / name / "measurement.png")
+        if meas.size[0] > truth.shape[1] or meas.size[1] > truth.shape[0]:
+            return float("nan")
         if meas.size != (truth.shape[1], truth.shape[0]):
             meas = meas.resize((truth.shape[1], truth.shape[0]), Image.NEAREST)
         m = np.asarray(meas, dtype=np.float64) / 255

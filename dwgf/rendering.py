@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -121,12 +121,15 @@ def std_map(particles01: torch.Tensor) -> torch.Tensor:
 
 
 def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
-                file: str = "") -> tuple[dict[str, bytes], dict[str, Any]]:
+                file: str = "", align: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """An item's files (``{file name: bytes}``) and its metrics record.
 
     ``particles`` is ``N x C x H x W`` in ``[-1, 1]``; ``measurement`` the measurement as an image;
     ``image`` the ground truth or ``None``. Files: ``particle_<k>.png``, ``mean.png``, ``std.png``,
     ``measurement.png``, ``ground_truth.png`` (with a truth), ``summary.png`` and ``metrics.json``.
+    ``align(particles, image)``, where given (the operator's :meth:`~dwgf.operators.ForwardOperator.align`),
+    moves the particles by the measurement's symmetries before the metrics; the images are saved as found.
     """
     files: dict[str, bytes] = {}
     p01 = to_unit(particles)
@@ -144,8 +147,9 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     if image is not None:
         truth = to_unit(image)
         files["ground_truth.png"] = png_bytes(truth)
-        record.update(image_metrics(p01, truth[None]))
-        record.update(uncertainty_metrics(p01, truth))
+        q01 = p01 if align is None else to_unit(align(particles, image))
+        record.update(image_metrics(q01, truth[None]))
+        record.update(uncertainty_metrics(q01, truth))
         tiles.append(truth)
         labels.append("truth")
     record["seconds"] = float(seconds)

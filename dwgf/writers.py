@@ -143,9 +143,10 @@ class PredictionWriter(BasePredictionWriter):
         return self._identities[index] if index < len(self._identities) else ""
 
     def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
-                   index: int = -1, file: str = "") -> dict[str, Any]:
-        """Writes one item's files (:func:`dwgf.rendering.render_item`); ``particles`` is ``N x C x H x W`` in ``[-1, 1]``."""
-        files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name)
+                   index: int = -1, file: str = "", align=None) -> dict[str, Any]:
+        """Writes one item's files (:func:`dwgf.rendering.render_item`); ``particles`` is ``N x C x H x W`` in ``[-1, 1]``;
+        ``align``: the operator's, for the metrics (:meth:`dwgf.operators.ForwardOperator.align`)."""
+        files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name, align=align)
         self.folder.write_item(name, self._identity(index), files)
         return record
 
@@ -158,12 +159,14 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         images = prediction.get("image")
         files = prediction.get("files") or [""] * len(prediction["names"])
+        operator = getattr(pl_module, "operator", None)
         for i, name in enumerate(prediction["names"]):
             index = int(prediction["indices"][i])
             if index in self.complete:
                 continue  # recomputed only because its batch was incomplete: already written
             self.write_item(name, prediction["particles"][i], prediction["measurement"][i],
-                            None if images is None else images[i], prediction["seconds"], index=index, file=files[i])
+                            None if images is None else images[i], prediction["seconds"], index=index, file=files[i],
+                            align=None if operator is None else operator.align)
         for failure in prediction.get("failed", []):
             if int(failure.get("index", -1)) not in self.complete:
                 self.write_failure(failure)

@@ -310,6 +310,62 @@ def test_phase_retrieval_is_parseval_and_blind_to_shifts_and_the_twin():
     assert op.to_image(y, {}).min() >= -1 and op.to_image(y, {}).max() <= 1
 
 
+def _brute_force_alignment(op: PhaseRetrieval, estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Every circular shift of the padded estimate and of its flip, cropped back; the closest to the truth."""
+    h, w = estimate.shape[-2:]
+    canvas = op._pad((estimate + 1) / 2)
+    ph, pw = canvas.shape[-2:]
+    top, left = (ph - h) // 2, (pw - w) // 2
+    best = None
+    for candidate in (canvas, canvas.flip(-2, -1)):
+        for dy in range(ph):
+            for dx in range(pw):
+                moved = 2 * candidate.roll((dy, dx), (-2, -1))[..., top : top + h, left : left + w] - 1
+                err = float((moved - truth).square().sum())
+                if best is None or err < best[0]:
+                    best = (err, moved)
+    return best[1]
+
+
+def test_phase_retrieval_aligns_estimates_by_shift_and_twin_for_the_metrics():
+    """align() undoes a shift of the twin exactly (its measurement is the truth's), equals a brute-force search on
+    arbitrary estimates, and is the identity for operators without symmetries."""
+    gen = torch.Generator().manual_seed(1)
+    op = PhaseRetrieval(oversample=2.0)
+    truth = -torch.ones(2, 8, 8, dtype=torch.float64)
+    truth[:, 2:6, 1:5] = torch.rand(2, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1
+    canvas = op._pad((truth[None] + 1) / 2)
+    twin = 2 * canvas.flip(-2, -1).roll((1, -1), (-2, -1))[..., 4:12, 4:12] - 1  # the twin, moved, still inside the window
+    assert torch.allclose(op(twin, {}), op(truth[None], {}))
+    assert not torch.allclose(twin, truth[None])
+    assert torch.equal(op.align(torch.cat([twin, truth[None]]), truth), torch.cat([truth[None]] * 2))
+    estimates = torch.rand(3, 2, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1
+    aligned = op.align(estimates, truth)
+    for e, a in zip(estimates, aligned):
+        assert torch.allclose(a, _brute_force_alignment(op, e, truth))
+    assert torch.equal(Saturation().align(estimates, truth), estimates)
+
+
+def test_phase_retrieval_metrics_are_taken_up_to_its_symmetries():
+    """An item whose particles are the truth's shifted twin scores as the truth would; the saved particle is as found."""
+    import io
+
+    from PIL import Image
+
+    from dwgf.rendering import render_item
+
+    op = PhaseRetrieval(oversample=2.0)
+    truth = -torch.ones(1, 16, 16)
+    truth[:, 3:11, 4:12] = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    twin = 2 * op._pad((truth[None] + 1) / 2).flip(-2, -1).roll((2, 1), (-2, -1))[..., 8:24, 8:24] - 1
+    measurement = op.to_image(op(truth[None], {}), {})[0]
+    files, plain = render_item("a", twin, measurement, truth, 0.0)
+    _, aligned = render_item("a", twin, measurement, truth, 0.0, align=op.align)
+    assert plain["psnr_mean"] < 20 and aligned["psnr_mean"] > 40
+    saved = torch.tensor(list(Image.open(io.BytesIO(files["particle_0.png"])).getdata()), dtype=torch.float32).view(16, 16)
+    assert torch.allclose(saved / 255, ((twin[0, 0] + 1) / 2), atol=1 / 255)
+
+
 def test_function_operator_from_a_dotted_path_and_its_errors():
     op = FunctionOperator("test_operators.square_law", kwargs={"scale": 2.0}, sigma_y=0.01)
     x = torch.rand(2, 3, 8, 8) * 2 - 1

@@ -126,6 +126,14 @@ class ForwardOperator(ArgumentsRepr):
         """A measurement from its image form (measurement-only mode); inverse of :meth:`to_image`."""
         return image
 
+    def align(self, estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """``estimate`` (``N x C x H x W``, ``[-1, 1]``) moved, each image alone, as close to ``truth``
+        (``C x H x W``) as the measurement's symmetries allow: transformations of an image that leave its
+        measurement unchanged, so no method can tell them apart. Metrics compare the aligned images
+        with the truth; the saved images are the estimates as found. The default has no symmetry and
+        returns ``estimate``; :class:`~dwgf.operators.PhaseRetrieval` aligns shifts and the 180-degree twin."""
+        return estimate
+
     # -- data fidelity ---------------------------------------------------------------------------
     def data_loss(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
         """Per-item ``1/2 * mean over measured entries of (y - A(x))^2``, shape ``(B,)``."""
