@@ -16,6 +16,7 @@ from dwgf.operators import (
     MatrixOperator,
     MotionBlur,
     PhaseRetrieval,
+    PoissonNoise,
     RandomInpainting,
     Saturation,
     SuperResolution,
@@ -40,6 +41,8 @@ EXAMPLES = {
     "phase_retrieval": lambda: PhaseRetrieval(oversample=2.0, sigma_y=0.05),
     "function": lambda: FunctionOperator(square_law, kwargs={"scale": 0.5}, sigma_y=0.05),
     "jpeg": lambda: JPEG(quality=20, sigma_y=0.05),
+    "poisson_blur": lambda: PoissonNoise(GaussianBlur(kernel_size=9, sigma=2.0), rate=50.0),
+    "poisson_box": lambda: PoissonNoise(BoxInpainting(size=[6, 9]), rate=50.0),
 }
 
 
@@ -421,3 +424,44 @@ def test_jpeg_gradient_is_the_smooth_surrogates_and_nonzero():
     assert torch.allclose(loss, op.data_loss(x, y, {}))  # the loss is the exact one
     with pytest.raises(DWGFError, match="quality.*1..100"):
         JPEG(quality=0)
+
+
+def test_poisson_noise_has_poisson_moments_and_is_the_wrapped_operator_otherwise():
+    """Mean A x and variance 2 (A x + 1) / rate on measured entries; unmeasured entries noiseless; shapes,
+    parameters, mask, linearity, adjoint and measurement image are the wrapped operator's."""
+    inner = BoxInpainting(size=[6, 9])
+    op = PoissonNoise(inner, rate=20.0)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gen = torch.Generator().manual_seed(3)
+    p = {k: v[None] for k, v in op.sample_params((1, 16, 16), torch.Generator().manual_seed(4)).items()}
+    assert torch.equal(p["mask"][0], inner.sample_params((1, 16, 16), torch.Generator().manual_seed(4))["mask"])
+    ys = torch.stack([op.simulate(x, p, gen) for _ in range(4000)])
+    clean, mask = inner(x, p), p["mask"].bool()
+    assert torch.allclose(ys.mean(0)[mask], clean[mask], atol=0.03)
+    assert torch.allclose(ys.var(0)[mask], 2 * (clean[mask] + 1) / 20, rtol=0.15, atol=2e-3)
+    assert torch.equal(ys[:, ~mask], clean[~mask].expand(4000, -1))
+    assert op.linear and op.measurement_shape((1, 16, 16)) == (1, 16, 16) and op.sigma_y == (2 / 20) ** 0.5
+    assert torch.equal(op.adjoint(clean, p), inner.adjoint(clean, p)) and torch.equal(op.to_image(clean, p), inner.to_image(clean, p))
+    assert not PoissonNoise(Saturation(sigma_y=0.0), rate=5.0).linear
+    for make, match in [
+        (lambda: PoissonNoise(GaussianBlur(sigma_y=0.05), rate=10), "operator has sigma_y 0.05: give it sigma_y: 0"),
+        (lambda: PoissonNoise(GaussianBlur(), rate=0), "rate must be a finite number > 0, got 0"),
+        (lambda: PoissonNoise(PoissonNoise(GaussianBlur(), rate=5), rate=5), "already a PoissonNoise"),
+    ]:
+        with pytest.raises(DWGFError, match=match):
+            make()
+
+
+def test_the_poisson_likelihood_reads_the_operators_rate():
+    from dwgf.likelihoods import PoissonLikelihood
+
+    op = PoissonNoise(GaussianBlur(kernel_size=5, sigma=1.0), rate=30.0)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y, params = op.measure(x, seeds=[0, 1])
+    PoissonLikelihood().check_operator(op)
+    assert torch.equal(PoissonLikelihood().loss(op, x, y, params), PoissonLikelihood(rate=30.0).loss(op, x, y, params))
+    assert not torch.equal(PoissonLikelihood().loss(op, x, y, params), PoissonLikelihood(rate=60.0).loss(op, x, y, params))
+    with pytest.raises(DWGFError, match=r"rate 60.0 differs from the operator's \(--data.operator.init_args.rate 30.0\)"):
+        PoissonLikelihood(rate=60.0).check_operator(op)
+    with pytest.raises(DWGFError, match="rate is needed: GaussianBlur simulates no Poisson noise"):
+        PoissonLikelihood().check_operator(GaussianBlur())

@@ -9,6 +9,7 @@ import torch
 from dwgf.errors import argument_error
 from dwgf.likelihoods.base import DataTerm
 from dwgf.operators.base import ForwardOperator, Params
+from dwgf.operators.noise import PoissonNoise, poisson_counts
 
 
 class PoissonLikelihood(DataTerm):
@@ -21,26 +22,45 @@ class PoissonLikelihood(DataTerm):
         ``sum (lambda - k log lambda) / temperature`` (up to a constant in ``x``),
 
     with ``lambda`` floored at ``rate * 1e-4`` so that a predicted black pixel keeps a finite
-    gradient. The operators simulate Gaussian noise only: give Poisson measurements with
-    ``--data.measurements``, or simulate them with :func:`poisson_measurement`.
+    gradient. Simulate such measurements with the operator
+    :class:`~dwgf.operators.PoissonNoise` (``data.operator``), whose ``rate`` this term reads when
+    it has none of its own, or give Poisson measurements with ``--data.measurements`` and a ``rate``.
 
     Args:
-        rate: expected count of a white pixel (> 0).
+        rate: expected count of a white pixel (> 0). Default ``None``: the operator's (a
+            :class:`~dwgf.operators.PoissonNoise`).
         temperature: divides the log-likelihood. Default 1.
     """
 
-    def __init__(self, rate: float, temperature: float = 1.0):
-        if not rate > 0:
+    def __init__(self, rate: Optional[float] = None, temperature: float = 1.0):
+        if rate is not None and not rate > 0:
             raise argument_error(self, "rate", f" must be > 0, got {rate}")
         if not temperature > 0:
             raise argument_error(self, "temperature", f" must be > 0, got {temperature}")
-        self.rate = float(rate)
+        self.rate = None if rate is None else float(rate)
         self.temperature = float(temperature)
+
+    def rate_for(self, operator: ForwardOperator) -> float:
+        """The rate in use for ``operator``: this term's, else the operator's (a :class:`~dwgf.operators.PoissonNoise`)."""
+        if self.rate is not None:
+            return self.rate
+        rate = getattr(operator, "rate", None) if isinstance(operator, PoissonNoise) else None
+        if rate is None:
+            raise argument_error(self, "rate", f" is needed: {type(operator).__name__} simulates no Poisson noise (give the rate of "
+                                 "your measurements, or use data.operator PoissonNoise)")
+        return rate
+
+    def check_operator(self, operator: ForwardOperator) -> None:
+        rate = self.rate_for(operator)
+        if isinstance(operator, PoissonNoise) and rate != operator.rate:
+            raise argument_error(self, "rate", f" {rate} differs from the operator's (--data.operator.init_args.rate {operator.rate}): "
+                                 "leave it unset to use the operator's")
 
     def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
              abar: Optional[torch.Tensor] = None) -> torch.Tensor:
-        lam = (self.rate * (operator.forward(x, params) + 1) / 2).clamp_min(self.rate * 1e-4)
-        counts = (self.rate * (y + 1) / 2).clamp_min(0)
+        rate = self.rate_for(operator)
+        lam = (rate * (operator.forward(x, params) + 1) / 2).clamp_min(rate * 1e-4)
+        counts = (rate * (y + 1) / 2).clamp_min(0)
         nll = lam - counts * lam.log()
         mask = operator.measured(params)
         if mask is not None:
@@ -49,6 +69,6 @@ class PoissonLikelihood(DataTerm):
 
 
 def poisson_measurement(clean: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """A Poisson measurement of ``clean = A x`` (in ``[-1, 1]``) at ``rate``, as :class:`PoissonLikelihood` reads it."""
-    counts = torch.poisson(rate * (clean.clamp(-1, 1) + 1) / 2, generator=generator)
-    return 2 * counts / rate - 1
+    """A Poisson measurement of ``clean = A x`` (in ``[-1, 1]``) at ``rate``, as :class:`PoissonLikelihood` reads it
+    (:func:`dwgf.operators.poisson_counts`)."""
+    return poisson_counts(clean, rate, generator)

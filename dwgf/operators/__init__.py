@@ -9,6 +9,7 @@ from dwgf.operators.blur import Blur, GaussianBlur, MotionBlur, gaussian_kernel,
 from dwgf.operators.denoising import Denoising
 from dwgf.operators.inpainting import BoxInpainting, RandomInpainting
 from dwgf.operators.matrix import MatrixOperator
+from dwgf.operators.noise import PoissonNoise, poisson_counts
 from dwgf.operators.nonlinear import JPEG, FunctionOperator, PhaseRetrieval, Saturation
 from dwgf.operators.super_resolution import SuperResolution
 
@@ -28,6 +29,8 @@ __all__ = [
     "PhaseRetrieval",
     "FunctionOperator",
     "JPEG",
+    "PoissonNoise",
+    "poisson_counts",
     "gaussian_kernel",
     "motion_kernel",
 ]
