@@ -49,7 +49,9 @@ class PhaseRetrieval(ForwardOperator):
     transformed with the orthonormal 2-D FFT; the measurement is the magnitude,
     ``C x round(oversample H) x round(oversample W)``. The magnitude does not change when the image is
     shifted (within the padding) or rotated by 180 degrees with conjugation, so a solution is
-    defined only up to those symmetries: compare results up to them, as the field reports them.
+    defined only up to those symmetries. ``dwgf predict`` takes its metrics up to them, as the field
+    reports them: :meth:`align` moves each particle to its best shift and twin before PSNR, SSIM and
+    the uncertainty figures are computed; the saved images are the particles as found.
 
     Args:
         oversample: the padded size over the image size (>= 1). Default 2 (the usual oversampling).
