@@ -240,6 +240,11 @@ def test_blur_kernels_are_normalised():
         (lambda: RandomInpainting(missing=1.0), "missing must be in"),
         (lambda: GaussianBlur(kernel_size=8), "odd"),
         (lambda: SuperResolution(factor=0), "positive integer"),
+        (lambda: Saturation(gain=0), "gain must be a finite number > 0, got 0"),
+        (lambda: Saturation(level=1.5), r"level must be in \(0, 1\], got 1.5"),
+        (lambda: PhaseRetrieval(oversample=0.5), "oversample must be a finite number >= 1, got 0.5"),
+        (lambda: JPEG(quality=0), "quality must be an integer in 1..100, got 0"),
+        (lambda: JPEG(quality=101), "quality must be an integer in 1..100, got 101"),
     ],
 )
 def test_bad_operator_settings_fail_with_one_line(make, match):
