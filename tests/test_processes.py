@@ -210,3 +210,33 @@ def test_a_killed_launcher_takes_its_ranks_down(ldm_path, five_images, tmp_path,
     assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM)
     assert gone(rank1, 60), "rank 1 still runs after its launcher ended"
     assert not list(out.glob("*/mean.png"))  # nobody went on writing
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_this_machine_are_byte_identical_to_one_process(ldm_path, five_images, tmp_path):
+    """Two Lightning "nodes" of one process each, started by hand as a cluster's launcher would (NODE_RANK,
+    MASTER_ADDR, MASTER_PORT, WORLD_SIZE per process), write one output folder equal to a one-process run."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    main(args(ldm_path, five_images, one, "--trainer.accelerator", "cpu", "--data.batch_size", 2))
+    port = str(_free_port())
+    procs = []
+    for node in (0, 1):
+        node_env = {**env(threads=False), "NODE_RANK": str(node), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                    "WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen(two_process_args(ldm_path, five_images, two, "--trainer.num_nodes", 2, "--trainer.devices", 1,
+                                                       "--trainer.strategy", "ddp", "--data.batch_size", 2),
+                                      env=node_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for node, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert f"GLOBAL_RANK: {node}, MEMBER: {node + 1}/2" in err  # one process group of two, not two runs of one
+    assert fingerprint(two, skip=DEVICES) == fingerprint(one, skip=DEVICES)
+    with open(two / "metrics.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == NAMES
