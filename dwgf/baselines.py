@@ -96,7 +96,11 @@ class PSLD(LatentDPS):
     gradient runs through the encoder as well. Needs a linear operator (an adjoint).
 
     Args:
-        prior, num_steps, num_particles, guidance, eta: as :class:`LatentDPS`.
+        prior: as :class:`LatentDPS`.
+        num_steps: as :class:`LatentDPS`.
+        num_particles: as :class:`LatentDPS`.
+        guidance: as :class:`LatentDPS`.
+        eta: as :class:`LatentDPS`.
         gluing: ``gamma``, the weight of the gluing term. Default 0.1.
     """
 

@@ -56,8 +56,10 @@ def dps_sample(
     """Posterior samples ``B x N x C x H x W`` for measurements ``y`` by Latent DPS (``gluing = 0``) or PSLD.
 
     Args:
-        prior, operator: the latent prior and the forward operator (PSLD needs a linear one).
-        y, params: measurements ``B x ...`` and the operator's per-item parameters.
+        prior: the latent prior.
+        operator: the forward operator (PSLD needs a linear one).
+        y: measurements ``B x ...``.
+        params: the operator's per-item parameters.
         draw: per-item noise (:class:`~dwgf.flow.ItemNoise`): the initial latents and each step's noise.
         num_particles: ``N`` samples per measurement. num_steps: DDIM steps (one network call each).
         guidance: the data term's weight (``zeta``); 0 with ``gluing = 0`` is plain DDIM sampling.

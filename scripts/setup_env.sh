@@ -12,5 +12,5 @@ python3 -m venv "$VENV"
 source "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 python scripts/install_torch.py
-python -m pip install --quiet -e '.[test]'
+python -m pip install --quiet -e '.[test,docs]'
 python -c "import torch, lightning, diffusers, transformers, jsonargparse; print('setup_env: torch', torch.__version__, '| lightning', lightning.__version__, '| diffusers', diffusers.__version__, '| transformers', transformers.__version__)"

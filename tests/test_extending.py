@@ -1,4 +1,5 @@
-"""CONTRIBUTING.md's worked examples: a user's own operator, regularizer and schedule, through dwgf predict."""
+"""The documentation's worked examples ("Extending dwgf", docs/extending.md): a user's own operator (a function and a
+class), regularizer, schedule and method, from examples/extending/my_extensions.py, through dwgf predict."""
 
 import json
 import re
@@ -24,12 +25,16 @@ def user_module(monkeypatch):
     return my_extensions
 
 
-def test_contributing_shows_the_example_code_as_it_is():
-    guide = (ROOT / "CONTRIBUTING.md").read_text()
+PARTS = ("function", "operator", "regularizer", "schedule", "method")
+
+
+def test_the_extending_page_includes_each_example_from_the_module():
+    """The page shows the module's code by inclusion (pymdownx.snippets), so what it shows is what runs here."""
+    page = (ROOT / "docs" / "extending.md").read_text()
     source = (EXAMPLE / "my_extensions.py").read_text()
-    for part in ("operator", "regularizer", "schedule"):
-        snippet = re.search(rf"# --8<-- \[start:{part}\]\n(.*?)# --8<-- \[end:{part}\]", source, re.S).group(1)
-        assert snippet.strip() in guide, f"CONTRIBUTING.md's {part} example differs from examples/extending/my_extensions.py"
+    for part in PARTS:
+        assert re.search(rf"# --8<-- \[start:{part}\]\n(.+?)# --8<-- \[end:{part}\]", source, re.S), part
+        assert f'--8<-- "examples/extending/my_extensions.py:{part}"' in page, part
 
 
 def test_user_extensions_run_through_dwgf_predict(user_module, ldm_path, tmp_path):
@@ -67,3 +72,48 @@ def test_example_classes_do_what_they_say(user_module):
     assert [sched(k, 6) for k in range(6)] == [0.4, 0.4, 0.2, 0.2, 0.1, 0.1]
     with pytest.raises(Exception, match="period must be >= 2"):
         user_module.ScanlineDropout(period=1)
+
+
+
+def _two_digits(tmp_path):
+    images = tmp_path / "digits"
+    images.mkdir()
+    for name in ("digit0_mnist_0475.png", "digit1_mnist_0975.png"):
+        (images / name).write_bytes((ROOT / "examples/mnist" / name).read_bytes())
+    return images
+
+
+def test_a_users_function_operator_and_method_run_through_dwgf_predict(user_module, ldm_path, tmp_path):
+    """FunctionOperator naming my_extensions.square_law under the user's own method (LatentMAP), as the page shows them."""
+    images = _two_digits(tmp_path)
+    out = tmp_path / "o"
+    main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"), "--config", str(EXAMPLE / "latent_map.yaml"),
+          "--model.prior.pretrained", str(ldm_path), "--model.num_steps", "3", "--data.images", str(images), "--output", str(out),
+          "--data.operator", "FunctionOperator", "--data.operator.function", "my_extensions.square_law", "--data.operator.sigma_y", "0.01",
+          "--trainer.logger", "false"])
+    resolved = (out / "config.yaml").read_text()
+    assert "my_extensions.LatentMAP" in resolved and "my_extensions.square_law" in resolved
+    for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
+        assert json.loads((out / name / ".dwgf-item.json").read_text())["state"] == "complete"
+        assert len(list((out / name).glob("particle_*.png"))) == 4
+
+
+def test_the_users_method_fits_the_measurement_and_leaves_the_prior_frozen(user_module, ldm_prior):
+    from dwgf.operators import BoxInpainting
+
+    x = torch.rand(2, ldm_prior.image_channels, ldm_prior.image_size, ldm_prior.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    op = BoxInpainting(size=[8, 8], sigma_y=0.0)
+    y, params = op.measure(x, seeds=[0, 1])
+    data_loss = {}
+    for steps in (1, 30):
+        solver = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=steps, lr=0.1, weight=0.0).set_operator(op)
+        particles = solver.solve(y, params, seeds=[0, 1])
+        assert particles.shape == (2, 2, *x.shape[1:])
+        params_n = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
+        data_loss[steps] = float(op.data_loss(particles.flatten(0, 1), y.repeat_interleave(2, 0), params_n).mean())
+    assert data_loss[30] < 0.5 * data_loss[1]
+    assert all(p.grad is None for p in ldm_prior.parameters())
+    solver = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=3).set_operator(op)
+    alone = solver.solve(y[1:], {k: v[1:] for k, v in params.items()}, seeds=[1])
+    both = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=3).set_operator(op).solve(y, params, seeds=[0, 1])
+    assert torch.allclose(alone[0], both[1], atol=1e-5)  # an item alone = the same item in a batch

@@ -72,7 +72,7 @@ def test_a_resumed_run_says_what_it_skipped_and_leaves_no_empty_log(ldm_path, tm
 
 
 def test_no_reference_to_a_document_the_repository_lacks():
-    texts = [*ROOT.glob("dwgf/**/*.py"), *ROOT.glob("configs/**/*.yaml"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    texts = [*ROOT.glob("dwgf/**/*.py"), *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("docs/**/*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
     for path in texts:
         for name in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text(encoding="utf-8")):
             assert (ROOT / name).is_file() or (path.parent / name).is_file(), f"{path} cites {name}, which is not in the repository"

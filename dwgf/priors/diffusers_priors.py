@@ -322,7 +322,8 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
     Args:
         pretrained: a local diffusers folder, a hub id (only if reachable or already cached), or
             ``dwgf:<name>`` for a prior that ships with dwgf (``dwgf:mnist-ldm``).
-        channels_last, flow_decoder: see :class:`DiffusersLatentPrior`.
+        channels_last: see :class:`DiffusersLatentPrior`.
+        flow_decoder: see :class:`DiffusersLatentPrior`.
     """
 
     def _load_denoiser(self, root: Path) -> None:

@@ -281,10 +281,12 @@ class StableDiffusion3Prior(FlowMatchingPrior):
     Args:
         pretrained: a local diffusers folder or a hub id (``stabilityai/stable-diffusion-3.5-medium``,
             ``stabilityai/stable-diffusion-3-medium-diffusers``; only if reachable or already cached).
-        prompt, negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
         guidance_scale: classifier-free guidance ``g`` on the velocity (default 1: none, one row).
         max_sequence_length: T5 tokens (default 256, the pipeline's).
-        channels_last, flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
     """
 
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
@@ -362,12 +364,14 @@ class FluxPrior(FlowMatchingPrior):
     Args:
         pretrained: a local diffusers folder or a hub id (``black-forest-labs/FLUX.1-dev``,
             ``black-forest-labs/FLUX.1-schnell``; only if reachable or already cached).
-        prompt, negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
         guidance_scale: FLUX.1-dev's embedded guidance (default ``None``: 3.5, the pipeline's); a
             model without a guidance embedding (schnell) takes none, and giving one is an error.
         true_cfg_scale: classifier-free guidance on the velocity (default 1: none, one row).
         max_sequence_length: T5 tokens (default 512, the pipeline's).
-        channels_last, flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
     """
 
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))

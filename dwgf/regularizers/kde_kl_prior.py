@@ -43,7 +43,8 @@ class KDEKLPrior(KLPrior):
     ``N x N`` distance matrix per item per iteration (no network call beyond the shared one).
 
     Args:
-        weight, weighting: as :class:`KLPrior`.
+        weight: as :class:`KLPrior`.
+        weighting: as :class:`KLPrior`.
         bandwidth: ``"median"`` (default) or a fixed variance for the median term.
         scale: multiplies the median heuristic. Default 1.
         entropy_weight: ``a``, the interaction's factor. Default 1 (the KL functional itself).

@@ -1,11 +1,14 @@
-"""A user's own regularizer, forward operator and step-size schedule for dwgf.
+"""A user's own regularizer, forward operator, step-size schedule and method (solver) for dwgf.
 
 Nothing here is part of dwgf: the classes live in this module and ``dwgf predict`` finds them by
-``class_path`` (see ``scanlines.yaml`` next to this file). From the repository root::
+``class_path`` (see ``scanlines.yaml`` and ``latent_map.yaml`` next to this file). From the repository root::
 
     PYTHONPATH=examples/extending dwgf predict --config examples/extending/scanlines.yaml
+    PYTHONPATH=examples/extending dwgf predict --config configs/mnist/box_inpaint.yaml \
+        --config examples/extending/latent_map.yaml --data.images examples/mnist --output out/map
 
-CONTRIBUTING.md walks through each class; ``tests/test_extending.py`` runs this example.
+The documentation's "Extending dwgf" page walks through each class; ``tests/test_extending.py`` runs
+this example and checks that the page shows this code.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ from typing import Optional
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.operators import ForwardOperator
+from dwgf.flow import ItemNoise, item_generators
+from dwgf.operators import ForwardOperator, repeat_params
+from dwgf.priors import LatentPrior
 from dwgf.regularizers import Regularizer
 from dwgf.schedules import StepSizeSchedule
+from dwgf.solver import InverseSolver
+
+
+# --8<-- [start:function]
+def square_law(x, params, scale=1.0):
+    """A square-law detector, ``scale * x^2``: a nonlinear operator as a plain function (``FunctionOperator``)."""
+    return scale * x.square()  # x: B x C x H x W in [-1, 1]; one output row per image
+# --8<-- [end:function]
 
 
 # --8<-- [start:operator]
@@ -90,3 +103,36 @@ class StepDecay(StepSizeSchedule):
         lr = self.lr * self.factor ** (k // self.every)
         return max(lr, self.final_lr) if self.final_lr is not None else lr
 # --8<-- [end:schedule]
+
+
+# --8<-- [start:method]
+class LatentMAP(InverseSolver):
+    """A method of one's own: the latent that best explains the measurement under the autoencoder's
+    own Gaussian latent prior, ``min_z 1/2 mean (y - A(D(z)))^2 + weight/2 mean z^2``, by Adam from
+    ``N`` random starts per item. No diffusion network: a baseline for what the diffusion prior adds.
+    """
+
+    def __init__(self, prior: LatentPrior, num_particles: int = 4, num_steps: int = 200, lr: float = 0.1, weight: float = 0.01):
+        super().__init__(prior, num_particles)
+        if num_steps < 1 or not lr > 0 or not weight >= 0:
+            raise DWGFError(f"LatentMAP: need num_steps >= 1, lr > 0, weight >= 0, got {num_steps}, {lr}, {weight}")
+        self.num_steps, self.lr, self.weight = int(num_steps), float(lr), float(weight)
+
+    def solve(self, y, params, seeds, size=None, prompts=None):
+        b, n = y.shape[0], self.num_particles
+        draw = ItemNoise(item_generators(seeds, y.device), y.device)  # each item's numbers from its own seed
+        z = draw((n, *self.prior.latent_shape_at(size))).flatten(0, 1)  # B*N starting latents
+        y_n, params_n = y.repeat_interleave(n, 0), repeat_params(params, n)
+        with torch.enable_grad():  # dwgf predict runs solvers without inference mode, but under no_grad
+            z.requires_grad_(True)
+            adam = torch.optim.Adam([z], lr=self.lr)
+            for k in range(self.num_steps):
+                loss = self.operator.data_loss(self.prior.decode(z), y_n, params_n) + 0.5 * self.weight * z.square().flatten(1).mean(1)
+                adam.zero_grad()
+                loss.sum().backward()  # the prior is frozen: only z gets a gradient
+                adam.step()
+                self.report_iteration(k, self.num_steps)  # progress, and a clean stop on SIGTERM / Ctrl-C
+        with torch.no_grad():
+            x = self.prior.decode(z)
+        return x.view(b, n, *x.shape[1:])
+# --8<-- [end:method]

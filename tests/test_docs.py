@@ -1,0 +1,125 @@
+"""The documentation site's commands run as shown.
+
+Every ``dwgf predict`` command in a ``bash`` block of ``docs/`` whose inputs ship with the repository
+(its configs, ``examples/``, the shipped prior) is run here, shortened to two iterations. The
+quickstart's command, marked ``<!-- docs-test: full -->`` in ``docs/getting-started.md``, runs in full,
+and its ``metrics.csv`` rows and picture must be the ones the page shows. Commands that need files a
+user brings (their own photos, a checkpoint) are listed by :func:`test_the_docs_commands_are_found`.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dwgf.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PATH_OPTIONS = ("--config", "--data.images", "--data.measurements", "--data.masks")
+
+
+def _commands() -> list[tuple[str, list[str], str, bool]]:
+    """``(page, argv after 'dwgf', PYTHONPATH, full)`` of every ``dwgf predict`` command in the site's bash blocks."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text()
+        for block in re.finditer(r"(<!-- docs-test: full -->\n)?```bash\n(.*?)```", text, re.S):
+            full = block.group(1) is not None
+            lines = block.group(2).replace("\\\n", " ").splitlines()
+            for line in lines:
+                line = line.split(" #")[0].strip()
+                if "dwgf predict" not in line or line.startswith(("#", "for ", "srun", "torchrun")):
+                    continue
+                words = shlex.split(line)
+                env = dict(w.split("=", 1) for w in words[: words.index("dwgf")] if "=" in w)
+                found.append((str(page.relative_to(ROOT)), words[words.index("dwgf") + 1 :], env.get("PYTHONPATH", ""), full))
+    return found
+
+
+def _runnable(argv: list[str]) -> bool:
+    """Whether every file the command names ships with the repository (and it loads no checkpoint of the user's)."""
+    if "--model.prior.pretrained" in argv or "--trainer.num_nodes" in argv:  # a user's checkpoint; several nodes: test_processes.py
+        return False
+    for opt, value in zip(argv, argv[1:]):
+        if opt in PATH_OPTIONS and not (ROOT / value).exists():
+            return False
+    return True
+
+
+COMMANDS = _commands()
+RUNNABLE = [c for c in COMMANDS if _runnable(c[1])]
+
+
+def test_the_docs_commands_are_found():
+    """The site has commands, several of them runnable here, and the quickstart is marked to run in full."""
+    assert len(COMMANDS) >= 10 and len(RUNNABLE) >= 5, [c[1] for c in COMMANDS]
+    assert [c[1] for c in RUNNABLE if c[3]] == [["predict", "--config", "configs/quickstart.yaml"]]
+
+
+def _run(argv: list[str], pythonpath: str, out: Path, monkeypatch, *extra: str) -> list[dict]:
+    monkeypatch.chdir(ROOT)
+    if pythonpath:
+        monkeypatch.syspath_prepend(str(ROOT / pythonpath))
+    argv = list(argv)
+    if "--output" in argv:
+        i = argv.index("--output")
+        del argv[i : i + 2]
+    main([*argv, "--output", str(out), "--trainer.logger", "false", *extra])
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("page, argv, pythonpath", [c[:3] for c in RUNNABLE if not c[3]],
+                         ids=[f"{c[0]}:{' '.join(c[1][1:5])}" for c in RUNNABLE if not c[3]])
+def test_a_docs_command_runs(page, argv, pythonpath, tmp_path, monkeypatch):
+    rows = _run(argv, pythonpath, tmp_path / "out", monkeypatch, "--model.num_steps", "2")
+    assert rows and all(r["name"] for r in rows)
+
+
+def test_the_quickstart_gives_what_the_page_shows(tmp_path, monkeypatch):
+    """The quickstart in full: its metrics rows to 0.05 dB, and its picture, are the ones the page shows."""
+    (page, argv, pythonpath, _), = [c for c in RUNNABLE if c[3]]
+    rows = {r["name"]: r for r in _run(argv, pythonpath, tmp_path / "out", monkeypatch)}
+    text = (ROOT / page).read_text()
+    shown = re.search(r"<!-- docs-test: metrics -->\n```text\n(.*?)```", text, re.S).group(1)
+    shown_rows = list(csv.DictReader(shown.splitlines()))
+    assert len(shown_rows) == len(rows) == 8
+    for row in shown_rows:
+        for key in ("psnr_mean", "psnr"):
+            assert abs(float(rows[row["name"]][key]) - float(row[key])) < 0.05, (row["name"], key, rows[row["name"]][key], row[key])
+    picture = re.search(r"!\[[^\]]*\]\(([^)]+)\)", text[text.index("<!-- docs-test: metrics -->") :]).group(1)
+    ours = np.asarray(Image.open(tmp_path / "out" / "summary.png").convert("L"), dtype=float)
+    theirs = np.asarray(Image.open(ROOT / picture).convert("L"), dtype=float)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).mean() < 1.0, np.abs(ours - theirs).mean()
+
+
+def test_the_readme_fits_a_screen_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 10
+    for link in links:
+        assert link.startswith("https://") or (ROOT / link).exists(), link
+
+
+# what README.md said before the site, section by section: each now lives on a page (title, page)
+MOVED = [("Quickstart: two commands on a fresh machine", "getting-started.md"), ("Install", "getting-started.md"),
+         ("A first run", "running.md"), ("Options", "running.md"), ("What a run writes", "running.md"),
+         ("Uncertainty: `std.png`, `spread`, `crps`, `coverage90`", "running.md"), ("Output folder and resume", "running.md"),
+         ("Long runs: failures and bad input", "running.md"), ("What dwgf says about bad input", "running.md"),
+         ("Several machines", "scaling.md"), ("Priors and checkpoints", "priors.md"),
+         ("The inpainting box at other resolutions", "operators.md"), ("Python API", "api/index.md"), ("What is built in", "extending.md"),
+         ("Methods compared", "results/methods.md"), ("Against exact posteriors", "results/posteriors.md"),
+         ("Sampling the posterior", "results/sampling.md"), ("Diverse particles", "results/sampling.md"), ("Performance", "performance.md")]
+
+
+@pytest.mark.parametrize("title, page", MOVED)
+def test_every_section_of_the_old_readme_lives_on_a_page(title, page):
+    assert re.search(rf"^#+ {re.escape(title)}$", (DOCS / page).read_text(), re.M), (title, page)
