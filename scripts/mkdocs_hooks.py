@@ -1,8 +1,10 @@
 """MkDocs hooks: the site shows the repository's own pictures (the quickstart's result, the benchmark
-figures) from where they are committed, rather than from copies under ``docs/`` that could drift."""
+figures) from where they are committed, rather than from copies under ``docs/`` that could drift; and
+the docstrings' Sphinx roles (``:class:`~dwgf.priors.LatentPrior```) read as plain code names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -16,3 +18,12 @@ def on_files(files, config):
         for path in sorted(ROOT.glob(pattern)):
             files.append(File(str(path.relative_to(ROOT)), str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
+
+
+ROLE = re.compile(r":(?:class|meth|func|mod|attr|data|obj|exc):(?=<code>)")
+SHORT = re.compile(r"<code>~(?:[A-Za-z_][A-Za-z0-9_]*\.)+([A-Za-z_][A-Za-z0-9_]*)</code>")
+
+
+def on_post_page(output, page, config):
+    """``:class:<code>~dwgf.priors.LatentPrior</code>`` in rendered docstrings becomes ``<code>LatentPrior</code>``."""
+    return SHORT.sub(r"<code>\1</code>", ROLE.sub("", output))
