@@ -226,7 +226,7 @@ def write_table() -> None:
         f"N = {PARTICLES} particles per digit, 200 network evaluations per particle, the 100 report digits of `quality.py`",
         "(first 10 report digits of each class). *mean*: particle-mean PSNR; *particle*: PSNR averaged over particles;",
         "*vs DWGF*: this row's particle-mean PSNR minus plain DWGF's, paired per digit, with its standard error; spread,",
-        "CRPS and cov90 per pixel of [0, 1] images (README, \"Uncertainty\"); s/image: solver time per digit, 2-core CPU.",
+        "CRPS and cov90 per pixel of [0, 1] images (docs/running.md, \"Uncertainty\"); s/image: solver time per digit, 2-core CPU.",
         "",
         "| task | method | setting | mean PSNR | particle PSNR | vs DWGF (dB) | spread | CRPS | cov90 | s/image | date |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -245,7 +245,7 @@ def write_tables() -> None:
     tasks = [t for t in TASKS if any(k.task == t for k in runs)]
     if tasks:
         lines += ["*DWGF - it*: the particle-mean PSNR of DWGF minus this method's, paired per digit, with its standard error.",
-                  "*spread*, *CRPS*, *cov90*: the particles around the truth, per pixel of [0, 1] images, averaged over digits (README,",
+                  "*spread*, *CRPS*, *cov90*: the particles around the truth, per pixel of [0, 1] images, averaged over digits (docs/running.md,",
                   "\"Uncertainty\"): mean standard deviation across particles, the ensemble CRPS, and the share of pixels whose truth",
                   "lies between the particles' 5% and 95% quantiles (\"-\": a run from before metrics.csv had them).", "",
                   "| task | method | setting | mean PSNR | mean SSIM | particle PSNR | particle SSIM | DWGF - it (dB) | spread | CRPS | "

@@ -2,7 +2,7 @@
 
 DWGF (Diffusion-regularized Wasserstein Gradient Flow, Wang & Akyildiz 2025) moves N latent
 particles per measurement along a Wasserstein gradient flow of a data term plus a time-weighted KL
-to the diffusion prior. See ``README.md`` and the paper, "A Gradient Flow Approach to Solving Inverse
+to the diffusion prior. See ``README.md``, the documentation site (``docs/``) and the paper, "A Gradient Flow Approach to Solving Inverse
 Problems with Latent Diffusion Models", arXiv 2509.19276.
 
 The Python API, without the CLI or config files::

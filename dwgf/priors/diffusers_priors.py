@@ -125,7 +125,7 @@ class DiffusersLatentPrior(LatentPrior):
             ``dwgf:<name>`` for a prior that ships with dwgf.
         channels_last: store the autoencoder's weights channels-last (default ``True``; results
             equal to float rounding). What it is worth is measured by ``benchmarks/flow_speed.py
-            --changes vae_channels_last`` (README, "Performance").
+            --changes vae_channels_last`` (docs/performance.md).
         flow_decoder: an ``AutoencoderTiny`` folder (TAESD and its SDXL / SD3 / FLUX versions: a
             folder with ``config.json``, or with ``vae/config.json``, or a hub id) for the latents of
             this prior, or ``None`` (default). The flow's inner loop then decodes and differentiates
