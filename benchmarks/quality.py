@@ -71,8 +71,13 @@ def kl(weight: float) -> list[str]:
 SMALL_WEIGHT_TASKS = ("gaussian_deblur", "motion_deblur")
 
 
+# On the nonlinear tasks the grid goes one step further up: RED-diff's best on saturation was its largest weight, 1.0.
+LARGE_WEIGHT_TASKS = NONLINEAR_TASKS
+
+
 def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ...]) -> dict[str, list[str]]:
-    return {f"w={w}": kl(w) for w in (small if task in SMALL_WEIGHT_TASKS else weights)}
+    chosen = small if task in SMALL_WEIGHT_TASKS else weights + ((2.0,) if task in LARGE_WEIGHT_TASKS else ())
+    return {f"w={w}": kl(w) for w in chosen}
 
 
 # method -> (overlay config or None, fixed overrides, {grid label: overrides} or a function of the task giving it)
