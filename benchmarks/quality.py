@@ -71,12 +71,16 @@ def kl(weight: float) -> list[str]:
 SMALL_WEIGHT_TASKS = ("gaussian_deblur", "motion_deblur")
 
 
-# On the nonlinear tasks the grid goes one step further up: RED-diff's best on saturation was its largest weight, 1.0.
+# On the nonlinear tasks the grid goes one step further up (RED-diff's best on saturation was its largest weight,
+# 1.0) and on phase retrieval two steps further down as well (DWGF's best there was its smallest, 0.03).
 LARGE_WEIGHT_TASKS = NONLINEAR_TASKS
+WIDE_WEIGHT_TASKS = ("phase_retrieval",)
 
 
 def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ...]) -> dict[str, list[str]]:
     chosen = small if task in SMALL_WEIGHT_TASKS else weights + ((2.0,) if task in LARGE_WEIGHT_TASKS else ())
+    if task in WIDE_WEIGHT_TASKS:
+        chosen = (0.003, 0.01) + chosen
     return {f"w={w}": kl(w) for w in chosen}
 
 
