@@ -44,11 +44,10 @@ class PoissonLikelihood(DataTerm):
         """The rate in use for ``operator``: this term's, else the operator's (a :class:`~dwgf.operators.PoissonNoise`)."""
         if self.rate is not None:
             return self.rate
-        rate = getattr(operator, "rate", None) if isinstance(operator, PoissonNoise) else None
-        if rate is None:
+        if not isinstance(operator, PoissonNoise):
             raise argument_error(self, "rate", f" is needed: {type(operator).__name__} simulates no Poisson noise (give the rate of "
                                  "your measurements, or use data.operator PoissonNoise)")
-        return rate
+        return operator.rate
 
     def check_operator(self, operator: ForwardOperator) -> None:
         rate = self.rate_for(operator)
