@@ -68,9 +68,9 @@ def uncertainty_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dic
     linear between order statistics). With one particle, spread is 0 and the interval a point.
     """
     p, x = particles01.double(), truth01.double()
-    spread = p.std(0, unbiased=False).mean(0).mean() if p.shape[0] > 1 else torch.zeros((), dtype=torch.float64)
+    spread = p.std(0, unbiased=False).mean(0).mean() if p.shape[0] > 1 else torch.zeros((), dtype=torch.float64, device=p.device)
     tail = (1 - COVERAGE_LEVEL) / 2
-    lo, hi = torch.quantile(p, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    lo, hi = torch.quantile(p, torch.tensor([tail, 1 - tail], dtype=torch.float64, device=p.device), dim=0)
     coverage = ((x >= lo) & (x <= hi)).double().mean()
     return {"spread": float(spread), "crps": float(crps(p, x)), "coverage90": float(coverage)}
 

@@ -15,6 +15,7 @@ from dwgf.priors.base import LatentPrior
 def ddim_timesteps(num_steps: int, num_train_timesteps: int) -> torch.Tensor:
     """Descending DDIM timesteps, ``T/K`` apart, ending at 0 (``leading`` spacing)."""
     step = num_train_timesteps // num_steps
+    # on the CPU: integer times, moved by the caller
     return (torch.arange(num_steps) * step).flip(0)
 
 

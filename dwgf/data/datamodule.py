@@ -153,6 +153,7 @@ class _Items(Dataset):
     def _item(self, index: int, **fields: Any) -> dict[str, Any]:
         _, flow_seed = item_seeds(self.seed, self.identity(index))
         item = {"name": self.names[index], "index": index, "file": str(self.files[index]), "seed": flow_seed,
+                # on the CPU: items are made in the data loader; Lightning moves the batch to the device
                 "size": torch.tensor(self.working_size(index)), "crop": torch.tensor(self.own_size(index)), **fields}
         if self.prompt_of:
             item["prompt"] = self.prompt(index)
@@ -185,6 +186,7 @@ class SimulatedMeasurements(_Items):
                 raise DWGFError(f"{self.files[index]}: the image changed size since the run started")
             x = pad_to(x, full)
         data_seed, _ = item_seeds(self.seed, self.identity(index))
+        # on the CPU: measurements are simulated in the data loader, so they are the same on every machine
         gen = torch.Generator().manual_seed(data_seed)
         params = self.operator.sample_params(tuple(x.shape), gen)
         y = self.operator.simulate(x[None], {k: v[None] for k, v in params.items()}, gen)[0]
@@ -253,6 +255,7 @@ class GivenMeasurements(_Items):
         if mask is not None:
             params = self.operator.params_from_mask(mask)
         else:
+            # on the CPU, as simulated measurements (above)
             params = self.operator.sample_params((self.channels, *self.size), torch.Generator().manual_seed(data_seed))
         y = self.operator.from_image(img[None], {k: v[None] for k, v in params.items()})[0]
         return self._item(index, measurement=y, params=params)
@@ -306,6 +309,7 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Collates the good items of a batch; failed ones go to ``batch["failed"]`` as dicts."""
     good = [it for it in items if "error" not in it]
     prompts = [it.pop("prompt", None) for it in good]
+    # on the CPU: a batch is collated in the data loader
     batch = default_collate(good) if good else {"name": [], "index": torch.zeros(0, dtype=torch.long)}
     if any(p is not None for p in prompts):
         batch["prompt"] = prompts  # None: the prior's own prompt
@@ -498,6 +502,7 @@ class MeasurementDataModule(LightningDataModule):
                 warnings.warn(argument_warning(self, argument, f" {folder!r}: {line}"), stacklevel=2)
         # a configuration that cannot work on any item (a box larger than the image) fails here, once
         if self.fit == "cover":
+            # on the CPU: a dry run of the operator's parameters at start-up
             self.operator.sample_params((channels, *size), torch.Generator().manual_seed(0))
 
     def predict_dataloader(self) -> DataLoader:

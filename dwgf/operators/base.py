@@ -110,6 +110,7 @@ class ForwardOperator(ArgumentsRepr):
             raise DWGFError(f"{type(self).__name__}.measure: {len(seeds)} seeds for {x.shape[0]} images")
         ys, items = [], []
         for b, seed in enumerate(seeds):
+            # on the CPU, as the data module simulates: the same measurement on every machine; moved to x's device below
             gen = torch.Generator().manual_seed(seed)
             params = self.sample_params(tuple(x.shape[1:]), gen)
             xb = x[b : b + 1].detach().to("cpu", torch.float32)

@@ -13,6 +13,7 @@ from dwgf.operators.base import ForwardOperator, Params
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     """A normalised ``size x size`` isotropic Gaussian kernel of standard deviation ``sigma`` pixels."""
+    # on the CPU: kernels are operator parameters, built once (in float64) and cast where they meet an image
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(r**2) / (2 * sigma**2))
     k = torch.outer(g, g)
@@ -27,14 +28,14 @@ def motion_kernel(size: int, intensity: float, generator: torch.Generator) -> to
     scaled to span the kernel, splatted bilinearly and normalised to sum 1.
     """
     steps = 8 * size
-    angle0 = float(torch.rand((), generator=generator)) * 2 * math.pi
-    turns = torch.randn(steps, generator=generator, dtype=torch.float64) * (0.05 + intensity * 0.6)
+    angle0 = float(torch.rand((), generator=generator, device=generator.device)) * 2 * math.pi
+    turns = torch.randn(steps, generator=generator, dtype=torch.float64, device=generator.device) * (0.05 + intensity * 0.6)
     angles = angle0 + torch.cumsum(turns, 0)
     pts = torch.cumsum(torch.stack([torch.cos(angles), torch.sin(angles)], 1), 0)
     pts = pts - (pts.max(0).values + pts.min(0).values) / 2
     extent = pts.abs().max().clamp_min(1e-8)
     pts = pts / extent * (size - 1) / 2 + (size - 1) / 2
-    k = torch.zeros(size, size, dtype=torch.float64)
+    k = torch.zeros(size, size, dtype=torch.float64, device=pts.device)
     x0, y0 = pts[:, 0].floor().long().clamp(0, size - 1), pts[:, 1].floor().long().clamp(0, size - 1)
     fx, fy = pts[:, 0] - x0, pts[:, 1] - y0
     x1, y1 = (x0 + 1).clamp(max=size - 1), (y0 + 1).clamp(max=size - 1)

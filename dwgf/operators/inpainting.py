@@ -91,8 +91,8 @@ class BoxInpainting(_MaskOperator):
         if bh > height or bw > width:
             raise DWGFError(f"BoxInpainting: the {bh}x{bw} box is larger than the {height}x{width} image")
         if self.position is None:
-            top = int(torch.randint(0, height - bh + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - bw + 1, (1,), generator=generator))
+            top = int(torch.randint(0, height - bh + 1, (1,), generator=generator, device=generator.device))
+            left = int(torch.randint(0, width - bw + 1, (1,), generator=generator, device=generator.device))
         else:
             top, left = round(self.position[0] * sy), round(self.position[1] * sx)
             top, left = min(top, height - bh), min(left, width - bw)
@@ -101,6 +101,7 @@ class BoxInpainting(_MaskOperator):
     def sample_params(self, shape: tuple[int, int, int], generator: torch.Generator) -> Params:
         _, h, w = shape
         top, left, bh, bw = self.box(h, w, generator)
+        # on the CPU: per-item parameters are made in the data loader; Lightning moves them with the batch
         mask = torch.ones(1, h, w)
         mask[:, top : top + bh, left : left + bw] = 0
         return {"mask": mask}
@@ -122,4 +123,4 @@ class RandomInpainting(_MaskOperator):
 
     def sample_params(self, shape: tuple[int, int, int], generator: torch.Generator) -> Params:
         _, h, w = shape
-        return {"mask": (torch.rand(1, h, w, generator=generator) >= self.missing).float()}
+        return {"mask": (torch.rand(1, h, w, generator=generator, device=generator.device) >= self.missing).float()}

@@ -26,6 +26,7 @@ def _load_matrix(owner: object, matrix: str | Sequence[Sequence[float]] | torch.
         else:
             value = torch.load(path, weights_only=True)
     else:
+        # on the CPU: the user's matrix is kept there and cast to each device and dtype where it is used
         value = torch.as_tensor(matrix)
     if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.numel() == 0:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

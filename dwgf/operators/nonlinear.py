@@ -196,6 +196,7 @@ class FunctionOperator(ForwardOperator):
         key = tuple(int(s) for s in shape)
         if key not in self._shapes:
             with torch.no_grad():
+                # on the CPU: a probe of the output's shape, nothing more
                 self._shapes[key] = tuple(self.forward(torch.zeros(1, *key), {}).shape[1:])
         return self._shapes[key]
 
@@ -211,7 +212,7 @@ _RGB_TO_YCBCR = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.41
 
 def _dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The orthonormal 8-point DCT-II matrix ``D`` (rows: frequencies); a block's transform is ``D B D^T``."""
-    k = torch.arange(8, dtype=torch.float64)
+    k = torch.arange(8, dtype=torch.float64, device=device)
     d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
     return d.to(device=device, dtype=dtype)
@@ -251,6 +252,7 @@ class JPEG(ForwardOperator):
         scale = 5000 / self.quality if self.quality < 50 else 200 - 2 * self.quality
         out = []
         for base in (_LUMA, _CHROMA):
+            # on the CPU in float64 (libjpeg's integer rounding), then moved
             t = torch.tensor(base, dtype=torch.float64).view(8, 8)
             out.append(((t * scale + 50) / 100).floor().clamp(1, 255).to(device=device, dtype=dtype))
         return out[0], out[1]
@@ -260,9 +262,10 @@ class JPEG(ForwardOperator):
         key = (dtype, torch.device(device))
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
+            # on the CPU in float64, once per dtype and device, then moved (below)
             m = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64)
             # centred YCbCr: Y - 128 (the level shift); Cb and Cr are centred by the matrix (their +128 and -128 cancel)
-            shift = torch.tensor([128.0, 0.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1)
+            shift = torch.tensor([128.0, 0.0, 0.0], dtype=torch.float64, device=m.device).view(1, 3, 1, 1)
             luma, chroma = self.tables(torch.float64)
             tensors = (m, torch.linalg.inv(m), shift, torch.stack([luma, chroma, chroma]), _dct_matrix(torch.float64, torch.device("cpu")))
             cache[key] = tuple(v.to(device=device, dtype=dtype) for v in tensors)

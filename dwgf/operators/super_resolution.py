@@ -30,6 +30,7 @@ def bicubic_taps(factor: int) -> tuple[torch.Tensor, int]:
     centre = (factor - 1) / 2
     first = math.floor(centre - half) + 1
     last = math.ceil(centre + half) - 1
+    # on the CPU: the taps are built once and cast to the image's device where used
     positions = torch.arange(first, last + 1, dtype=torch.float64)
     taps = _cubic((positions - centre) / factor)
     return taps / taps.sum(), -first  # float64: cast to the image's dtype where used

@@ -81,6 +81,7 @@ class FlowMatchingSchedule:
         """The model's ``s`` for ``t = 0 .. T-1`` (float64; ``image_seq_len`` only read with dynamic shifting)."""
         key = int(image_seq_len) if self.use_dynamic_shifting else None
         if key not in self._cache:
+            # on the CPU: the schedule is a float64 table, indexed where it is used
             u = torch.arange(self.num_train_timesteps, dtype=torch.float64) / self.num_train_timesteps
             if self.use_dynamic_shifting:
                 if key is None:
@@ -332,7 +333,7 @@ class StableDiffusion3Prior(FlowMatchingPrior):
         t5_pair = encoders[2]
         width = int(self.transformer.config.joint_attention_dim)
         if t5_pair is None:
-            t5 = torch.zeros(len(texts), self.max_sequence_length, width)
+            t5 = torch.zeros(len(texts), self.max_sequence_length, width, device=clip.device)
         else:
             tokenizer, encoder = t5_pair
             del t5_pair
@@ -442,9 +443,9 @@ class FluxPrior(FlowMatchingPrior):
         key = (h, w, device, dtype)
         cache = self.__dict__.setdefault("_ids", {})
         if key not in cache:
-            ids = torch.zeros(h // 2, w // 2, 3)
-            ids[..., 1] += torch.arange(h // 2)[:, None]
-            ids[..., 2] += torch.arange(w // 2)[None, :]
+            ids = torch.zeros(h // 2, w // 2, 3, device=device)
+            ids[..., 1] += torch.arange(h // 2, device=device)[:, None]
+            ids[..., 2] += torch.arange(w // 2, device=device)[None, :]
             cache[key] = (ids.reshape(-1, 3).to(device=device, dtype=dtype),
                           torch.zeros(self.prompt_embeds.shape[1], 3, device=device, dtype=dtype))
         return cache[key]

@@ -92,6 +92,7 @@ class GaussianMixture:
 
     def diffused(self, abar: float) -> "GaussianMixture":
         """The law of ``sqrt(abar) z + sqrt(1 - abar) e`` for ``z`` from this mixture."""
+        # on the CPU: the exact-posterior bed does its mixture algebra in float64 on the CPU (_eps moves results back)
         eye = torch.eye(self.dim, dtype=torch.float64)
         cov = abar * self.covariances + (1 - abar) * (1 if self.diagonal else eye)
         return GaussianMixture(self.weights, math.sqrt(abar) * self.means, cov)
@@ -99,7 +100,7 @@ class GaussianMixture:
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` exact samples ``(n, d)`` (float64), and nothing else drawn from ``generator``."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        e = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        e = torch.randn(n, self.dim, dtype=torch.float64, generator=generator, device=self.means.device)
         if self.diagonal:
             return self.means[k] + self.covariances[k].sqrt() * e
         chol = torch.linalg.cholesky(self.covariances)
@@ -115,7 +116,7 @@ class GaussianMixture:
         h, y = h.to(torch.float64), y.to(torch.float64).reshape(-1)
         s = self.full_covariances()  # K x d x d
         hs = h[None] @ s  # K x m x d
-        innovation = hs @ h.T[None] + sigma**2 * torch.eye(h.shape[0], dtype=torch.float64)[None]  # K x m x m
+        innovation = hs @ h.T[None] + sigma**2 * torch.eye(h.shape[0], dtype=torch.float64, device=hs.device)[None]  # K x m x m
         gain = torch.linalg.solve(innovation, hs).transpose(1, 2)  # K x d x m
         resid = y[None] - self.means @ h.T  # K x m
         means = self.means + (gain @ resid[..., None])[..., 0]
@@ -133,10 +134,11 @@ def grid_mixture(dim: int, spacing: float = 4.0, grid: Sequence[float] = (-2, -1
     """Cardoso et al.'s mixture: ``len(grid)^2`` components with means ``(s i, s j, s i, s j, ...)`` for
     ``i, j`` in ``grid`` (spacing ``s``: ``{-8, -4, 0, 4, 8}`` per pair of coordinates, repeated across
     the dimension), covariance ``variance * I`` and weights drawn uniformly from ``generator``, normalised."""
+    # on the CPU: a mixture is float64 CPU algebra (see GaussianMixture.diffused)
     pairs = torch.tensor([(spacing * i, spacing * j) for i in grid for j in grid], dtype=torch.float64)
     means = pairs.repeat(1, (dim + 1) // 2)[:, :dim]
-    weights = torch.rand(len(pairs), dtype=torch.float64, generator=generator)
-    return GaussianMixture(weights, means, torch.full((len(pairs), dim), float(variance), dtype=torch.float64))
+    weights = torch.rand(len(pairs), dtype=torch.float64, generator=generator, device=pairs.device)
+    return GaussianMixture(weights, means, torch.full((len(pairs), dim), float(variance), dtype=torch.float64, device=pairs.device))
 
 
 SCHEDULES = ("scaled_linear", "linear")
@@ -147,8 +149,10 @@ def ddpm_schedule(name: str = "scaled_linear") -> torch.Tensor:
     (betas ``0.00085 .. 0.012`` on a square-root scale, ``abar_999 = 0.0047``), ``"linear"`` DDPM's
     (Ho et al. 2020: betas ``1e-4 .. 0.02``, ``abar_999 = 4e-5``)."""
     if name == "scaled_linear":
+        # on the CPU: schedules are float64 buffers, moved with their module
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     elif name == "linear":
+        # on the CPU, as above
         betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     else:
         raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
@@ -204,12 +208,15 @@ class GaussianMixturePrior(LatentPrior):
                 raise argument_error(self, "decoder", f": a matrix decoder needs image_shape with C*H*W rows; got {tuple(decoder.shape)}")
             matrix, image = decoder.to(torch.float64), tuple(int(v) for v in image_shape)
         elif decoder == "identity":
+            # on the CPU: the decoder matrices are buffers, moved with the module
             matrix, image = torch.eye(d, dtype=torch.float64), latent_shape
         elif decoder == "orthogonal":
+            # on the CPU: the same orthogonal decoder for a seed on every machine
             gen = torch.Generator().manual_seed(seed)
-            q, r = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen))
+            q, r = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen, device=gen.device))
             matrix, image = q * torch.sign(torch.diagonal(r))[None], latent_shape
         elif decoder == "upsample":
+            # on the CPU, as the identity above
             up = torch.nn.functional.interpolate(torch.eye(d, dtype=torch.float64).reshape(d, c, h, w), scale_factor=factor, mode="nearest")
             matrix, image = up.reshape(d, -1).T.contiguous(), (c, h * factor, w * factor)
         else:

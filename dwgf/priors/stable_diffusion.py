@@ -222,6 +222,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
                 self.register_buffer(f"prompt_{name}", torch.cat([old, value.to(old.device, old.dtype)]), persistent=False)
             for p in new:
                 rows[p] = len(rows)
+        # on the CPU: callers move the rows to the particles' device (InverseSolver.prompt_rows)
         return torch.tensor([0 if p is None else rows[p] for p in prompts], dtype=torch.long)
 
     @property

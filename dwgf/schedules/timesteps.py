@@ -50,6 +50,7 @@ class DescendingTimesteps(TimestepSchedule):
 
     def __call__(self, num_iterations, num_train_timesteps, generators, device="cpu"):
         t_max, t_min = self.bounds(num_train_timesteps)
+        # on the CPU: the same rounded integer times on every device
         ts = torch.linspace(t_max, t_min, num_iterations, dtype=torch.float64).round().long()
         return ts.to(device).expand(len(generators), -1)
 

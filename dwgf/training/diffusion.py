@@ -127,6 +127,7 @@ class LatentDiffusionTraining(LightningModule):
             if step < warm:
                 return (step + 1) / warm
             p = (step - warm) / max(1, total - warm)
+            # on the CPU: a scalar (float32 cos, as the shipped prior was trained with)
             return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * min(1.0, p))).item())
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
