@@ -14,13 +14,12 @@ per item, so that an item's result does not depend on the batch it is in.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
 from dwgf.dps import SamplerState, dps_sample
 from dwgf.errors import DWGFError, argument_error
-from dwgf.flow import ItemNoise, item_generators
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.priors.base import LatentPrior
 from dwgf.schedules.step_size import StepSizeSchedule
@@ -45,10 +44,13 @@ class LatentDPS(InverseSolver):
         num_particles: independent samples per measurement. Default 4.
         guidance: ``zeta``, the step on the measurement norm. Default 1.0.
         eta: DDIM stochasticity, in ``[0, 1]``. Default 1.0.
+        generator: see :class:`~dwgf.solver.InverseSolver`.
+        tf32: see :class:`~dwgf.solver.InverseSolver`.
     """
 
-    def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0):
-        super().__init__(prior, num_particles)
+    def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
+                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
+        super().__init__(prior, num_particles, generator, tf32)
         if num_steps < 1:
             raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if num_steps > prior.num_train_timesteps:
@@ -67,7 +69,7 @@ class LatentDPS(InverseSolver):
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
               prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        draw = ItemNoise(item_generators(seeds, y.device), y.device)
+        draw = self.item_noise(seeds, y.device)
         self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
         return dps_sample(self.prior, self.operator, y, params, draw, num_particles=self.num_particles, num_steps=self.num_steps,
                           guidance=self.guidance, eta=self.eta, gluing=self.gluing_weight, callback=self.on_sampler_iteration,
@@ -102,13 +104,15 @@ class PSLD(LatentDPS):
         guidance: as :class:`LatentDPS`.
         eta: as :class:`LatentDPS`.
         gluing: ``gamma``, the weight of the gluing term. Default 0.1.
+        generator: see :class:`~dwgf.solver.InverseSolver`.
+        tf32: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(
         self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-        gluing: float = 0.1,
+        gluing: float = 0.1, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True,
     ):
-        super().__init__(prior, num_steps, num_particles, guidance, eta)
+        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32)
         if not gluing >= 0:
             raise argument_error(self, "gluing", f" must be >= 0, got {gluing}")
         self.gluing = float(gluing)
@@ -135,6 +139,7 @@ class DecoderInversion(DWGF):
         step_size: Adam's learning rate per iteration. Default ``ConstantStepSize(lr=1.0)``.
         betas: Adam's betas. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` (see :class:`~dwgf.solver.DWGF`). Default 0.01.
+        float32_autoencoder, decoder_chunk, generator, tf32: see :class:`~dwgf.solver.DWGF`.
     """
 
     def __init__(
@@ -145,5 +150,10 @@ class DecoderInversion(DWGF):
         step_size: Optional[StepSizeSchedule] = None,
         betas: tuple[float, float] = (0.9, 0.999),
         decoder_noise: float = 0.01,
+        float32_autoencoder: bool = False,
+        decoder_chunk: Optional[int] = None,
+        generator: Literal["cpu", "device"] = "cpu",
+        tf32: bool = True,
     ):
-        super().__init__(prior, num_steps, num_particles, regularizers=[], step_size=step_size, betas=betas, decoder_noise=decoder_noise)
+        super().__init__(prior, num_steps, num_particles, regularizers=[], step_size=step_size, betas=betas, decoder_noise=decoder_noise,
+                         float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk, generator=generator, tf32=tf32)

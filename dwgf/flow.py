@@ -13,37 +13,14 @@ import torch
 
 from dwgf.errors import DWGFError
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
+from dwgf.noise import ItemNoise, item_generators  # noqa: F401 - item_generators: dwgf.flow's API since 0.1
 from dwgf.optimizers.base import Adam, FlowOptimizer
-from dwgf.precision import float32_but_the_unet, unet_precision
+from dwgf.precision import autoencoder_dtype, float32_but_the_unet, unet_precision
 from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
 from dwgf.schedules.step_size import StepSizeSchedule
 from dwgf.schedules.timesteps import TimestepSchedule
-
-
-class ItemNoise:
-    """Standard normal draws for a batch, each item's from its own generator.
-
-    ``draw(shape)`` returns ``B x *shape``; row ``b`` comes from ``generators[b]``, so an item's
-    random numbers do not depend on which items share its batch, or on the batch order.
-    """
-
-    def __init__(self, generators: Sequence[torch.Generator], device: torch.device | str):
-        self.generators = list(generators)
-        self.device = torch.device(device)
-
-    def __len__(self) -> int:
-        return len(self.generators)
-
-    def __call__(self, shape: Sequence[int]) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
-
-
-def item_generators(seeds: Sequence[int] | torch.Tensor, device: torch.device | str) -> list[torch.Generator]:
-    """One generator per item on ``device``, seeded with the item's seed."""
-    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
 @dataclass
@@ -115,6 +92,8 @@ def dwgf_flow(
     optimizer: Optional[FlowOptimizer] = None,
     likelihood: Optional[DataTerm] = None,
     query_noise: float = 1.0,
+    float32_autoencoder: bool = False,
+    decoder_chunk: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
 
@@ -155,6 +134,12 @@ def dwgf_flow(
             ``1`` (default): the paper's diffused particles; ``0``: at ``sqrt(abar) z``, so that
             the model's score is the exact score of the prior smoothed to noise level ``t``, with no
             noise of its own (what a Langevin sampler wants).
+        float32_autoencoder: under mixed precision, keep the decoder's forward, its vector-Jacobian
+            product and the encoder term in float32 (:func:`dwgf.precision.autoencoder_dtype`).
+            Default ``False``: they run in the network's low precision.
+        decoder_chunk: particles decoded and differentiated at once (:class:`DecoderPass`), which
+            bounds the decoder's memory independently of ``B x N``. ``None`` (default): all of them
+            on the CPU; on a GPU as many as fit in its free memory.
 
     Returns:
         Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
@@ -167,7 +152,7 @@ def dwgf_flow(
             prior, operator, y, params, draw, num_particles=num_particles, num_steps=num_steps, regularizers=regularizers,
             step_size=step_size, timesteps=timesteps, betas=betas, decoder_noise=decoder_noise, callback=callback,
             unet_dtype=unet_dtype, failures=failures, size=size, prompt=prompt, optimizer=optimizer, likelihood=likelihood,
-            query_noise=query_noise,
+            query_noise=query_noise, autoencoder=autoencoder_dtype(unet_dtype, prior, float32_autoencoder), decoder_chunk=decoder_chunk,
         )
 
 
@@ -187,6 +172,8 @@ def flow_gradient(
     prompt_n: Optional[torch.Tensor] = None,
     likelihood: Optional[DataTerm] = None,
     query_noise: float = 1.0,
+    autoencoder: Optional[torch.dtype] = None,
+    decoder_chunk: Optional[int] = None,
 ) -> tuple[torch.Tensor, FlowState]:
     """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
 
@@ -196,7 +183,9 @@ def flow_gradient(
     under autocast to that dtype; everything else runs in the caller's precision. ``prompt_n``: each
     particle's prompt row (``B*N``), ``None``: the prior's own prompt. ``likelihood``: the data term
     (``None``: :class:`~dwgf.likelihoods.MeanSquaredError`); ``query_noise``: see :func:`dwgf_flow`.
-    Returns the latent gradient and the iteration's state.
+    ``autoencoder``: the dtype the decoder pass and the regularizers' autoencoder calls run in under
+    autocast (``None``: float32); ``decoder_chunk``: see :func:`dwgf_flow`.
+    Returns the latent gradient (float32) and the iteration's state.
     """
     b, n = z.shape[:2]
     likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
@@ -213,29 +202,96 @@ def flow_gradient(
             with unet_precision(z.device.type, unet_dtype):
                 eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n), prompt_n).view_as(z)
 
-    leaf = z.flatten(0, 1).requires_grad_(True)
-    x = prior.flow_decode(leaf)  # (B*N, C, H, W), the one decoder forward with a graph
-    x_d = x.detach()
-    g_x, loss = likelihood.grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
-    state = FlowState(
-        z=z, x=x_d.view(b, n, *x.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
-        iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
-        operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood,
-    )
-    g_z = torch.zeros_like(z)
-    state.forces = {}
-    for reg in regularizers:
-        force = reg.force(state)
-        name = type(reg).__name__
-        if name in state.forces and state.forces[name].shape != force.shape:  # the same class in both spaces
-            name = f"{name}_{reg.space}"
-        state.forces[name] = state.forces[name] + force if name in state.forces else force
-        if reg.space == "image":
-            g_x = g_x + force.flatten(0, 1)
+    with prior.autoencoder_autocast(autoencoder):  # mixed precision: the decoder pass and the encoder term too
+        decoder = DecoderPass(prior, z.flatten(0, 1), decoder_chunk)
+        x_d = decoder.images
+        g_x, loss = likelihood.grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
+        state = FlowState(
+            z=z, x=x_d.view(b, n, *x_d.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
+            iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
+            operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood,
+        )
+        g_z = torch.zeros_like(z)
+        state.forces = {}
+        for reg in regularizers:
+            force = reg.force(state)
+            name = type(reg).__name__
+            if name in state.forces and state.forces[name].shape != force.shape:  # the same class in both spaces
+                name = f"{name}_{reg.space}"
+            state.forces[name] = state.forces[name] + force if name in state.forces else force
+            if reg.space == "image":
+                g_x = g_x + force.flatten(0, 1)
+            else:
+                g_z = g_z + force
+        return g_z + decoder.pull_back(g_x).view_as(z), state  # the one vector-Jacobian product
+
+
+class DecoderPass:
+    """The iteration's decoder forward and its vector-Jacobian product, ``chunk`` particles at a time.
+
+    ``images`` (float32, detached) is ``D(z)`` of the ``B*N`` latents ``z``; :meth:`pull_back`
+    returns ``J_D(z)^T g`` for an image gradient ``g``. When every particle fits in one chunk (the
+    default on the CPU) it is one forward with a graph and one VJP. Otherwise the forward runs
+    without a graph chunk by chunk (the regularizers may need every particle's image before any
+    gradient exists), and :meth:`pull_back` runs each chunk's forward again with a graph and its
+    VJP: one more decoder forward per iteration for a memory that no longer grows with ``B x N``.
+    The decoder runs in the precision the prior is set to (:meth:`~dwgf.priors.LatentPrior.autoencoder_autocast`).
+    """
+
+    def __init__(self, prior: LatentPrior, z: torch.Tensor, chunk: Optional[int] = None):
+        self.prior, self.z = prior, z.detach()
+        self.chunk = decoder_chunk(prior, self.z, chunk)
+        if self.chunk >= z.shape[0]:
+            self._leaf = self.z.requires_grad_(True)
+            self._x = prior.flow_decode(self._leaf)  # (B*N, C, H, W), the one decoder forward with a graph
+            self.images = self._x.detach()
         else:
-            g_z = g_z + force
-    (vjp,) = torch.autograd.grad(x, leaf, grad_outputs=g_x)  # the one vector-Jacobian product
-    return g_z + vjp.view_as(z), state
+            with torch.no_grad():
+                self.images = torch.cat([prior.flow_decode(part) for part in self.z.split(self.chunk)])
+
+    def pull_back(self, g_x: torch.Tensor) -> torch.Tensor:
+        """The latent gradient ``J_D(z)^T g_x`` (float32), ``B*N x c x h x w``."""
+        if self.chunk >= self.z.shape[0]:
+            return torch.autograd.grad(self._x, self._leaf, grad_outputs=g_x)[0]
+        parts = []
+        for part, g in zip(self.z.split(self.chunk), g_x.split(self.chunk)):
+            leaf = part.detach().requires_grad_(True)
+            parts.append(torch.autograd.grad(self.prior.flow_decode(leaf), leaf, grad_outputs=g)[0])
+        return torch.cat(parts)
+
+
+def decoder_chunk(prior: LatentPrior, z: torch.Tensor, chunk: Optional[int] = None) -> int:
+    """How many of the latents ``z`` (``rows x c x h x w``) to decode and differentiate at once.
+
+    ``chunk`` given: that (at least 1). ``None``: every row on the CPU; on a CUDA device as many as
+    fit in 80% of the memory free now, at the cost of one row's forward and VJP, measured once per
+    latent shape, precision and device (:func:`_vjp_bytes_per_row`).
+    """
+    rows = int(z.shape[0])
+    if chunk is not None:
+        return max(1, min(rows, int(chunk)))
+    if z.device.type != "cuda":
+        return rows
+    free, _ = torch.cuda.mem_get_info(z.device)
+    free += torch.cuda.memory_reserved(z.device) - torch.cuda.memory_allocated(z.device)  # held by torch's cache, reusable
+    per_row = _vjp_bytes_per_row(prior, z)
+    return max(1, min(rows, int(0.8 * free // max(per_row, 1))))
+
+
+def _vjp_bytes_per_row(prior: LatentPrior, z: torch.Tensor) -> int:
+    """Peak CUDA memory of one row's decoder forward and VJP (a probe on zeros, cached on the prior)."""
+    key = (tuple(z.shape[1:]), prior.__dict__.get("_autoencoder_autocast"), str(z.device))
+    cache = prior.__dict__.setdefault("_vjp_bytes", {})
+    if key not in cache:
+        torch.cuda.synchronize(z.device)
+        base = torch.cuda.memory_allocated(z.device)
+        torch.cuda.reset_peak_memory_stats(z.device)
+        leaf = torch.zeros_like(z[:1], requires_grad=True)
+        x = prior.flow_decode(leaf)
+        torch.autograd.grad(x, leaf, grad_outputs=torch.ones_like(x))
+        del x, leaf
+        cache[key] = int(torch.cuda.max_memory_allocated(z.device) - base)
+    return cache[key]
 
 
 _PAPER_DATA_TERM = MeanSquaredError()
@@ -262,7 +318,7 @@ def _flow(
     betas: tuple[float, float], decoder_noise: float, callback: Optional[Callable[[FlowState], None]],
     unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor], size: Optional[Sequence[int]] = None,
     prompt: Optional[torch.Tensor] = None, optimizer: Optional[FlowOptimizer] = None, likelihood: Optional[DataTerm] = None,
-    query_noise: float = 1.0,
+    query_noise: float = 1.0, autoencoder: Optional[torch.dtype] = None, decoder_chunk: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
     b, n = y.shape[0], num_particles
@@ -280,26 +336,31 @@ def _flow(
     likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
     optimizer.start(z, step_size(0, num_steps), data_gradient_of(prior, operator, likelihood, y_n, params_n), draw)
 
-    for k in range(num_steps):
-        lr = step_size(k, num_steps)
-        grad, state = flow_gradient(
-            prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n,
-            likelihood, query_noise,
-        )
-        state.step_size = float(lr)
-        with torch.no_grad():
-            optimizer.step(z, grad, lr, state)
-        with torch.no_grad():
-            for reg in regularizers:  # moves that are not gradients (injected noise), after the step
-                move = reg.perturbation(state)
-                if move is not None:
-                    z.add_(move)
-        with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
-            bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)
-            failed_at = torch.where(bad & (failed_at < 0), k, failed_at)
-            z.masked_fill_(bad.view(b, *([1] * (z.dim() - 1))), 0.0)
-        if callback is not None:
-            callback(state)
+    draw.next_iteration(more=False)  # the draws before the loop are no iteration's: nothing to draw ahead from them
+    try:
+        for k in range(num_steps):
+            lr = step_size(k, num_steps)
+            grad, state = flow_gradient(
+                prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n,
+                likelihood, query_noise, autoencoder, decoder_chunk,
+            )
+            state.step_size = float(lr)
+            with torch.no_grad():
+                optimizer.step(z, grad, lr, state)
+            with torch.no_grad():
+                for reg in regularizers:  # moves that are not gradients (injected noise), after the step
+                    move = reg.perturbation(state)
+                    if move is not None:
+                        z.add_(move)
+            with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
+                bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)
+                failed_at = torch.where(bad & (failed_at < 0), k, failed_at)
+                z.masked_fill_(bad.view(b, *([1] * (z.dim() - 1))), 0.0)
+            draw.next_iteration(more=k + 1 < num_steps)  # with CPU generators for a GPU, the next iteration's noise is drawn meanwhile
+            if callback is not None:
+                callback(state)
+    finally:
+        draw.close()  # draws made ahead and not used are given back
 
     with torch.no_grad():
         particles = prior.decode(z.detach().flatten(0, 1))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
 
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
-from dwgf.flow import FlowState, ItemNoise, dwgf_flow, item_generators
+from dwgf.flow import FlowState, dwgf_flow
+from dwgf.noise import ItemNoise, generator_device, item_generators
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.optimizers.base import Adam, FlowOptimizer
@@ -33,6 +34,16 @@ def crop_each(images: torch.Tensor, sizes: Sequence[tuple[int, int]], full: Sequ
     return out
 
 
+def tf32_on(device: torch.device, enabled: bool) -> Optional[tuple[bool, bool]]:
+    """Sets TensorFloat-32 for float32 matmuls and convolutions to ``enabled`` when ``device`` is CUDA;
+    returns the settings before (to restore), or ``None`` when nothing was changed (not CUDA)."""
+    if torch.device(device).type != "cuda":
+        return None
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    return before
+
+
 class InverseSolver(LightningModule):
     """Base class of the solvers: owns the frozen prior, runs :meth:`solve` in ``predict_step``.
 
@@ -49,12 +60,23 @@ class InverseSolver(LightningModule):
     Args:
         prior: the frozen latent diffusion prior.
         num_particles: ``N``, posterior samples per measurement.
+        generator: where each item's random generator lives (``--model.generator``): ``"cpu"``
+            (default: a seed gives the same particles on every device; on a GPU the draws are made
+            ahead on a side thread and copied, :class:`~dwgf.noise.ItemNoise`) or ``"device"`` (the
+            GPU's own generators: no host work, other particles than the CPU's).
+        tf32: on CUDA, float32 matrix products and convolutions use TensorFloat-32 during the run
+            (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``;
+            ``--model.tf32 false`` turns it off). Default ``True``. No effect on the CPU.
     """
 
-    def __init__(self, prior: LatentPrior, num_particles: int = 4):
+    def __init__(self, prior: LatentPrior, num_particles: int = 4, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
         super().__init__()
         if num_particles < 1:
             raise argument_error(self, "num_particles", f" must be >= 1, got {num_particles}")
+        if generator not in ("cpu", "device"):
+            raise argument_error(self, "generator", f" must be 'cpu' or 'device', got {generator!r}")
+        self.generator = str(generator)
+        self.tf32 = bool(tf32)
         self.prior = prior
         self.prior.freeze()
         self.num_particles = int(num_particles)
@@ -63,6 +85,18 @@ class InverseSolver(LightningModule):
         self._batch_idx = 0
         # more processes than batches is normal: an idle process gets an empty batch and waits
         self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    def item_noise(self, seeds: torch.Tensor | list[int], device: torch.device) -> ItemNoise:
+        """Each item's random draws for a solve on ``device``, from generators seeded with ``seeds`` (see ``generator``)."""
+        return ItemNoise(item_generators(seeds, generator_device(self.generator, device)), device)
+
+    def on_predict_start(self) -> None:
+        self._tf32_before = tf32_on(self.device, self.tf32)
+
+    def on_predict_end(self) -> None:
+        before = getattr(self, "_tf32_before", None)
+        if before is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
     def set_operator(self, operator: ForwardOperator) -> "InverseSolver":
         self.check_operator(operator)
@@ -240,6 +274,17 @@ class DWGF(InverseSolver):
         query_noise: the network is asked at ``sqrt(abar) z + query_noise sqrt(1 - abar) eps``
             (``--model.query_noise``). Default 1 (the paper's); 0 for a Langevin sampler
             (:func:`dwgf.flow.dwgf_flow`).
+        float32_autoencoder: under ``bf16-mixed`` / ``16-mixed``, keep the decoder's forward and
+            vector-Jacobian product and the encoder term in float32 (``--model.float32_autoencoder
+            true``). Default ``False``: they run in the low precision with the network (most of an
+            iteration's time and memory on a GPU); the latent gradient, the data term and Adam stay
+            float32 either way. No effect in ``32-true``.
+        decoder_chunk: particles the decoder differentiates at once (``--model.decoder_chunk``); a
+            smaller chunk bounds the memory at one more decoder forward per iteration
+            (:class:`dwgf.flow.DecoderPass`). ``None`` (default): all at once on the CPU; on a GPU as
+            many as fit in its free memory.
+        generator: see :class:`InverseSolver`.
+        tf32: see :class:`InverseSolver`.
     """
 
     def __init__(
@@ -257,8 +302,16 @@ class DWGF(InverseSolver):
         optimizer: Optional[FlowOptimizer] = None,
         likelihood: Optional[DataTerm] = None,
         query_noise: float = 1.0,
+        float32_autoencoder: bool = False,
+        decoder_chunk: Optional[int] = None,
+        generator: Literal["cpu", "device"] = "cpu",
+        tf32: bool = True,
     ):
-        super().__init__(prior, num_particles)
+        super().__init__(prior, num_particles, generator, tf32)
+        if decoder_chunk is not None and decoder_chunk < 1:
+            raise argument_error(self, "decoder_chunk", f" must be >= 1 (or null: automatic), got {decoder_chunk}")
+        self.decoder_chunk = None if decoder_chunk is None else int(decoder_chunk)
+        self.float32_autoencoder = bool(float32_autoencoder)
         if num_steps < 1:
             raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if decoder_noise < 0:
@@ -301,7 +354,7 @@ class DWGF(InverseSolver):
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
               prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        draw = ItemNoise(item_generators(seeds, y.device), y.device)
+        draw = self.item_noise(seeds, y.device)
         self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
         particles, _ = dwgf_flow(
             self.prior, self.operator, y, params, draw,
@@ -309,6 +362,6 @@ class DWGF(InverseSolver):
             step_size=self.step_size, timesteps=self.timesteps, betas=self.betas,
             decoder_noise=self.decoder_noise, callback=self.on_flow_iteration, failures=self.failed_iterations,
             size=size, prompt=self.prompt_rows(prompts, y.device), optimizer=self.optimizer, likelihood=self.likelihood,
-            query_noise=self.query_noise,
+            query_noise=self.query_noise, float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk,
         )
         return particles

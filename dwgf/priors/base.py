@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -152,9 +152,38 @@ class LatentPrior(nn.Module):
         return eps, (z_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
     @contextlib.contextmanager
-    def _full_precision(self, device: torch.device):
-        """Disables autocast so that the autoencoder runs in float32 under mixed precision."""
-        if torch.is_autocast_enabled(device.type):
+    def autoencoder_autocast(self, dtype: Optional[torch.dtype]) -> Iterator[None]:
+        """Within the block the autoencoder (:meth:`encode`, :meth:`decode`, :meth:`flow_decode`) runs
+        under autocast to ``dtype`` (``torch.bfloat16``, ``torch.float16``); ``None``: as outside it.
+
+        The flow uses it for its decoder forward, its vector-Jacobian product and the encoder term
+        under mixed precision (:func:`dwgf.precision.flow_precision`); results are returned in float32.
+        """
+        previous = self.__dict__.get("_autoencoder_autocast")
+        self.__dict__["_autoencoder_autocast"] = dtype
+        try:
+            yield
+        finally:
+            self.__dict__["_autoencoder_autocast"] = previous
+
+    def autoencoder_takes(self, dtype: torch.dtype) -> bool:
+        """Whether the autoencoder may run in ``dtype`` under autocast. Always for bfloat16 (float32's
+        range); for float16 unless the autoencoder asks to be upcast (diffusers' ``force_upcast``:
+        SDXL's VAE overflows in float16)."""
+        if dtype != torch.float16:
+            return True
+        vae = self._modules.get("vae")
+        return not bool(getattr(getattr(vae, "config", None), "force_upcast", False))
+
+    @contextlib.contextmanager
+    def _autoencoder_precision(self, device: torch.device) -> Iterator[None]:
+        """The autoencoder's precision: autocast to the dtype of :meth:`autoencoder_autocast` if one is
+        set, else float32 (autocast switched off, e.g. under Lightning's mixed precision)."""
+        dtype = self.__dict__.get("_autoencoder_autocast")
+        if dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                yield
+        elif torch.is_autocast_enabled(device.type):
             with torch.autocast(device_type=device.type, enabled=False):
                 yield
         else:
@@ -169,14 +198,15 @@ class LatentPrior(nn.Module):
                 posterior ``mean + std * noise`` is returned (Stable Diffusion's encoder is a
                 Gaussian), else its mean. Deterministic encoders ignore it.
         """
-        with self._full_precision(x.device):
+        with self._autoencoder_precision(x.device):
             dtype = self.autoencoder_dtype
-            return self._encode(x.to(dtype), None if noise is None else noise.to(dtype))
+            return self._encode(x.to(dtype), None if noise is None else noise.to(dtype)).to(x.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (``B x C x H x W``, nominally in ``[-1, 1]``) from scaled latents ``z``."""
-        with self._full_precision(z.device):
-            return self._decode(z.to(self.autoencoder_dtype))
+        """Images (``B x C x H x W``, nominally in ``[-1, 1]``) from scaled latents ``z``, in ``z``'s dtype
+        whatever the autoencoder's weights or autocast run in."""
+        with self._autoencoder_precision(z.device):
+            return self._decode(z.to(self.autoencoder_dtype)).to(z.dtype)
 
     def flow_decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder the flow's inner loop differentiates: :meth:`decode` unless the prior has a

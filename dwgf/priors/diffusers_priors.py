@@ -209,11 +209,11 @@ class DiffusersLatentPrior(LatentPrior):
         tiny = self._modules.get("flow_vae")
         if tiny is None:
             return self.decode(z)
-        with self._full_precision(z.device):
+        with self._autoencoder_precision(z.device):
             latent = z.to(next(tiny.parameters()).dtype) / self.flow_vae_scaling
             if self.flow_vae_shift:
                 latent = latent + self.flow_vae_shift
-            return tiny.decode(latent).sample
+            return tiny.decode(latent).sample.to(z.dtype)
 
     @classmethod
     def from_modules(cls, vae: Any, unet: Any, alphas_cumprod: torch.Tensor, *, prediction_type: str = "epsilon",

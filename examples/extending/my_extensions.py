@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, item_generators
 from dwgf.operators import ForwardOperator, repeat_params
 from dwgf.priors import LatentPrior
 from dwgf.regularizers import Regularizer
@@ -120,7 +119,7 @@ class LatentMAP(InverseSolver):
 
     def solve(self, y, params, seeds, size=None, prompts=None):
         b, n = y.shape[0], self.num_particles
-        draw = ItemNoise(item_generators(seeds, y.device), y.device)  # each item's numbers from its own seed
+        draw = self.item_noise(seeds, y.device)  # each item's numbers from its own seed (CPU generators by default)
         z = draw((n, *self.prior.latent_shape_at(size))).flatten(0, 1)  # B*N starting latents
         y_n, params_n = y.repeat_interleave(n, 0), repeat_params(params, n)
         with torch.enable_grad():  # dwgf predict runs solvers without inference mode, but under no_grad
