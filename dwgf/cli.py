@@ -254,8 +254,48 @@ def _check_finite(config: Any, path: Optional[list[Any]] = None) -> None:
             _check_finite(value, [*path, key])
 
 
+def _check_accelerator(accelerator: Any) -> None:
+    """A GPU asked for where torch sees none: one line (Lightning's is a 38-line traceback)."""
+    import torch
+
+    name = str(accelerator).lower() if isinstance(accelerator, str) else None
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None else
+               f"this torch is built for CUDA {torch.version.cuda} but sees no device (driver, CUDA_VISIBLE_DEVICES)")
+        if name == "gpu" and torch.backends.mps.is_available():
+            return
+        raise DWGFError(f"--trainer.accelerator {accelerator}: no GPU is available here ({why}); use --trainer.accelerator cpu, or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DWGFError(f"--trainer.accelerator {accelerator}: Apple's MPS is not available here; use --trainer.accelerator cpu, or auto")
+
+
+def out_of_memory_message(err: BaseException) -> Optional[str]:
+    """The one line for an out-of-memory error anywhere in ``err``'s chain (CUDA's, or the CPU allocator's), else ``None``."""
+    import re
+
+    import torch
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err)
+        cuda = isinstance(err, torch.OutOfMemoryError) or "CUDA out of memory" in text
+        if cuda or (isinstance(err, RuntimeError) and "can't allocate memory" in text):
+            asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", text) or re.search(r"you tried to allocate (\d+) bytes", text)
+            size = asked.group(1) if asked else None
+            if size is not None and size.isdigit():
+                size = f"{int(size) / 2**30:.2f} GiB"
+            where = "GPU" if cuda else "CPU"
+            return (f"out of {where} memory{f' (tried to allocate {size})' if size else ''}; finished items are kept. Lower "
+                    "--model.num_particles or --data.batch_size, set --model.decoder_chunk (e.g. 1), or use --model.prior.flow_decoder "
+                    "or --model.prior.torch_dtype bfloat16 (or --trainer.precision bf16-mixed), then run the same command again to resume")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _check_trainer(trainer: Any) -> None:
     """The trainer options users get wrong, checked before anything is loaded (Lightning's own messages are multi-line)."""
+    _check_accelerator(trainer.get("accelerator"))
     devices = trainer.get("devices")
     if devices is not None and devices != "auto":
         bad = False
@@ -443,8 +483,8 @@ def join_pair_options(argv: list[Any]) -> list[Any]:
 def main(args: Any = None) -> None:
     """Entry point of the ``dwgf`` console script.
 
-    Exit status: 0 done; 1 some items failed (``<output>/failures.csv``); 2 a user error, printed as
-    one ``dwgf: error: ...`` line; 128 + signal number after SIGTERM (143) or SIGINT (130).
+    Exit status: 0 done; 1 some items failed (``<output>/failures.csv``); 2 a user error or out of
+    memory, printed as one ``dwgf: error: ...`` line (finished items kept); 128 + signal number after SIGTERM (143) or SIGINT (130).
     """
     # ``class_path: my_module.MyRegularizer`` finds modules in the working directory, but only after
     # everything installed: a stray safetensors.py there must never shadow the real package.
@@ -485,6 +525,10 @@ def main(args: Any = None) -> None:
               "to resume", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else propagates
+        memory = out_of_memory_message(err)
+        if memory is not None:
+            print(f"dwgf: error: {memory}", file=sys.stderr)
+            raise SystemExit(2) from None
         found = find_dwgf_error(err)
         if found is None:
             raise

@@ -224,13 +224,27 @@ class LatentPrior(nn.Module):
         ``eps = sqrt(abar) v + sqrt(1 - abar) z_t``. Under autocast the network runs in the low
         precision; the result is returned in float32.
         """
-        out = (self._eps(z_t, t) if prompt is None else self._eps(z_t, t, prompt)).float()
+        with self._denoiser_precision(z_t.device):
+            out = (self._eps(z_t, t) if prompt is None else self._eps(z_t, t, prompt)).float()
         if self.prediction_type == "epsilon":
             return out
         if self.prediction_type == "v_prediction":
             abar = self.abar(t).view(-1, *([1] * (z_t.dim() - 1)))
             return abar.sqrt() * out + (1 - abar).sqrt() * z_t.float()
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def _denoiser_precision(self, device: torch.device):
+        """Weights loaded in a low precision (``torch_dtype``) compute in it: autocast to their dtype casts
+        the float32 inputs (latents, prompt embeddings), unless autocast is on already (mixed precision)."""
+        dtype = self.denoiser_dtype
+        if dtype == torch.float32 or torch.is_autocast_enabled(device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    @property
+    def denoiser_dtype(self) -> torch.dtype:
+        """The denoising network's weight dtype (float32 unless loaded in another ``torch_dtype``)."""
+        return torch.float32
 
     @property
     def autoencoder_dtype(self) -> torch.dtype:

@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -106,12 +106,26 @@ def _component_config(root: Path, names: tuple[str, ...], what: str, pretrained:
     raise _pretrained_error(owner, pretrained, f": the folder lacks the {what} component (expected {wanted})")
 
 
-def _load(cls: Any, root: Path, subfolder: str, pretrained: str, owner: str) -> Any:
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TorchDtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _load(cls: Any, root: Path, subfolder: str, pretrained: str, owner: str, torch_dtype: Optional[torch.dtype] = None) -> Any:
     try:
-        return cls.from_pretrained(root, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
+        model = cls.from_pretrained(root, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False, torch_dtype=torch_dtype)
     except Exception as err:  # noqa: BLE001 - a broken component (bad config values, bad weights) is the folder's problem
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise _pretrained_error(owner, pretrained, f": could not load {subfolder}/ as {cls.__name__} from safetensors ({reason})") from None
+    if torch_dtype is not None and any(p.dtype != torch_dtype for p in model.parameters()):
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its advice (torch_dtype in from_pretrained) is what was done
+        try:
+            model.to(torch_dtype)  # diffusers 0.42 leaves some models (SD3's transformer) in float32 without accelerate
+        finally:
+            diffusers_logging.set_verbosity(level)
+    return model
 
 
 class DiffusersLatentPrior(LatentPrior):
@@ -131,6 +145,12 @@ class DiffusersLatentPrior(LatentPrior):
             this prior, or ``None`` (default). The flow's inner loop then decodes and differentiates
             the tiny decoder (:meth:`~dwgf.priors.LatentPrior.flow_decode`); the final images and
             every metric still come from the prior's own autoencoder.
+        torch_dtype: the weights' dtype (``--model.prior.torch_dtype``): ``"float32"`` (default),
+            ``"bfloat16"`` or ``"float16"``, as diffusers' ``from_pretrained(torch_dtype=...)``: the
+            denoiser, the autoencoder and the flow decoder are loaded in it (half the memory of
+            float32; FLUX.1-dev's 12 B parameters: 24 GB instead of 48). The networks then compute in
+            it; their inputs are cast to it and their outputs returned in float32, so the flow's
+            schedule, data term and optimiser stay float32. Text encoders run once, in float32.
     """
 
     flow_decoder: Optional[str] = None  # the folder (the module, when set, is the submodule ``flow_vae``)
@@ -138,8 +158,11 @@ class DiffusersLatentPrior(LatentPrior):
     def _pretrained_error(self, detail: str) -> DWGFError:
         return _pretrained_error(type(self).__name__, self.pretrained, detail)
 
-    def __init__(self, pretrained: str, channels_last: bool = True, flow_decoder: Optional[str] = None):
+    def __init__(self, pretrained: str, channels_last: bool = True, flow_decoder: Optional[str] = None, torch_dtype: TorchDtype = "float32"):
         super().__init__()
+        if torch_dtype not in TORCH_DTYPES:
+            raise argument_error(type(self).__name__, "torch_dtype", f" must be one of {', '.join(TORCH_DTYPES)}, got {torch_dtype!r}")
+        self.torch_dtype = str(torch_dtype)
         self.pretrained = str(pretrained)
         self.channels_last = bool(channels_last)
         root = resolve_pretrained(pretrained, type(self).__name__)
@@ -173,7 +196,8 @@ class DiffusersLatentPrior(LatentPrior):
             raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: {sub + '/' if sub else ''}config.json describes a "
                                  f"{cfg.get('_class_name') or 'model of no class'}; expected an AutoencoderTiny (TAESD)")
         try:
-            return AutoencoderTiny.from_pretrained(root, subfolder=sub or None, use_safetensors=True, low_cpu_mem_usage=False)
+            return AutoencoderTiny.from_pretrained(root, subfolder=sub or None, use_safetensors=True, low_cpu_mem_usage=False,
+                                                   torch_dtype=self.weights_dtype)
         except Exception as err:  # noqa: BLE001 - a broken folder is one line
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise argument_error(owner, "flow_decoder", f" {flow_decoder!r}: could not load it as AutoencoderTiny from safetensors "
@@ -248,7 +272,7 @@ class DiffusersLatentPrior(LatentPrior):
         classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
         if cls_name not in classes:
             raise self._pretrained_error(f": {sub}/ is a {cls_name}; expected AutoencoderKL or VQModel")
-        self.vae = _load(classes[cls_name], root, sub, self.pretrained, type(self).__name__)
+        self.vae = _load(classes[cls_name], root, sub, self.pretrained, type(self).__name__, self.weights_dtype)
         self.is_vq = cls_name == "VQModel"
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
         # SD3 and FLUX autoencoders also shift: scaled latent = (latent - shift_factor) * scaling_factor
@@ -292,6 +316,16 @@ class DiffusersLatentPrior(LatentPrior):
     def autoencoder_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the networks are loaded in (``torch_dtype``)."""
+        return TORCH_DTYPES[getattr(self, "torch_dtype", "float32")]
+
+    @property
+    def denoiser_dtype(self) -> torch.dtype:
+        network = self._modules.get("unet") or self._modules.get("transformer")
+        return next(network.parameters()).dtype if network is not None else torch.float32
+
     # -- maths -----------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         if self.is_vq:
@@ -309,8 +343,9 @@ class DiffusersLatentPrior(LatentPrior):
         return self.vae.decode(latent).sample
 
     def extra_repr(self) -> str:
-        return (f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}, "
+        text = (f"pretrained={self.pretrained!r}, image={self.image_channels}x{self.image_size}x{self.image_size}, latent={self.latent_shape}, "
                 f"sizes=multiples of {self.size_multiple} px")
+        return text + (f", torch_dtype={self.torch_dtype}" if getattr(self, "torch_dtype", "float32") != "float32" else "")
 
 
 class UnconditionalLatentPrior(DiffusersLatentPrior):
@@ -324,6 +359,7 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
             ``dwgf:<name>`` for a prior that ships with dwgf (``dwgf:mnist-ldm``).
         channels_last: see :class:`DiffusersLatentPrior`.
         flow_decoder: see :class:`DiffusersLatentPrior`.
+        torch_dtype: see :class:`DiffusersLatentPrior`.
     """
 
     def _load_denoiser(self, root: Path) -> None:
@@ -333,7 +369,7 @@ class UnconditionalLatentPrior(DiffusersLatentPrior):
         if cfg.get("_class_name") not in (None, "UNet2DModel"):
             raise self._pretrained_error(f": unet/ is a {cfg.get('_class_name')}; UnconditionalLatentPrior needs a "
                 f"UNet2DModel (use StableDiffusionPrior, or load_prior to pick the class)")
-        self.unet = _load(UNet2DModel, root, "unet", self.pretrained, type(self).__name__)
+        self.unet = _load(UNet2DModel, root, "unet", self.pretrained, type(self).__name__, self.weights_dtype)
 
     def _eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(z_t, t).sample

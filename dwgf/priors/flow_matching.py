@@ -29,7 +29,7 @@ import torch
 
 from dwgf.errors import DWGFError, argument_error
 from dwgf.priors.base import LatentPrior
-from dwgf.priors.diffusers_priors import _component_config, _load, _read_config
+from dwgf.priors.diffusers_priors import TorchDtype, _component_config, _load, _read_config
 from dwgf.priors.stable_diffusion import StableDiffusionPrior, _cat, _rows
 
 
@@ -139,7 +139,8 @@ class FlowMatchingPrior(StableDiffusionPrior):
     def _load_network(self, root: Path) -> None:
         import diffusers
 
-        self.transformer = _load(getattr(diffusers, self.transformer_class), root, "transformer", self.pretrained, type(self).__name__)
+        self.transformer = _load(getattr(diffusers, self.transformer_class), root, "transformer", self.pretrained, type(self).__name__,
+                                 self.weights_dtype)
 
     transformer_class = ""
 
@@ -199,14 +200,15 @@ class FlowMatchingPrior(StableDiffusionPrior):
             raise ValueError(f"prompt has shape {tuple(rows.shape)}, expected ({z_t.shape[0]},): one table row per latent")
         timestep = sigma * self.schedule.num_train_timesteps  # what the pipelines give the network
         cond = self._conditioning(rows, z_s, negative=False)
-        if not self.guided:
-            v = self._transformer(z_s, timestep, cond)
-        else:
-            uncond = self._conditioning(rows, z_s, negative=True)
-            out = self._transformer(torch.cat([z_s, z_s]), torch.cat([timestep, timestep]), {k: _cat(uncond[k], cond[k]) for k in cond})
-            v_uncond, v_cond = out.chunk(2)
-            v = v_uncond + self.guidance_scale * (v_cond - v_uncond)
-        return z_s, s, v.float()
+        with self._denoiser_precision(z_t.device):
+            if not self.guided:
+                v = self._transformer(z_s, timestep, cond).float()
+            else:
+                uncond = self._conditioning(rows, z_s, negative=True)
+                both = {k: _cat(uncond[k], cond[k]) for k in cond}
+                v_uncond, v_cond = self._transformer(torch.cat([z_s, z_s]), torch.cat([timestep, timestep]), both).float().chunk(2)
+                v = v_uncond + self.guidance_scale * (v_cond - v_uncond)
+        return z_s, s, v
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``eps_hat = z_s + (1 - s) v_hat`` for flow-coordinate latents ``z_t`` (see the module docstring)."""
@@ -288,6 +290,7 @@ class StableDiffusion3Prior(FlowMatchingPrior):
         max_sequence_length: T5 tokens (default 256, the pipeline's).
         channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
         flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.DiffusersLatentPrior`.
     """
 
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
@@ -296,11 +299,12 @@ class StableDiffusion3Prior(FlowMatchingPrior):
     max_sequence_length = 256
 
     def __init__(self, pretrained: str, prompt: str = "", negative_prompt: Optional[str] = None, guidance_scale: float = 1.0,
-                 max_sequence_length: int = 256, channels_last: bool = True, flow_decoder: Optional[str] = None):
+                 max_sequence_length: int = 256, channels_last: bool = True, flow_decoder: Optional[str] = None,
+                 torch_dtype: TorchDtype = "float32"):
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
             raise argument_error(type(self).__name__, "max_sequence_length", f" must be a positive integer, got {max_sequence_length!r}")
         self.max_sequence_length = int(max_sequence_length)
-        super().__init__(pretrained, prompt, negative_prompt, guidance_scale, channels_last, flow_decoder)
+        super().__init__(pretrained, prompt, negative_prompt, guidance_scale, channels_last, flow_decoder, torch_dtype)
 
     def _native_latent_size(self) -> int:
         return int(self.__dict__.get("_native_size") or self.transformer.config.sample_size)
@@ -373,6 +377,7 @@ class FluxPrior(FlowMatchingPrior):
         max_sequence_length: T5 tokens (default 512, the pipeline's).
         channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
         flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.DiffusersLatentPrior`.
     """
 
     text_components = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
@@ -387,7 +392,8 @@ class FluxPrior(FlowMatchingPrior):
         return self.guidance_scale
 
     def __init__(self, pretrained: str, prompt: str = "", negative_prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
-                 true_cfg_scale: float = 1.0, max_sequence_length: int = 512, channels_last: bool = True, flow_decoder: Optional[str] = None):
+                 true_cfg_scale: float = 1.0, max_sequence_length: int = 512, channels_last: bool = True, flow_decoder: Optional[str] = None,
+                 torch_dtype: TorchDtype = "float32"):
         owner = type(self).__name__
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
             raise argument_error(owner, "max_sequence_length", f" must be a positive integer, got {max_sequence_length!r}")
@@ -397,7 +403,7 @@ class FluxPrior(FlowMatchingPrior):
         self.max_sequence_length = int(max_sequence_length)
         self.embedded_guidance = None if guidance_scale is None else float(guidance_scale)
         # StableDiffusionPrior's guidance_scale is the classifier-free one: here true_cfg_scale
-        super().__init__(pretrained, prompt, negative_prompt, float(true_cfg_scale), channels_last, flow_decoder)
+        super().__init__(pretrained, prompt, negative_prompt, float(true_cfg_scale), channels_last, flow_decoder, torch_dtype)
         self._check_guidance()
 
     def _set_guidance(self, guidance_scale: Optional[float], kwargs: dict[str, Any]) -> None:

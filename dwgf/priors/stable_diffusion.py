@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from dwgf.errors import DWGFError, argument_error, argument_warning
-from dwgf.priors.diffusers_priors import DiffusersLatentPrior, _component_config, _load, _read_config
+from dwgf.priors.diffusers_priors import DiffusersLatentPrior, TorchDtype, _component_config, _load, _read_config
 
 
 def _quiet_load(cls: Any, root: Path, subfolder: str, pretrained: str, owner: str) -> Any:
@@ -61,6 +61,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         guidance_scale: classifier-free guidance ``g`` (default 1: no guidance, one network row).
         channels_last: see :class:`~dwgf.priors.DiffusersLatentPrior`.
         flow_decoder: see :class:`~dwgf.priors.DiffusersLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.DiffusersLatentPrior`.
 
     Example:
         >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
@@ -78,7 +79,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
     guidance_scale: float = 1.0
 
     def __init__(self, pretrained: str, prompt: str = "", negative_prompt: Optional[str] = None, guidance_scale: float = 1.0,
-                 channels_last: bool = True, flow_decoder: Optional[str] = None):
+                 channels_last: bool = True, flow_decoder: Optional[str] = None, torch_dtype: TorchDtype = "float32"):
         if not isinstance(prompt, str):
             raise argument_error(type(self).__name__, "prompt", f" must be text, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -92,7 +93,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
             warnings.warn(argument_warning(type(self).__name__, "negative_prompt", f" has no effect without guidance (<{opt}> 1): "
                                            "it is only used by guided calls", also=(opt,)), stacklevel=2)
         self._prompt_rows: dict[str, int] = {prompt: 0}  # the prompt table's rows (row 0: the prior's own prompt)
-        super().__init__(pretrained, channels_last, flow_decoder)
+        super().__init__(pretrained, channels_last, flow_decoder, torch_dtype)
 
     @property
     def guided(self) -> bool:
@@ -150,7 +151,7 @@ class StableDiffusionPrior(DiffusersLatentPrior):
     def _load_network(self, root: Path) -> None:
         from diffusers import UNet2DConditionModel
 
-        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__)
+        self.unet = _load(UNet2DConditionModel, root, "unet", self.pretrained, type(self).__name__, self.weights_dtype)
 
     def _check_conditioning(self) -> None:
         """The text embeddings fit the UNet's cross-attention (a mismatched folder fails at load)."""
