@@ -43,3 +43,9 @@ def ldm_prior(ldm_path):
 def image_dir(tmp_path_factory):
     """Three RGB images of different sizes and aspect ratios."""
     return make_images(tmp_path_factory.mktemp("images"), count=3)
+
+
+@pytest.fixture(scope="module")
+def five_images(tmp_path_factory):
+    """Five grayscale images of two sizes (the reliability tests' inputs)."""
+    return make_images(tmp_path_factory.mktemp("five"), count=5, sizes=((32, 32), (40, 36)), mode="L")

@@ -6,7 +6,7 @@ import torch
 from dwgf.cli import main, out_of_memory_message
 from dwgf.solver import DWGF, tf32_on
 
-from test_reliability import LDM_CONFIG, NAMES, five_images, item_files, predict, state  # noqa: F401 - five_images: a fixture
+from test_reliability import LDM_CONFIG, NAMES, item_files, predict, state
 
 
 def test_cuda_out_of_memory_is_one_line_and_keeps_finished_items(ldm_path, five_images, tmp_path, capsys, monkeypatch):

@@ -24,11 +24,6 @@ LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
 NAMES = [f"img{i}" for i in range(5)]
 
 
-@pytest.fixture(scope="module")
-def five_images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("five"), count=5, sizes=((32, 32), (40, 36)), mode="L")
-
-
 def predict(ldm_path, images, out, *extra):
     main(["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.images", str(images),
           "--output", str(out), *map(str, extra)])
