@@ -302,7 +302,7 @@ def regularizers(encoder: bool) -> list:
     return [KLPrior(0.25), *([EncoderConsistency(0.1)] if encoder else [])]
 
 
-def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False, regs=None, flow=None):
+def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtype=None, floor=False, regs=None, flow=None, generator="cpu"):
     """Per-iteration wall times of dwgf_flow (after ``warmup`` iterations) and its peak memory.
 
     With ``unet_dtype`` the flow runs under autocast to it, as under ``--trainer.precision
@@ -313,7 +313,8 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
     with a floor measured seconds apart; returns ``(times, floors, memory)`` with ``floors`` a list
     of per-iteration ``{part: seconds}``. Without it, ``(times, memory)``. ``regs``: the flow's
     regularizers (default :func:`regularizers` of ``encoder``); ``flow``: further :func:`dwgf_flow`
-    arguments (an optimiser, a data term, ``query_noise``).
+    arguments (an optimiser, a data term, ``query_noise``, ``decoder_chunk``); ``generator``: where the items'
+    generators live (``"cpu"``, ``dwgf predict``'s default: drawn ahead and copied on a GPU; ``"device"``).
     """
     device = y.device
     stamps: list[float] = []
@@ -328,7 +329,7 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
             sync(device)
             stamps.append(time.perf_counter())  # the next iteration starts
 
-    draw = ItemNoise(item_generators(range(seed, seed + y.shape[0]), device), device)
+    draw = ItemNoise(item_generators(range(seed, seed + y.shape[0]), "cpu" if generator == "cpu" else device), device)
     with PeakMemory(device) as mem, (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
         sync(device)
         stamps.append(time.perf_counter())
@@ -704,6 +705,147 @@ def sd_spec(text: str) -> tuple[int, list[int]]:
     return out
 
 
+# -- the grid: what a user needs to choose a GPU ------------------------------------------------------
+GRID_FAMILIES = {  # name: (label, builder, config whose num_steps is the iterations per image)
+    "sd15": ("SD 1.5", lambda res: sd15_layout_prior(res), "configs/sd15/box_inpaint.yaml"),
+    "sd21": ("SD 2.1-base", lambda res: sd_layout_prior(res), "configs/sd21/ffhq_box_inpaint.yaml"),
+    "sd21_768": ("SD 2.1-768", lambda res: sd_layout_prior(res), "configs/sd21_768/box_inpaint.yaml"),
+    "sdxl": ("SDXL", lambda res: sdxl_layout_prior(res), "configs/sdxl/box_inpaint.yaml"),
+    "sd3": ("SD 3.5 medium", lambda res: sd3_layout_prior(res), "configs/sd3/box_inpaint.yaml"),
+    "flux": (f"FLUX.1-dev ({FLUX_DEPTH[0]}+{FLUX_DEPTH[1]} blocks)", lambda res: flux_layout_prior(res), "configs/flux/box_inpaint.yaml"),
+}
+
+
+def grid_spec(text: str) -> tuple[str, int]:
+    """``"sdxl:1024"`` -> ``("sdxl", 1024)``."""
+    name, _, res = text.partition(":")
+    if name not in GRID_FAMILIES or not res.isdigit() or int(res) % 64:
+        raise argparse.ArgumentTypeError(f"expected FAMILY:RES with FAMILY one of {', '.join(GRID_FAMILIES)} and RES a multiple of 64, got {text!r}")
+    return name, int(res)
+
+
+def config_iterations(config: str) -> int:
+    import yaml
+
+    return int(yaml.safe_load((Path(__file__).resolve().parents[1] / config).read_text())["model"]["init_args"]["num_steps"])
+
+
+def measure_grid(specs, particles, flow_decoder, device, unet_dtype, weights_dtype, iters, warmup, chunk, generator) -> list[dict]:
+    """One row per family x resolution x N x (flow decoder or not): one image, the config's regularizers (KL +
+    encoder term), ``warmup + iters`` iterations; the median iteration, seconds per image at the config's
+    iterations, and the peak memory above the weights. A setting that runs out of memory gets a row saying so."""
+    rows = []
+    for name, res in specs:
+        label, build, config = GRID_FAMILIES[name]
+        k = config_iterations(config)
+        prior = build(res).to(device)
+        for network in ("vae", "unet", "transformer"):  # the weights only, as torch_dtype loads them: the schedule stays float64
+            if network in prior._modules:
+                prior._modules[network].to(weights_dtype)
+        weights = sum(p.numel() * p.element_size() for p in prior.parameters()) / 2**30
+        tiny = taesd_layout(prior.latent_shape[0]).to(device=device, dtype=weights_dtype) if flow_decoder else None
+        for with_tiny in (False, True) if tiny is not None else (False,):
+            prior.set_flow_decoder(tiny if with_tiny else None)
+            for n in particles:
+                row = dict(family=label, res=res, n=n, tiny=with_tiny, k=k, weights=weights)
+                try:
+                    op, y, params = problem(prior, 1, device)
+                    times, mem = time_flow(prior, op, y, params, n, iters, warmup, True, unet_dtype=unet_dtype,
+                                           flow={"decoder_chunk": chunk}, generator=generator)
+                    it = statistics.median(times)
+                    row.update(iteration=it, per_image=it * k, peak=mem.peak_mib / 1024)
+                except torch.OutOfMemoryError:
+                    row.update(oom=True)
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                rows.append(row)
+                print(_grid_row(row), flush=True)
+        del prior, tiny
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+GRID_HEADER = ("| family | resolution | N | flow decoder | ms / iteration | s / image (iterations) | peak GiB above the weights | weights GiB |\n"
+               "|---|---|---|---|---|---|---|---|")
+
+
+def _grid_row(r) -> str:
+    head = f"| {r['family']} | {r['res']} | {r['n']} | {'TAESD' if r['tiny'] else '-'} |"
+    if r.get("oom"):
+        return head + f" out of memory | - | - | {r['weights']:.1f} |"
+    return head + f" {r['iteration'] * 1e3:.0f} | {r['per_image']:.0f} ({r['k']}) | {r['peak']:.1f} | {r['weights']:.1f} |"
+
+
+def grid_plot(rows, path: Path, title: str) -> None:
+    """Seconds per image against peak memory, one labelled point per setting (PIL; no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    pts = [r for r in rows if not r.get("oom")]
+    if not pts:
+        return
+    w, h, left, bottom, top, right = 900, 600, 70, 50, 40, 20
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    xmax = max(r["peak"] for r in pts) * 1.1 or 1
+    ymin, ymax = math.log10(min(r["per_image"] for r in pts) / 1.5), math.log10(max(r["per_image"] for r in pts) * 1.5)
+
+    def at(r):
+        x = left + (w - left - right) * r["peak"] / xmax
+        y = h - bottom - (h - bottom - top) * (math.log10(r["per_image"]) - ymin) / max(ymax - ymin, 1e-9)
+        return x, y
+
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    for i in range(6):
+        gib = xmax * i / 5
+        x = left + (w - left - right) * i / 5
+        d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
+        d.text((x - 10, h - bottom + 8), f"{gib:.0f}", fill="black")
+    for e in range(math.floor(ymin), math.ceil(ymax) + 1):
+        for m in (1, 2, 5):
+            v = math.log10(m) + e
+            if ymin <= v <= ymax:
+                y = h - bottom - (h - bottom - top) * (v - ymin) / (ymax - ymin)
+                d.line([(left - 4, y), (left, y)], fill="black")
+                d.text((5, y - 6), f"{m * 10.0 ** e:g} s", fill="black")
+    d.text((w // 2 - 120, h - 20), "peak GPU memory above the weights (GiB)", fill="black")
+    d.text((left, 10), title, fill="black")
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    families = list(dict.fromkeys(r["family"] for r in pts))
+    for r in pts:
+        x, y = at(r)
+        c = colours[families.index(r["family"]) % len(colours)]
+        shape = [(x - 4, y - 4), (x + 4, y + 4)]
+        d.rectangle(shape, outline=c, width=2) if r["tiny"] else d.ellipse(shape, fill=c)
+        d.text((x + 6, y - 6), f"{r['res']} N{r['n']}", fill=c)
+    for i, fam in enumerate(families):
+        d.ellipse([(w - 220, top + 16 * i), (w - 212, top + 16 * i + 8)], fill=colours[i % len(colours)])
+        d.text((w - 205, top + 16 * i - 2), fam, fill="black")
+    d.text((w - 220, top + 16 * len(families) + 4), "square: TAESD flow decoder", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def write_grid(args, device, rows) -> None:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    precision = UNET_PRECISION_NAMES[args.precision] + ("" if args.precision == "32" else ", the decoder pass too")
+    lines = ["# Seconds per image and peak memory, by family", "",
+             f"`python benchmarks/flow_speed.py {' '.join(sys.argv[1:])}` on {where}, torch {torch.__version__}, {datetime.date.today()}.", "",
+             f"Published layouts with random weights (a random network costs what a trained one costs), weights in {args.torch_dtype}, "
+             f"networks in {precision}; one image, box inpainting, the config's regularizers (KL prior and encoder term), "
+             f"`decoder_chunk` {args.decoder_chunk or 'automatic'}, item noise from {args.generator} generators. "
+             "s / image: the median iteration times the config's iterations. Peak memory: allocated by torch during the flow, "
+             "above the weights.", "", GRID_HEADER, *[_grid_row(r) for r in rows], ""]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text("\n".join(lines))
+    print(f"wrote {args.output}")
+    if args.plot:
+        grid_plot(rows, Path(args.plot), f"DWGF on {where}: seconds per image vs peak memory ({args.torch_dtype} weights)")
+        print(f"wrote {args.plot}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -730,11 +872,24 @@ def main() -> None:
     parser.add_argument("--change-sizes", type=int, nargs="*", default=[16, 32], help="B x N for the changes")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "flow_speed.md"),
                         help="the Markdown table (default: benchmarks/results/flow_speed.md)")
+    parser.add_argument("--grid", type=grid_spec, nargs="+", default=None, metavar="FAMILY:RES",
+                        help=f"only the table of seconds per image and peak memory for these layouts ({', '.join(GRID_FAMILIES)}), "
+                             "each with every --grid-particles, and with a TAESD flow decoder with --flow-decoder")
+    parser.add_argument("--grid-particles", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--plot", default=None, help="with --grid: a PNG of seconds per image against peak memory")
+    parser.add_argument("--torch-dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="with --grid: the weights' dtype")
+    parser.add_argument("--decoder-chunk", type=int, default=None, help="with --grid: the flow's decoder_chunk (default: automatic)")
+    parser.add_argument("--generator", choices=["cpu", "device"], default="cpu", help="with --grid: where the items' generators live")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     unet_dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
+    if args.grid:
+        rows = measure_grid(args.grid, args.grid_particles, args.flow_decoder, device, unet_dtype, getattr(torch, args.torch_dtype),
+                            args.sd_iters, 1, args.decoder_chunk, args.generator)
+        write_grid(args, device, rows)
+        return
 
     header = [HEADER, "|---|---|---|---|---|---|---|---|---|"]
     if args.sizes or args.compare_sizes or not args.skip_sd:
