@@ -93,7 +93,7 @@ def memory(args) -> None:
     lines = [f"SD 2.1-base layout (random weights), {args.res} px, 1 image x N {args.particles}, {args.iters} iterations "
              f"(KL + encoder term), CPU, {stamp()}. Command: `python benchmarks/decoder_pass.py memory --res {args.res} "
              f"--particles {args.particles} --chunks {' '.join(map(str, args.chunks))} --iters {args.iters}`.", "",
-             "| decoder_chunk | peak memory above the flow's start (MiB) | vs none | s / iteration | largest latent difference vs none | bit-identical |",
+             "| decoder_chunk | peak MiB above the flow's start | vs none | s / iteration | largest latent difference vs none | bit-identical |",
              "|---|---|---|---|---|---|"]
     for chunk, r in runs.items():
         diff = float((r["z"] - base["z"]).abs().max())
