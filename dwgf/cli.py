@@ -194,6 +194,13 @@ class DWGFCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+_SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32"}
+
+
+def _same_as_before(key: str, value: Any) -> bool:
+    return key in _SAME_AS_BEFORE and value == _SAME_AS_BEFORE[key] and type(value) is type(_SAME_AS_BEFORE[key])
+
+
 def fingerprint(full: dict) -> str:
     """A hash of the settings that determine an item's result (not devices, workers, folders): with the
     item's identity (its file name and content), the resume key. ``full`` is the resolved config as
@@ -204,7 +211,14 @@ def fingerprint(full: dict) -> str:
     init = dict(data.get("init_args") or {})
     init.pop("num_workers", None)
     model = dict(full.get("model") or {})
-    model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items() if k != "log_images_every"}
+    # not results: logging, and how the work is laid out in memory (decoder_chunk, tf32: float rounding only); and options
+    # added later, at the default that gives what folders of earlier versions hold, so that those folders still resume
+    model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items()
+                          if k not in ("log_images_every", "decoder_chunk", "tf32") and not _same_as_before(k, v)}
+    prior = model["init_args"].get("prior")
+    if isinstance(prior, dict) and isinstance(prior.get("init_args"), dict):
+        prior = dict(prior, init_args={k: v for k, v in prior["init_args"].items() if not _same_as_before(k, v)})
+        model["init_args"]["prior"] = prior
     for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
         if init.get(key):
             init[key] = "given"

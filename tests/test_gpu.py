@@ -41,7 +41,7 @@ def report(name: str, data) -> None:
 
 
 def predict(*args, accelerator: str = ACCELERATOR) -> None:
-    main(["predict", *map(str, args), "--trainer.logger", "false", "--trainer.accelerator", accelerator, "--trainer.devices", 1])
+    main(["predict", *map(str, args), "--trainer.logger", "false", "--trainer.accelerator", accelerator, "--trainer.devices", "1"])
 
 
 def rows(out: Path) -> dict[str, dict[str, str]]:
@@ -124,7 +124,7 @@ def test_each_family_runs_on_the_gpu(layouts, tmp_path, family, decoder, precisi
 def test_methods_operators_and_the_sampler_run_on_the_gpu(tmp_path, monkeypatch, configs):
     monkeypatch.chdir(ROOT)
     args = [a for c in configs for a in ("--config", c)]
-    predict(*args, "--model.num_steps", 5, "--model.num_particles", 2, "--output", tmp_path / "out")
+    predict(*args, "--data.images", "examples/mnist", "--model.num_steps", 5, "--model.num_particles", 2, "--output", tmp_path / "out")
     finite_items(tmp_path / "out", 8)
 
 

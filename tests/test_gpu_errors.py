@@ -74,3 +74,31 @@ def test_tf32_is_set_on_cuda_only_and_restored():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_the_device_options_and_the_resume_key(monkeypatch, capsys):
+    """Options that do not change results (decoder_chunk, tf32) leave the resume key alone; so do the new options at
+    the defaults that reproduce earlier versions' results (a folder written before them still resumes: the quickstart's
+    key is the one dwgf 0.1 computed before this change); a generator on the device changes it."""
+    import io
+    from contextlib import redirect_stdout
+    from pathlib import Path
+
+    import yaml
+
+    from dwgf.cli import fingerprint
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+    def key(*extra):
+        buf = io.StringIO()
+        with redirect_stdout(buf), pytest.raises(SystemExit):
+            main(["predict", "--config", "configs/quickstart.yaml", "--print_config", *extra])
+        return fingerprint(yaml.safe_load(buf.getvalue()))
+
+    base = key()
+    assert base == "46b999288ea5d463"
+    assert key("--model.decoder_chunk", "2", "--model.tf32", "false") == base
+    assert key("--model.generator", "device") != base
+    assert key("--model.prior.torch_dtype", "bfloat16") != base
+    assert key("--model.float32_autoencoder", "true") != base
