@@ -240,7 +240,7 @@ class DecoderPass:
 
     def __init__(self, prior: LatentPrior, z: torch.Tensor, chunk: Optional[int] = None):
         self.prior, self.z = prior, z.detach()
-        self.chunk = decoder_chunk(prior, self.z, chunk)
+        self.chunk = decoder_chunk_of(prior, self.z, chunk)
         if self.chunk >= z.shape[0]:
             self._leaf = self.z.requires_grad_(True)
             self._x = prior.flow_decode(self._leaf)  # (B*N, C, H, W), the one decoder forward with a graph
@@ -260,7 +260,7 @@ class DecoderPass:
         return torch.cat(parts)
 
 
-def decoder_chunk(prior: LatentPrior, z: torch.Tensor, chunk: Optional[int] = None) -> int:
+def decoder_chunk_of(prior: LatentPrior, z: torch.Tensor, chunk: Optional[int] = None) -> int:
     """How many of the latents ``z`` (``rows x c x h x w``) to decode and differentiate at once.
 
     ``chunk`` given: that (at least 1). ``None``: every row on the CPU; on a CUDA device as many as
@@ -363,7 +363,9 @@ def _flow(
         draw.close()  # draws made ahead and not used are given back
 
     with torch.no_grad():
-        particles = prior.decode(z.detach().flatten(0, 1))
+        rows = z.detach().flatten(0, 1)
+        # the final images, in float32 whatever the iterations ran in, chunked as the decoder pass is
+        particles = torch.cat([prior.decode(part) for part in rows.split(decoder_chunk_of(prior, rows, decoder_chunk))])
         particles = particles.view(b, n, *particles.shape[1:])
     if failures is not None:
         failures.copy_(failed_at)

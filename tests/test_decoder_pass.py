@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dwgf import DWGF, ItemNoise, flow_gradient, item_generators
-from dwgf.flow import DecoderPass, decoder_chunk
+from dwgf.flow import DecoderPass, decoder_chunk_of
 from dwgf.operators import BoxInpainting, repeat_params
 from dwgf.precision import autoencoder_dtype
 from dwgf.priors.base import LatentPrior
@@ -67,10 +67,10 @@ def test_a_chunk_decodes_twice_and_differentiates_each_chunk(sd_prior, monkeypat
 
 def test_decoder_chunk_choice(sd_prior):
     z = torch.zeros(6, *sd_prior.latent_shape)
-    assert decoder_chunk(sd_prior, z) == 6  # the CPU: everything at once
-    assert decoder_chunk(sd_prior, z, 4) == 4
-    assert decoder_chunk(sd_prior, z, 100) == 6
-    assert decoder_chunk(sd_prior, z, 0) == 1
+    assert decoder_chunk_of(sd_prior, z) == 6  # the CPU: everything at once
+    assert decoder_chunk_of(sd_prior, z, 4) == 4
+    assert decoder_chunk_of(sd_prior, z, 100) == 6
+    assert decoder_chunk_of(sd_prior, z, 0) == 1
     with pytest.raises(Exception, match="decoder_chunk must be >= 1"):
         DWGF(sd_prior, decoder_chunk=0)
 
