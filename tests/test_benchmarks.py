@@ -163,3 +163,39 @@ def test_sampler_reads_plain_dwgfs_rows_of_the_diverse_table():
     rows = {r["task"]: r for r in plain_rows()}
     assert set(rows) >= {"box_inpaint", "sr4"}
     assert all(float(rows[t]["crps"]) > 0 and 0 < float(rows[t]["cov90"]) < 1 for t in ("box_inpaint", "sr4"))
+
+
+def test_flow_speed_grid_writes_the_table_and_the_picture(tmp_path, monkeypatch, sd_path):
+    """``--grid`` on a tiny layout (the published ones are for a GPU): a row per N and flow decoder, seconds per image
+    at the config's iterations, peak memory, and a PNG of one against the other."""
+    import argparse
+
+    import torch
+    from PIL import Image
+
+    from benchmarks import flow_speed
+    from dwgf.priors import StableDiffusionPrior
+    from dwgf.testing import make_tiny_flow_decoder
+
+    assert flow_speed.grid_spec("sdxl:1024") == ("sdxl", 1024)
+    for bad in ("sdxl", "sd9:512", "sd15:500"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            flow_speed.grid_spec(bad)
+    assert flow_speed.config_iterations("configs/sd21/ffhq_box_inpaint.yaml") == 998
+    tiny = make_tiny_flow_decoder(tmp_path / "taesd")
+    from diffusers import AutoencoderTiny
+
+    monkeypatch.setattr(flow_speed, "taesd_layout", lambda channels: AutoencoderTiny.from_pretrained(tiny))
+    monkeypatch.setitem(flow_speed.GRID_FAMILIES, "tiny", ("tiny SD", lambda res: StableDiffusionPrior(str(sd_path)),
+                                                          "configs/sd15/box_inpaint.yaml"))
+    rows = flow_speed.measure_grid([("tiny", 32)], [1, 2], True, torch.device("cpu"), None, torch.float32, 2, 1, None, "cpu")
+    assert [(r["n"], r["tiny"]) for r in rows] == [(1, False), (2, False), (1, True), (2, True)]
+    assert all(r["per_image"] == pytest.approx(r["iteration"] * 998) and r["peak"] >= 0 for r in rows)
+    args = argparse.Namespace(output=str(tmp_path / "grid.md"), plot=str(tmp_path / "grid.png"), precision="32", torch_dtype="float32",
+                              decoder_chunk=None, generator="cpu")
+    monkeypatch.setattr(sys, "argv", ["flow_speed.py", "--grid", "tiny:32"])
+    flow_speed.write_grid(args, torch.device("cpu"), rows + [dict(family="tiny SD", res=64, n=8, tiny=False, k=998, weights=0.1, oom=True)])
+    text = (tmp_path / "grid.md").read_text()
+    assert text.count("| tiny SD | 32 |") == 4 and "| tiny SD | 64 | 8 | - | out of memory |" in text
+    assert "`python benchmarks/flow_speed.py --grid tiny:32`" in text
+    assert Image.open(tmp_path / "grid.png").size == (900, 600)
