@@ -129,8 +129,8 @@ def cosine(args) -> None:
         rows.append(f"| {t} | {cos:.5f} | {float((a - b).norm() / a.norm()):.4f} | {grads['float32_s']:.1f} | {grads['bfloat16_s']:.1f} |")
     lines = [f"SD 2.1-base layout (random weights), {args.res} px, N {n}: the latent gradient of the data and encoder terms "
              f"pulled back through the decoder, bfloat16 autocast against float32, on the same particles and noise; CPU, {stamp()}. "
-             f"Command: `python benchmarks/decoder_pass.py cosine --res {args.res} --particles {n}`. (CPU seconds: bfloat16 autocast "
-             "is slower than float32 on this CPU; the GPU is where it pays.)", "",
+             f"Command: `python benchmarks/decoder_pass.py cosine --res {args.res} --particles {n}`. The seconds are one call each "
+             "on this CPU, for orientation only (flow_speed.py is the timing benchmark).", "",
              "| t | cosine | relative error | float32 s | bfloat16 s |", "|---|---|---|---|---|", *rows]
     write_section(f"bfloat16 decoder pass: latent-gradient cosine at {args.res} px", lines)
 

@@ -216,7 +216,7 @@ def test_encoder_consistency_force_formula(ldm_prior):
     assert torch.allclose(force, 0.1 * (x - rec) / (32 * 32), atol=1e-7)
 
 
-def test_under_autocast_only_the_network_runs_in_low_precision(ldm_prior, monkeypatch):
+def test_under_autocast_the_network_runs_in_low_precision_and_the_particle_score_does_not(ldm_prior, monkeypatch):
     seen = {}
     original_eps, original_score = ldm_prior._eps, __import__("dwgf.regularizers.kl_prior", fromlist=["x"]).particle_score
 

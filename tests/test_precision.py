@@ -1,7 +1,8 @@
 """Mixed precision on CPU: the quickstart under ``bf16-mixed`` / ``16-mixed`` against float32.
 
-Under mixed precision only the UNet runs in the low precision; the autoencoder and the noise
-schedule stay in float32 (tests/test_flow.py and tests/test_priors.py check where autocast is on).
+Under mixed precision the UNet and the flow's decoder pass (decoder forward, VJP, encoder term) run in
+the low precision; the final images, the noise schedule, the data term and Adam stay in float32
+(tests/test_flow.py, tests/test_priors.py and tests/test_decoder_pass.py check where autocast is on).
 These tests check the consequence users care about: the reconstructions' PSNR barely moves.
 On CPU, Lightning runs ``16-mixed`` as ``bf16-mixed`` (it warns: float16 autocast is a GPU feature).
 """

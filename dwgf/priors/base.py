@@ -19,7 +19,8 @@ class LatentPrior(nn.Module):
 
     Subclasses implement :meth:`_encode`, :meth:`_decode` and :meth:`_eps` and set the attributes
     below; this base class keeps the networks frozen, runs the autoencoder in float32 even under
-    mixed-precision autocast, and converts v-prediction to epsilon.
+    mixed-precision autocast unless the flow asks otherwise (:meth:`autoencoder_autocast`), returns
+    float32 whatever dtype the weights have (``torch_dtype``), and converts v-prediction to epsilon.
 
     Attributes:
         image_size (int): side of the square images the prior was trained on, in pixels (its
@@ -157,7 +158,7 @@ class LatentPrior(nn.Module):
         under autocast to ``dtype`` (``torch.bfloat16``, ``torch.float16``); ``None``: as outside it.
 
         The flow uses it for its decoder forward, its vector-Jacobian product and the encoder term
-        under mixed precision (:func:`dwgf.precision.flow_precision`); results are returned in float32.
+        under mixed precision (:func:`dwgf.precision.autoencoder_dtype`); results come back in the input's dtype.
         """
         previous = self.__dict__.get("_autoencoder_autocast")
         self.__dict__["_autoencoder_autocast"] = dtype

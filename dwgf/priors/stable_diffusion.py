@@ -308,8 +308,9 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
     the negative embeddings are zeros when the folder's ``model_index.json`` says
     ``force_zeros_for_empty_prompt`` (SDXL base does), as diffusers does.
 
-    The autoencoder runs in float32 (as diffusers advises for SDXL's, which overflows in float16),
-    also under mixed precision; only the UNet runs in the low precision.
+    Under ``16-mixed`` the autoencoder stays in float32 (its config asks for it: SDXL's overflows in
+    float16, as diffusers warns); under ``bf16-mixed`` the flow's decoder pass runs in bfloat16 with
+    the UNet (:func:`dwgf.precision.autoencoder_dtype`).
 
     Args:
         pretrained: a local diffusers folder, or ``stabilityai/stable-diffusion-xl-base-1.0`` (only if
