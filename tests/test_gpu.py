@@ -64,9 +64,11 @@ def finite_items(out: Path, count: int) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def cpu_quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart-cpu") / "out"
-    os.chdir(ROOT)
-    predict("--config", "configs/quickstart.yaml", "--output", out, accelerator="cpu")
+    predict(*QUICKSTART, "--output", out, accelerator="cpu")
     return rows(out)
+
+
+QUICKSTART = ("--config", ROOT / "configs/quickstart.yaml", "--data.images", ROOT / "examples/mnist")
 
 
 @pytest.mark.parametrize("precision, generator, tolerance", [
@@ -74,10 +76,9 @@ def cpu_quickstart(tmp_path_factory):
     ("32-true", "device", None),  # the device's own generators: other particles, reported only
     ("bf16-mixed", "cpu", 0.5),  # the network, decoder and VJP in bfloat16
 ])
-def test_the_quickstart_on_the_gpu_gives_the_cpus_psnr(cpu_quickstart, tmp_path, monkeypatch, precision, generator, tolerance):
-    monkeypatch.chdir(ROOT)
+def test_the_quickstart_on_the_gpu_gives_the_cpus_psnr(cpu_quickstart, tmp_path, precision, generator, tolerance):
     out = tmp_path / "out"
-    predict("--config", "configs/quickstart.yaml", "--output", out, "--trainer.precision", precision, "--model.generator", generator)
+    predict(*QUICKSTART, "--output", out, "--trainer.precision", precision, "--model.generator", generator)
     gpu = finite_items(out, 8)
     table = {name: {"cpu": float(cpu_quickstart[name]["psnr_mean"]), "gpu": float(gpu[name]["psnr_mean"]),
                     "seconds_per_item_gpu": float(gpu[name]["seconds"])} for name in sorted(gpu)}
