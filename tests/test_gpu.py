@@ -72,9 +72,11 @@ QUICKSTART = ("--config", ROOT / "configs/quickstart.yaml", "--data.images", ROO
 
 
 @pytest.mark.parametrize("precision, generator, tolerance", [
-    ("32-true", "cpu", 0.05),  # the target: the same particles up to float arithmetic
+    ("32-true", "cpu", 0.05),  # the same particles up to float arithmetic: each digit within 0.05 dB
     ("32-true", "device", None),  # the device's own generators: other particles, reported only
-    ("bf16-mixed", "cpu", 0.5),  # the network, decoder and VJP in bfloat16
+    # the network, decoder and VJP in bfloat16: a digit can move by a dB (1.2 dB at most on 100 report digits on the CPU,
+    # benchmarks/results/decoder_pass.md), the mean stays (+0.007 dB there): the mean of the 8 within 0.5 dB
+    ("bf16-mixed", "cpu", "mean 0.5"),
 ])
 def test_the_quickstart_on_the_gpu_gives_the_cpus_psnr(cpu_quickstart, tmp_path, precision, generator, tolerance):
     out = tmp_path / "out"
@@ -83,9 +85,11 @@ def test_the_quickstart_on_the_gpu_gives_the_cpus_psnr(cpu_quickstart, tmp_path,
     table = {name: {"cpu": float(cpu_quickstart[name]["psnr_mean"]), "gpu": float(gpu[name]["psnr_mean"]),
                     "seconds_per_item_gpu": float(gpu[name]["seconds"])} for name in sorted(gpu)}
     report(f"quickstart_{precision}_{generator}", table)
-    if tolerance is not None:
-        worst = max(abs(v["gpu"] - v["cpu"]) for v in table.values())
-        assert worst <= tolerance, table
+    changes = [v["gpu"] - v["cpu"] for v in table.values()]
+    if isinstance(tolerance, float):
+        assert max(map(abs, changes)) <= tolerance, table
+    elif tolerance is not None:
+        assert abs(sum(changes) / len(changes)) <= float(tolerance.split()[1]), table
 
 
 # -- every family, the flow decoder, a baseline, a nonlinear operator, a posterior config ---------------
@@ -172,8 +176,9 @@ def test_two_nodes_on_one_gpu_write_the_files_of_one_process(ldm_path, five_imag
     for node in (0, 1):
         node_env = {**env(threads=False), "NODE_RANK": str(node), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
                     "WORLD_SIZE": "2"}
-        args = _ldm(ldm_path, five_images, two, "--trainer.num_nodes", 2, "--trainer.strategy", "ddp", "--data.batch_size", 2,
-                    "--trainer.strategy.process_group_backend", "gloo")
+        # gloo: NCCL refuses two ranks on one GPU
+        args = _ldm(ldm_path, five_images, two, "--trainer.num_nodes", 2, "--data.batch_size", 2, "--trainer.strategy",
+                    '{"class_path": "lightning.pytorch.strategies.DDPStrategy", "init_args": {"process_group_backend": "gloo"}}')
         procs.append(subprocess.Popen([sys.executable, "-m", "dwgf", *args], env=node_env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
     for proc in procs:
