@@ -8,7 +8,7 @@
 #   gpu_check.log       the environment, the GPU suite's pytest output, flow_speed's output
 #   gpu_suite.json      what the suite measured: the quickstart's per-item PSNR on the CPU and on the GPU
 #                       (32-true with CPU generators, with the device's generators, bf16-mixed), seconds per item
-#   flow_speed_gpu.md   SD 2.1-base layout, 512 px, one image: float32 and bf16-mixed at N 1 and 4 (ms per
+#   flow_speed_gpu.md   SD 2.1-base layout, 512 px, one image: float32 and bf16-mixed at N 4 (ms per
 #                       iteration, ratio to the floor, peak memory), then grid rows at N 4 in bf16: with and
 #                       without the TAESD flow decoder, and with --decoder-chunk 1
 #   flow_speed_gpu.png  the grid's seconds per image against peak memory
@@ -28,9 +28,9 @@ trap 'rm -rf "$WORK"' EXIT
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 } > "$LOG" 2>&1
 
-# 1. the GPU suite (about 4 minutes on an H100/H200; the quickstart also runs once on this machine's CPU)
+# 1. the GPU suite (108 s on a 2-core CPU standing in for the GPU; the quickstart also runs once on the CPU), at most 250 s
 echo "## pytest -m gpu" >> "$LOG"
-DWGF_GPU_REPORT="$WORK/report" timeout 330 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py \
+DWGF_GPU_REPORT="$WORK/report" timeout 250 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py \
   >> "$LOG" 2>&1
 SUITE=$?
 echo "pytest exit status: $SUITE" >> "$LOG"
@@ -48,16 +48,17 @@ for name, table in found.items():
 out.write_text(json.dumps(summary, indent=1))
 PYEOF
 
-# 2. speed and memory at the paper's setting (about 3 minutes: each layout is built on the CPU first)
+# 2. speed and memory at the paper's setting, at most 70 + 70 + 50 + 40 s (each layout is built on the CPU first);
+#    with the suite, at most 480 s in all
 echo "## flow_speed" >> "$LOG"
 for precision in 32 bf16; do
-  timeout 150 "$PY" benchmarks/flow_speed.py --sizes --compare-sizes --changes --sd 512:1,4 --sd-iters 10 --precision "$precision" \
+  timeout 70 "$PY" benchmarks/flow_speed.py --sizes --compare-sizes --changes --sd 512:4 --sd-iters 10 --precision "$precision" \
     --output "$WORK/flow_speed_$precision.md" >> "$LOG" 2>&1 || echo "flow_speed --precision $precision failed or timed out" >> "$LOG"
 done
-timeout 120 "$PY" benchmarks/flow_speed.py --grid sd21:512 --grid-particles 4 --flow-decoder --precision bf16 --sd-iters 10 \
+timeout 50 "$PY" benchmarks/flow_speed.py --grid sd21:512 --grid-particles 4 --flow-decoder --precision bf16 --sd-iters 10 \
   --output "$WORK/flow_speed_grid.md" --plot "$OUT/flow_speed_gpu.png" >> "$LOG" 2>&1 || echo "flow_speed --grid failed or timed out" >> "$LOG"
 # the memory target (<= 8 GB above the weights at N 4): one particle at a time through the decoder
-timeout 90 "$PY" benchmarks/flow_speed.py --grid sd21:512 --grid-particles 4 --precision bf16 --sd-iters 10 --decoder-chunk 1 \
+timeout 40 "$PY" benchmarks/flow_speed.py --grid sd21:512 --grid-particles 4 --precision bf16 --sd-iters 10 --decoder-chunk 1 \
   --output "$WORK/flow_speed_grid_chunk1.md" >> "$LOG" 2>&1 || echo "flow_speed --grid --decoder-chunk 1 failed or timed out" >> "$LOG"
 cat "$WORK"/flow_speed_32.md "$WORK"/flow_speed_bf16.md "$WORK"/flow_speed_grid.md "$WORK"/flow_speed_grid_chunk1.md \
   > "$OUT/flow_speed_gpu.md" 2>/dev/null
