@@ -64,7 +64,7 @@ def stamp() -> str:
 
 def memory_child(res: int, particles: int, chunk: int, iters: int, out: str) -> None:
     from benchmarks.flow_speed import PeakMemory, problem, regularizers, sd_layout_prior
-    from dwgf.flow import dwgf_flow
+    from dwgf.flow import FlowConfig, Problem, dwgf_flow
     from dwgf.noise import ItemNoise, item_generators
     from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 
@@ -74,9 +74,10 @@ def memory_child(res: int, particles: int, chunk: int, iters: int, out: str) -> 
     stamps = []
     with PeakMemory(device) as mem:
         start = time.perf_counter()
-        _, z = dwgf_flow(prior, op, y, params, ItemNoise(item_generators([0], "cpu"), device), num_particles=particles, num_steps=iters,
-                         regularizers=regularizers(True), step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(),
-                         decoder_chunk=chunk or None, callback=lambda s: stamps.append(time.perf_counter()))
+        config = FlowConfig(num_steps=iters, regularizers=regularizers(True), step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(),
+                            decoder_chunk=chunk or None)
+        _, z, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=particles), config, ItemNoise(item_generators([0], "cpu"), device),
+                            lambda s: stamps.append(time.perf_counter()))
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][1:]  # the first iteration warms up
     torch.save({"z": z, "peak_mib": mem.peak_mib, "total_mib": mem.total_mib, "seconds": statistics.median(times)}, out)
 
@@ -107,9 +108,8 @@ def memory(args) -> None:
 
 def cosine(args) -> None:
     from benchmarks.flow_speed import problem, sd_layout_prior
-    from dwgf.flow import flow_gradient
+    from dwgf.flow import FlowConfig, Problem, flow_gradient
     from dwgf.noise import ItemNoise, item_generators
-    from dwgf.operators import repeat_params
     from dwgf.regularizers import EncoderConsistency
 
     prior = sd_layout_prior(args.res)
@@ -121,8 +121,9 @@ def cosine(args) -> None:
         grads = {}
         for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
             start = time.perf_counter()
-            grads[name], _ = flow_gradient(prior, op, z, y.repeat_interleave(n, 0), repeat_params(params, n), torch.tensor([t]),
-                                           ItemNoise(item_generators([0], "cpu"), "cpu"), [EncoderConsistency()], 0.01, autoencoder=dtype)
+            # only the encoder term: no network call, so unet_dtype sets the decoder pass's precision alone
+            grads[name], _ = flow_gradient(prior, Problem(op, y, params, num_particles=n), FlowConfig(regularizers=(EncoderConsistency(),)), z,
+                                           torch.tensor([t]), ItemNoise(item_generators([0], "cpu"), "cpu"), unet_dtype=dtype)
             grads[name + "_s"] = time.perf_counter() - start
         a, b = grads["float32"].flatten().double(), grads["bfloat16"].flatten().double()
         cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))

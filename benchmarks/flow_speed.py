@@ -63,7 +63,7 @@ from typing import Callable, Optional
 
 import torch
 
-from dwgf.flow import ItemNoise, dwgf_flow, item_generators
+from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
 from dwgf.operators import BoxInpainting
 from dwgf.priors import StableDiffusionPrior, StableDiffusionXLPrior, UnconditionalLatentPrior
 from dwgf.priors.base import LatentPrior
@@ -333,10 +333,11 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
     with PeakMemory(device) as mem, (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
         sync(device)
         stamps.append(time.perf_counter())
-        dwgf_flow(
-            prior, op, y, params, draw, num_particles=n, num_steps=warmup + iters, regularizers=regs if regs is not None else regularizers(encoder),
-            step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(), callback=callback, **(flow or {}),
-        )
+        config = FlowConfig(num_steps=warmup + iters, regularizers=regs if regs is not None else regularizers(encoder),
+                            step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(),
+                            **{k: v for k, v in (flow or {}).items() if k in FlowConfig.__dataclass_fields__})
+        dwgf_flow(prior, Problem(op, y, params, num_particles=n, **{k: v for k, v in (flow or {}).items() if k == "likelihood"}), config, draw,
+                  callback)
     if floor:
         times = [b - a for a, b in zip(stamps[0::2], stamps[1::2])]
         return times[warmup:], floors, mem
@@ -462,10 +463,8 @@ def check_reference(prior, device, iters=3, dtype=torch.float64) -> float:
     try:
         op, y, params = problem(prior, 2, device)
         draw = ItemNoise(item_generators([0, 1], device), device)
-        _, ours = dwgf_flow(
-            prior, op, y, params, draw, num_particles=4, num_steps=iters, regularizers=regularizers(True),
-            step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(),
-        )
+        _, ours, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=4), FlowConfig(
+            num_steps=iters, regularizers=regularizers(True), step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps()), draw)
         ref = reference_flow(prior, op, y, params, 4, iters)
     finally:
         torch.set_default_dtype(previous)

@@ -298,7 +298,7 @@ def particle_reach(d: int, weight: float, lr: float, items: int = 50, n: int = 4
     iterations, the mean and maximum of ``||f^i - f^i_own|| / ||f^i_own||`` (averaged over particles
     and items), and the share of iterations where it exceeds 1e-3.
     """
-    from dwgf.flow import ItemNoise, dwgf_flow, item_generators
+    from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
     from dwgf.operators import MatrixOperator
     from dwgf.regularizers import DWGFWeighting, KLPrior
     from dwgf.regularizers.kl_prior import particle_score
@@ -316,8 +316,9 @@ def particle_reach(d: int, weight: float, lr: float, items: int = 50, n: int = 4
         deviation.append(float(((f - own).norm(dim=-1) / own.norm(dim=-1)).mean()))
 
     draw = ItemNoise(item_generators(list(range(items)), "cpu"), "cpu")
-    dwgf_flow(prob.prior, op, y, {}, draw, num_particles=n, num_steps=STEPS, regularizers=[KLPrior(weight, weighting=DWGFWeighting())],
-              step_size=ConstantStepSize(lr), timesteps=DescendingTimesteps(t_min=2), decoder_noise=0.0, callback=record)
+    config = FlowConfig(num_steps=STEPS, regularizers=[KLPrior(weight, weighting=DWGFWeighting())], step_size=ConstantStepSize(lr),
+                        timesteps=DescendingTimesteps(t_min=2), decoder_noise=0.0)
+    dwgf_flow(prob.prior, Problem(op, y, {}, num_particles=n), config, draw, record)
     t = torch.tensor(deviation)
     return {"mean": float(t.mean()), "max": float(t.max()), "active": float((t > 1e-3).double().mean())}
 

@@ -20,7 +20,7 @@ The Python API, without the CLI or config files::
 from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
 from dwgf.data import MeasurementDataModule, load_image
 from dwgf.errors import DWGFError
-from dwgf.flow import FlowState, ItemNoise, dwgf_flow, flow_gradient, item_generators
+from dwgf.flow import FlowConfig, FlowState, ItemNoise, Problem, dwgf_flow, flow_gradient, item_generators
 from dwgf.operators import (
     Blur,
     BoxInpainting,
@@ -79,6 +79,8 @@ __all__ = [
     "FlowState",
     "ItemNoise",
     "dwgf_flow",
+    "FlowConfig",
+    "Problem",
     "flow_gradient",
     "item_generators",
     "__version__",

@@ -6,7 +6,8 @@ predict step, and a notebook can call it directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -19,8 +20,89 @@ from dwgf.precision import autoencoder_dtype, float32_but_the_unet, unet_precisi
 from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
-from dwgf.schedules.step_size import StepSizeSchedule
-from dwgf.schedules.timesteps import TimestepSchedule
+from dwgf.regularizers.encoder_consistency import EncoderConsistency
+from dwgf.regularizers.kl_prior import KLPrior
+from dwgf.schedules.step_size import ConstantStepSize, StepSizeSchedule
+from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is solved: measurements ``y`` (``B x ...``) of ``operator`` with per-item ``params``, the data
+    term that scores them, and how many particles each item gets.
+
+    Attributes:
+        operator: the forward operator.
+        y: the measurements, ``B x ...``; params: their per-item operator parameters.
+        likelihood: the data term (:class:`~dwgf.likelihoods.DataTerm`). Default
+            :class:`~dwgf.likelihoods.MeanSquaredError`, the paper's ``1/2 mean (y - A x)^2``.
+        num_particles: ``N``, particles per item. Default 4.
+        size: ``(H, W)`` of the batch's images (:meth:`~dwgf.priors.LatentPrior.latent_shape_at`);
+            ``None``: the prior's native size.
+        prompt: ``(B,)`` rows of the prior's prompt table, one per item; ``None``: the prior's own prompt.
+
+    The per-particle views (``y_n``, ``params_n``, ``prompt_n``: ``B*N`` rows, item-major) are made once.
+    """
+
+    operator: ForwardOperator
+    y: torch.Tensor
+    params: Params
+    likelihood: DataTerm = field(default_factory=MeanSquaredError)
+    num_particles: int = 4
+    size: Optional[tuple[int, int]] = None
+    prompt: Optional[torch.Tensor] = None
+
+    @property
+    def batch(self) -> int:
+        return int(self.y.shape[0])
+
+    @cached_property
+    def y_n(self) -> torch.Tensor:
+        return self.y.repeat_interleave(self.num_particles, dim=0)
+
+    @cached_property
+    def params_n(self) -> Params:
+        return repeat_params(self.params, self.num_particles)
+
+    @cached_property
+    def prompt_n(self) -> Optional[torch.Tensor]:
+        return None if self.prompt is None else self.prompt.to(self.y.device).repeat_interleave(self.num_particles)
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """How DWGF moves the particles: every setting of the flow but the problem, in one place, with the
+    paper's defaults (Stable Diffusion 2.1-base: 998 iterations, Adam with step 1.0, ``KLPrior(0.15)`` and
+    ``EncoderConsistency(0.1)``, decoder noise 0.01, the diffusion time walking 999 -> 2).
+
+    Attributes:
+        num_steps: ``K``, flow iterations.
+        regularizers: latent- and image-space forces (:class:`~dwgf.regularizers.Regularizer`).
+        step_size: the optimiser's step size per iteration.
+        timesteps: the diffusion time per iteration.
+        optimizer: how the particles move (:class:`~dwgf.optimizers.FlowOptimizer`; default ``Adam()``).
+        decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
+            encoder terms, in ``[-1, 1]`` units.
+        query_noise: the network is asked at ``z_t = sqrt(abar) z + query_noise sqrt(1 - abar) eps``
+            (1: the paper's diffused particles; 0: at ``sqrt(abar) z``, for a Langevin sampler).
+        float32_autoencoder: under mixed precision, keep the decoder pass and the encoder term in
+            float32 (:func:`dwgf.precision.autoencoder_dtype`); default: the network's low precision.
+        decoder_chunk: particles decoded and differentiated at once (:class:`DecoderPass`); ``None``:
+            all on the CPU, as many as fit on a GPU.
+    """
+
+    num_steps: int = 998
+    regularizers: tuple[Regularizer, ...] = field(default_factory=lambda: (KLPrior(), EncoderConsistency()))
+    step_size: StepSizeSchedule = field(default_factory=lambda: ConstantStepSize(1.0))
+    timesteps: TimestepSchedule = field(default_factory=DescendingTimesteps)
+    optimizer: FlowOptimizer = field(default_factory=Adam)
+    decoder_noise: float = 0.01
+    query_noise: float = 1.0
+    float32_autoencoder: bool = False
+    decoder_chunk: Optional[int] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "regularizers", tuple(self.regularizers))
 
 
 @dataclass
@@ -71,145 +153,75 @@ class FlowState:
         return self.abar.view(-1, *([1] * (like.dim() - 1)))
 
 
-def dwgf_flow(
-    prior: LatentPrior,
-    operator: ForwardOperator,
-    y: torch.Tensor,
-    params: Params,
-    draw: ItemNoise,
-    *,
-    num_particles: int,
-    num_steps: int,
-    regularizers: Sequence[Regularizer],
-    step_size: StepSizeSchedule,
-    timesteps: TimestepSchedule,
-    betas: tuple[float, float] = (0.9, 0.999),
-    decoder_noise: float = 0.01,
-    callback: Optional[Callable[[FlowState], None]] = None,
-    failures: Optional[torch.Tensor] = None,
-    size: Optional[Sequence[int]] = None,
-    prompt: Optional[torch.Tensor] = None,
-    optimizer: Optional[FlowOptimizer] = None,
-    likelihood: Optional[DataTerm] = None,
-    query_noise: float = 1.0,
-    float32_autoencoder: bool = False,
-    decoder_chunk: Optional[int] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs DWGF for one batch of measurements and returns ``(particles, latents)``.
+def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig] = None, draw: Optional[ItemNoise] = None,
+              callback: Optional[Callable[[FlowState], None]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs DWGF on one batch of measurements; returns ``(particles, latents, failed_at)``.
 
     Each iteration: diffuse the particles to ``t`` and evaluate the network once (no gradient),
     decode once, sum the image-space gradients (data term + image regularizers) and pull them back
     through the decoder in one vector-Jacobian product, add the latent-space forces, take one
-    optimiser step (Adam by default), and add the regularizers' perturbations (if any). Frozen
-    weights never receive gradients.
+    optimiser step, and add the regularizers' perturbations (if any). Frozen weights never receive
+    gradients.
 
     Args:
         prior: the frozen latent prior.
-        operator: the forward operator.
-        y: measurements, ``B x ...``; params: their per-item operator parameters.
-        draw: per-item noise (:class:`ItemNoise`); it supplies the initial particles ``N(0, I)``
-            and every per-iteration draw, in a fixed order (:func:`flow_gradient`'s, then the
-            regularizers' perturbations after the step).
-        num_particles: ``N``, particles per measurement.
-        num_steps: ``K``, flow iterations.
-        regularizers: latent- and image-space forces (see :class:`~dwgf.regularizers.Regularizer`).
-        step_size: the optimiser's step size per iteration.
-        timesteps: the diffusion time per iteration.
-        betas: the default optimiser's betas, ``Adam(betas)``. Default ``(0.9, 0.999)``.
-        decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
-            encoder terms, in ``[-1, 1]`` units. Default 0.01.
+        problem: the measurements, their operator and data term, and ``N`` (:class:`Problem`).
+        config: the flow's settings (:class:`FlowConfig`); ``None``: the paper's.
+        draw: per-item noise (:class:`~dwgf.noise.ItemNoise`); it supplies the initial particles
+            ``N(0, I)`` and every per-iteration draw, in a fixed order (:func:`flow_gradient`'s, then
+            the regularizers' perturbations after the step). ``None``: CPU generators seeded 0 .. B-1.
         callback: called with the :class:`FlowState` after every iteration's step.
-        failures: optional ``(B,)`` long tensor, filled with the first iteration at which each item's
-            particles were not finite (``-1``: never). Such an item is frozen at zero from then on
-            (items never affect each other), and its particles must not be used.
-        size: ``(H, W)`` of the batch's images (:meth:`~dwgf.priors.LatentPrior.latent_shape_at`);
-            ``None``: the prior's native size.
-        prompt: ``(B,)`` rows of the prior's prompt table, one per item
-            (:meth:`~dwgf.priors.LatentPrior.prompt_ids`); ``None``: the prior's own prompt.
-        optimizer: how the particles move (:class:`~dwgf.optimizers.FlowOptimizer`); ``None``:
-            ``Adam(betas)``, the paper's.
-        likelihood: the data term (:class:`~dwgf.likelihoods.DataTerm`); ``None``:
-            :class:`~dwgf.likelihoods.MeanSquaredError`, the paper's.
-        query_noise: the network is asked at ``z_t = sqrt(abar) z + query_noise sqrt(1 - abar) eps``.
-            ``1`` (default): the paper's diffused particles; ``0``: at ``sqrt(abar) z``, so that
-            the model's score is the exact score of the prior smoothed to noise level ``t``, with no
-            noise of its own (what a Langevin sampler wants).
-        float32_autoencoder: under mixed precision, keep the decoder's forward, its vector-Jacobian
-            product and the encoder term in float32 (:func:`dwgf.precision.autoencoder_dtype`).
-            Default ``False``: they run in the network's low precision.
-        decoder_chunk: particles decoded and differentiated at once (:class:`DecoderPass`), which
-            bounds the decoder's memory independently of ``B x N``. ``None`` (default): all of them
-            on the CPU; on a GPU as many as fit in its free memory.
 
     Returns:
-        Particles ``B x N x C x H x W`` (decoded, unclamped) and latents ``B x N x c x h x w``.
+        Particles ``B x N x C x H x W`` (decoded, unclamped), latents ``B x N x c x h x w``, and
+        ``failed_at`` ``(B,)``: the first iteration at which an item's particles were not finite
+        (``-1``: never). Such an item is frozen at zero from then on (items never affect each
+        other), and its particles must not be used.
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError("dwgf_flow needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
-    # under mixed precision only the network call runs in the low precision (dwgf.precision)
-    with float32_but_the_unet(y.device.type) as unet_dtype:
-        return _flow(
-            prior, operator, y, params, draw, num_particles=num_particles, num_steps=num_steps, regularizers=regularizers,
-            step_size=step_size, timesteps=timesteps, betas=betas, decoder_noise=decoder_noise, callback=callback,
-            unet_dtype=unet_dtype, failures=failures, size=size, prompt=prompt, optimizer=optimizer, likelihood=likelihood,
-            query_noise=query_noise, autoencoder=autoencoder_dtype(unet_dtype, prior, float32_autoencoder), decoder_chunk=decoder_chunk,
-        )
+    config = config if config is not None else FlowConfig()
+    draw = draw if draw is not None else ItemNoise(item_generators(range(problem.batch), "cpu"), problem.y.device)
+    # under mixed precision the network and the autoencoder work run in the low precision (dwgf.precision)
+    with float32_but_the_unet(problem.y.device.type) as unet_dtype:
+        return _flow(prior, problem, config, draw, callback, unet_dtype)
 
 
-def flow_gradient(
-    prior: LatentPrior,
-    operator: ForwardOperator,
-    z: torch.Tensor,
-    y_n: torch.Tensor,
-    params_n: Params,
-    t: torch.Tensor,
-    draw: ItemNoise,
-    regularizers: Sequence[Regularizer],
-    decoder_noise: float,
-    iteration: int = 0,
-    num_iterations: int = 1,
-    unet_dtype: Optional[torch.dtype] = None,
-    prompt_n: Optional[torch.Tensor] = None,
-    likelihood: Optional[DataTerm] = None,
-    query_noise: float = 1.0,
-    autoencoder: Optional[torch.dtype] = None,
-    decoder_chunk: Optional[int] = None,
-) -> tuple[torch.Tensor, FlowState]:
-    """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t``.
+def flow_gradient(prior: LatentPrior, problem: Problem, config: FlowConfig, z: torch.Tensor, t: torch.Tensor, draw: ItemNoise, *,
+                  iteration: int = 0, num_iterations: int = 1, unet_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, FlowState]:
+    """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t`` (``(B,)``).
 
-    ``y_n`` and ``params_n`` are the measurements and parameters repeated per particle
-    (``B*N`` rows). Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then
-    whatever the regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs
-    under autocast to that dtype; everything else runs in the caller's precision. ``prompt_n``: each
-    particle's prompt row (``B*N``), ``None``: the prior's own prompt. ``likelihood``: the data term
-    (``None``: :class:`~dwgf.likelihoods.MeanSquaredError`); ``query_noise``: see :func:`dwgf_flow`.
-    ``autoencoder``: the dtype the decoder pass and the regularizers' autoencoder calls run in under
-    autocast (``None``: float32); ``decoder_chunk``: see :func:`dwgf_flow`.
-    Returns the latent gradient (float32) and the iteration's state.
+    Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then whatever the
+    regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs under autocast
+    to that dtype, and so do the decoder pass and the encoder term unless ``config.float32_autoencoder``;
+    everything else runs in the caller's precision. Returns the latent gradient (float32) and the
+    iteration's state.
     """
     b, n = z.shape[:2]
-    likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
+    regularizers = config.regularizers
     abar = prior.abar(t, z)
     eps = draw(z.shape[1:])
-    if query_noise != 1.0:
-        eps = eps * query_noise
-    x_noise = draw((n, *prior.image_shape_of(z))) * decoder_noise
+    if config.query_noise != 1.0:
+        eps = eps * config.query_noise
+    x_noise = draw((n, *prior.image_shape_of(z))) * config.decoder_noise
     z = z.detach()
     with torch.no_grad():
         z_t = prior.diffuse(z, eps, t, abar)
         eps_hat = None
         if any(r.needs_eps for r in regularizers):
             with unet_precision(z.device.type, unet_dtype):
-                eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n), prompt_n).view_as(z)
+                eps_hat = prior.eps(z_t.flatten(0, 1), t.repeat_interleave(n), problem.prompt_n).view_as(z)
 
+    autoencoder = autoencoder_dtype(unet_dtype, prior, config.float32_autoencoder)
     with prior.autoencoder_autocast(autoencoder):  # mixed precision: the decoder pass and the encoder term too
-        decoder = DecoderPass(prior, z.flatten(0, 1), decoder_chunk)
+        decoder = DecoderPass(prior, z.flatten(0, 1), config.decoder_chunk)
         x_d = decoder.images
-        g_x, loss = likelihood.grad(operator, x_d + x_noise.flatten(0, 1), y_n, params_n, abar.repeat_interleave(n))
+        g_x, loss = problem.likelihood.grad(problem.operator, x_d + x_noise.flatten(0, 1), problem.y_n, problem.params_n,
+                                            abar.repeat_interleave(n))
         state = FlowState(
             z=z, x=x_d.view(b, n, *x_d.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
             iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
-            operator=operator, params=params_n, regularizers=regularizers, likelihood=likelihood,
+            operator=problem.operator, params=problem.params_n, regularizers=regularizers, likelihood=problem.likelihood,
         )
         g_z = torch.zeros_like(z)
         state.forces = {}
@@ -294,10 +306,7 @@ def _vjp_bytes_per_row(prior: LatentPrior, z: torch.Tensor) -> int:
     return cache[key]
 
 
-_PAPER_DATA_TERM = MeanSquaredError()
-
-
-def data_gradient_of(prior: LatentPrior, operator: ForwardOperator, likelihood: DataTerm, y_n: torch.Tensor, params_n: Params):
+def data_gradient_of(prior: LatentPrior, problem: Problem):
     """The data term's gradient in latent space as a function of the particles (no decoder noise), for
     optimisers that probe its curvature: each call is one decoder forward and one vector-Jacobian product."""
 
@@ -305,50 +314,36 @@ def data_gradient_of(prior: LatentPrior, operator: ForwardOperator, likelihood: 
         with torch.enable_grad():
             leaf = z.detach().flatten(0, 1).requires_grad_(True)
             x = prior.flow_decode(leaf)
-            g_x, _ = likelihood.grad(operator, x.detach(), y_n, params_n)
+            g_x, _ = problem.likelihood.grad(problem.operator, x.detach(), problem.y_n, problem.params_n)
             (g,) = torch.autograd.grad(x, leaf, grad_outputs=g_x)
         return g.view_as(z)
 
     return data_gradient
 
 
-def _flow(
-    prior: LatentPrior, operator: ForwardOperator, y: torch.Tensor, params: Params, draw: ItemNoise, *, num_particles: int,
-    num_steps: int, regularizers: Sequence[Regularizer], step_size: StepSizeSchedule, timesteps: TimestepSchedule,
-    betas: tuple[float, float], decoder_noise: float, callback: Optional[Callable[[FlowState], None]],
-    unet_dtype: Optional[torch.dtype], failures: Optional[torch.Tensor], size: Optional[Sequence[int]] = None,
-    prompt: Optional[torch.Tensor] = None, optimizer: Optional[FlowOptimizer] = None, likelihood: Optional[DataTerm] = None,
-    query_noise: float = 1.0, autoencoder: Optional[torch.dtype] = None, decoder_chunk: Optional[int] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemNoise, callback: Optional[Callable[[FlowState], None]],
+          unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
-    b, n = y.shape[0], num_particles
-    device = y.device
-    z = draw((n, *prior.latent_shape_at(size))).requires_grad_(True)
-    prompt_n = None if prompt is None else prompt.to(device).repeat_interleave(n)
+    b, n, num_steps = problem.batch, problem.num_particles, config.num_steps
+    device = problem.y.device
+    z = draw((n, *prior.latent_shape_at(problem.size))).requires_grad_(True)
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)  # first non-finite iteration per item
-    ts = timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
-    if regularizers and bool((prior.abar(ts.flatten(), z) >= 1).any()):
-        raise DWGFError(f"{type(timesteps).__name__}: time {int(ts.min())} is the clean data for {type(prior).__name__} (abar = 1), where "
-                        "the diffusion terms are undefined; use t_min >= 1")
-    params_n = repeat_params(params, n)
-    y_n = y.repeat_interleave(n, dim=0)
-    optimizer = optimizer if optimizer is not None else Adam(betas)
-    likelihood = likelihood if likelihood is not None else _PAPER_DATA_TERM
-    optimizer.start(z, step_size(0, num_steps), data_gradient_of(prior, operator, likelihood, y_n, params_n), draw)
-
+    ts = config.timesteps(num_steps, prior.num_train_timesteps, draw.generators, device=device).to(device)
+    if config.regularizers and bool((prior.abar(ts.flatten(), z) >= 1).any()):
+        raise DWGFError(f"{type(config.timesteps).__name__}: time {int(ts.min())} is the clean data for {type(prior).__name__} (abar = 1), "
+                        "where the diffusion terms are undefined; use t_min >= 1")
+    optimizer = config.optimizer
+    optimizer.start(z, config.step_size(0, num_steps), data_gradient_of(prior, problem), draw)
     draw.next_iteration(more=False)  # the draws before the loop are no iteration's: nothing to draw ahead from them
     try:
         for k in range(num_steps):
-            lr = step_size(k, num_steps)
-            grad, state = flow_gradient(
-                prior, operator, z, y_n, params_n, ts[:, k], draw, regularizers, decoder_noise, k, num_steps, unet_dtype, prompt_n,
-                likelihood, query_noise, autoencoder, decoder_chunk,
-            )
+            lr = config.step_size(k, num_steps)
+            grad, state = flow_gradient(prior, problem, config, z, ts[:, k], draw, iteration=k, num_iterations=num_steps, unet_dtype=unet_dtype)
             state.step_size = float(lr)
             with torch.no_grad():
                 optimizer.step(z, grad, lr, state)
             with torch.no_grad():
-                for reg in regularizers:  # moves that are not gradients (injected noise), after the step
+                for reg in config.regularizers:  # moves that are not gradients (injected noise), after the step
                     move = reg.perturbation(state)
                     if move is not None:
                         z.add_(move)
@@ -365,8 +360,6 @@ def _flow(
     with torch.no_grad():
         rows = z.detach().flatten(0, 1)
         # the final images, in float32 whatever the iterations ran in, chunked as the decoder pass is
-        particles = torch.cat([prior.decode(part) for part in rows.split(decoder_chunk_of(prior, rows, decoder_chunk))])
+        particles = torch.cat([prior.decode(part) for part in rows.split(decoder_chunk_of(prior, rows, config.decoder_chunk))])
         particles = particles.view(b, n, *particles.shape[1:])
-    if failures is not None:
-        failures.copy_(failed_at)
-    return particles, z.detach()
+    return particles, z.detach(), failed_at

@@ -10,17 +10,15 @@ from lightning.pytorch import LightningModule
 
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
-from dwgf.flow import FlowState, dwgf_flow
+from dwgf.flow import FlowConfig, FlowState, Problem, dwgf_flow
 from dwgf.noise import ItemNoise, generator_device, item_generators
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.optimizers.base import Adam, FlowOptimizer
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
-from dwgf.regularizers.encoder_consistency import EncoderConsistency
-from dwgf.regularizers.kl_prior import KLPrior
-from dwgf.schedules.step_size import ConstantStepSize, StepSizeSchedule
-from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
+from dwgf.schedules.step_size import StepSizeSchedule
+from dwgf.schedules.timesteps import TimestepSchedule
 
 
 def crop_each(images: torch.Tensor, sizes: Sequence[tuple[int, int]], full: Sequence[int]) -> list[torch.Tensor]:
@@ -317,9 +315,10 @@ class DWGF(InverseSolver):
         if decoder_noise < 0:
             raise argument_error(self, "decoder_noise", f" must be >= 0, got {decoder_noise}")
         self.num_steps = int(num_steps)
-        self.regularizers = list(regularizers) if regularizers is not None else [KLPrior(), EncoderConsistency()]
-        self.step_size = step_size if step_size is not None else ConstantStepSize(1.0)
-        self.timesteps = timesteps if timesteps is not None else DescendingTimesteps()
+        paper = FlowConfig()  # the defaults, kept in one place
+        self.regularizers = list(regularizers) if regularizers is not None else list(paper.regularizers)
+        self.step_size = step_size if step_size is not None else paper.step_size
+        self.timesteps = timesteps if timesteps is not None else paper.timesteps
         self.betas = (float(betas[0]), float(betas[1]))
         if optimizer is not None and self.betas != (0.9, 0.999):
             raise argument_error(self, "betas", " apply to the default optimizer only; with <optimizer> give them to Adam: "
@@ -336,6 +335,13 @@ class DWGF(InverseSolver):
         self.compile_networks = bool(compile)
         if self.compile_networks:
             self.prior.compile_networks()
+
+    @property
+    def flow_config(self) -> FlowConfig:
+        """This solver's settings as the flow reads them (:class:`~dwgf.flow.FlowConfig`)."""
+        return FlowConfig(num_steps=self.num_steps, regularizers=tuple(self.regularizers), step_size=self.step_size,
+                          timesteps=self.timesteps, optimizer=self.optimizer, decoder_noise=self.decoder_noise,
+                          query_noise=self.query_noise, float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk)
 
     def check_operator(self, operator: ForwardOperator) -> None:
         self.likelihood.check_operator(operator)
@@ -354,14 +360,8 @@ class DWGF(InverseSolver):
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
               prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        draw = self.item_noise(seeds, y.device)
-        self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
-        particles, _ = dwgf_flow(
-            self.prior, self.operator, y, params, draw,
-            num_particles=self.num_particles, num_steps=self.num_steps, regularizers=self.regularizers,
-            step_size=self.step_size, timesteps=self.timesteps, betas=self.betas,
-            decoder_noise=self.decoder_noise, callback=self.on_flow_iteration, failures=self.failed_iterations,
-            size=size, prompt=self.prompt_rows(prompts, y.device), optimizer=self.optimizer, likelihood=self.likelihood,
-            query_noise=self.query_noise, float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk,
-        )
+        problem = Problem(self.operator, y, params, self.likelihood, self.num_particles, None if size is None else tuple(size),
+                          self.prompt_rows(prompts, y.device))
+        particles, _, self.failed_iterations = dwgf_flow(self.prior, problem, self.flow_config, self.item_noise(seeds, y.device),
+                                                         self.on_flow_iteration)
         return particles

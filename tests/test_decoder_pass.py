@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dwgf import DWGF, ItemNoise, flow_gradient, item_generators
-from dwgf.flow import DecoderPass, decoder_chunk_of
-from dwgf.operators import BoxInpainting, repeat_params
+from dwgf.flow import DecoderPass, FlowConfig, Problem, decoder_chunk_of
+from dwgf.operators import BoxInpainting
 from dwgf.precision import autoencoder_dtype
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers import EncoderConsistency, KLPrior
@@ -24,8 +24,9 @@ def _gradient(prior, n=3, chunk=None, autoencoder=None, regularizers=None):
     op, y, params = _problem(prior)
     z = torch.randn(2, n, *prior.latent_shape, generator=torch.Generator().manual_seed(1))
     regs = [KLPrior(), EncoderConsistency()] if regularizers is None else regularizers
-    return flow_gradient(prior, op, z, y.repeat_interleave(n, 0), repeat_params(params, n), torch.tensor([600, 600]),
-                         ItemNoise(item_generators([1, 2], "cpu"), "cpu"), regs, 0.01, autoencoder=autoencoder, decoder_chunk=chunk)
+    config = FlowConfig(regularizers=regs, decoder_chunk=chunk)
+    return flow_gradient(prior, Problem(op, y, params, num_particles=n), config, z, torch.tensor([600, 600]),
+                         ItemNoise(item_generators([1, 2], "cpu"), "cpu"), unet_dtype=autoencoder)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 4, 6])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dwgf import DWGF, ItemNoise, flow_gradient, item_generators
-from dwgf.flow import FlowState
+from dwgf.flow import FlowConfig, FlowState, Problem
 from dwgf.operators import BoxInpainting, SuperResolution, repeat_params
 from dwgf.regularizers import (
     ConstantWeighting,
@@ -99,7 +99,8 @@ def test_data_term_gradient_matches_finite_differences(ldm_prior):
             def __call__(self, shape):
                 return super().__call__(shape).double()
 
-        grad, state = flow_gradient(prior, op, z, y_n, params_n, t, Noise(item_generators([1, 2], "cpu"), "cpu"), [], 0.01)
+        problem = Problem(op, y, params, num_particles=n)
+        grad, state = flow_gradient(prior, problem, FlowConfig(regularizers=()), z, t, Noise(item_generators([1, 2], "cpu"), "cpu"))
 
         def loss(zz):
             x = prior.decode(zz.flatten(0, 1)) + state.x_noise.flatten(0, 1)

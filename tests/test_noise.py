@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dwgf import DWGF, ItemNoise, item_generators
-from dwgf.flow import dwgf_flow
+from dwgf.flow import FlowConfig, Problem, dwgf_flow
 from dwgf.noise import generator_device
 from dwgf.operators import BoxInpainting
 from dwgf.optimizers import Langevin
@@ -87,8 +87,9 @@ def _flow(prior, draw, regularizers, optimizer=None):
     op = BoxInpainting(size=[12, 12])
     x = torch.linspace(-1, 1, 2 * 32 * 32).view(2, 1, 32, 32)
     y, params = op.measure(x, seeds=[0, 1])
-    return dwgf_flow(prior, op, y, params, draw, num_particles=2, num_steps=4, regularizers=regularizers,
-                     step_size=ConstantStepSize(0.1), timesteps=DescendingTimesteps(), optimizer=optimizer)[1]
+    config = FlowConfig(num_steps=4, regularizers=regularizers, step_size=ConstantStepSize(0.1), timesteps=DescendingTimesteps(),
+                        **({"optimizer": optimizer} if optimizer is not None else {}))
+    return dwgf_flow(prior, Problem(op, y, params, num_particles=2), config, draw)[1]
 
 
 @pytest.mark.parametrize("setup", ["paper", "langevin"])
