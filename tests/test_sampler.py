@@ -8,7 +8,7 @@ import torch
 
 from dwgf import DWGF
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, data_gradient_of, item_generators
+from dwgf.flow import ItemNoise, Problem, data_gradient_of, item_generators
 from dwgf.likelihoods import QUANTISATION_SIGMA, GaussianLikelihood, MeanSquaredError, PoissonLikelihood, poisson_measurement
 from dwgf.operators import BoxInpainting, MatrixOperator, RandomInpainting
 from dwgf.optimizers import Adam, GradientDescent, Langevin, data_curvature
@@ -186,8 +186,8 @@ def test_betas_with_another_optimizer_is_an_error():
 def test_data_curvature_is_the_largest_eigenvalue_of_the_likelihoods_hessian():
     a, op, _ = _matrix_problem(d=8, m=3, sigma=0.2)
     prior = _gaussian_prior(8)
-    y_n = torch.randn(4, 3, 1, 1)
-    fn = data_gradient_of(prior, op, GaussianLikelihood(), y_n, {})
+    problem = Problem(op, torch.randn(2, 3, 1, 1), {}, GaussianLikelihood(), num_particles=2)  # the Hessian does not depend on y
+    fn = data_gradient_of(prior, problem)
     draw = ItemNoise(item_generators([0, 1], "cpu"), "cpu")
     z = torch.randn(2, 2, 8, 1, 1)
     curvature = data_curvature(z, fn, draw, iterations=50)
