@@ -48,5 +48,8 @@ def test_image_logging_interval_and_off_switch(ldm_path, image_dir, tmp_path):
     assert acc.Tags()["images"] == [] and "predict/batch_0000/data_term" in acc.Tags()["scalars"]
     predict(ldm_path, image_dir, tmp_path / "b", "--trainer.logger", "false")
     assert not (tmp_path / "b" / "tensorboard").exists()
-    # the image interval does not change the results, so a resume with another interval is the same run
+    # the image interval does not change the results, so a resume with another interval is the same run: no item is
+    # recomputed (only the end-of-run contact sheet is assembled again)
+    written = {f: f.stat().st_mtime_ns for f in (tmp_path / "a").glob("*/*.png")}
     predict(ldm_path, image_dir, tmp_path / "a", "--model.log_images_every", "1")
+    assert written and {f: f.stat().st_mtime_ns for f in (tmp_path / "a").glob("*/*.png")} == written
