@@ -6,7 +6,7 @@ predict step, and a notebook can call it directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Callable, Optional, Sequence
 
@@ -88,7 +88,7 @@ class FlowConfig:
         float32_autoencoder: under mixed precision, keep the decoder pass and the encoder term in
             float32 (:func:`dwgf.precision.autoencoder_dtype`); default: the network's low precision.
         decoder_chunk: particles decoded and differentiated at once (:class:`DecoderPass`); ``None``:
-            all on the CPU, as many as fit on a GPU.
+            all on the CPU, as many as fit on a GPU (decided once, at the start of a run).
     """
 
     num_steps: int = 998
@@ -332,6 +332,9 @@ def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemNo
     if config.regularizers and bool((prior.abar(ts.flatten(), z) >= 1).any()):
         raise DWGFError(f"{type(config.timesteps).__name__}: time {int(ts.min())} is the clean data for {type(prior).__name__} (abar = 1), "
                         "where the diffusion terms are undefined; use t_min >= 1")
+    # the chunk is decided once per run (in the precision the decoder pass runs in), not once per iteration
+    with prior.autoencoder_autocast(autoencoder_dtype(unet_dtype, prior, config.float32_autoencoder)):
+        config = replace(config, decoder_chunk=decoder_chunk_of(prior, z.detach().flatten(0, 1), config.decoder_chunk))
     optimizer = config.optimizer
     optimizer.start(z, config.step_size(0, num_steps), data_gradient_of(prior, problem), draw)
     draw.next_iteration(more=False)  # the draws before the loop are no iteration's: nothing to draw ahead from them
@@ -360,6 +363,6 @@ def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemNo
     with torch.no_grad():
         rows = z.detach().flatten(0, 1)
         # the final images, in float32 whatever the iterations ran in, chunked as the decoder pass is
-        particles = torch.cat([prior.decode(part) for part in rows.split(decoder_chunk_of(prior, rows, config.decoder_chunk))])
+        particles = torch.cat([prior.decode(part) for part in rows.split(config.decoder_chunk)])
         particles = particles.view(b, n, *particles.shape[1:])
     return particles, z.detach(), failed_at

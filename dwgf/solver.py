@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
 from dwgf.flow import FlowConfig, FlowState, Problem, dwgf_flow
-from dwgf.noise import ItemNoise, generator_device, item_generators
+from dwgf.noise import GENERATOR_PLACES, ItemNoise, generator_device, item_generators
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.optimizers.base import Adam, FlowOptimizer
@@ -71,8 +71,8 @@ class InverseSolver(LightningModule):
         super().__init__()
         if num_particles < 1:
             raise argument_error(self, "num_particles", f" must be >= 1, got {num_particles}")
-        if generator not in ("cpu", "device"):
-            raise argument_error(self, "generator", f" must be 'cpu' or 'device', got {generator!r}")
+        if generator not in GENERATOR_PLACES:
+            raise argument_error(self, "generator", f" must be {' or '.join(map(repr, GENERATOR_PLACES))}, got {generator!r}")
         self.generator = str(generator)
         self.tf32 = bool(tf32)
         self.prior = prior
