@@ -122,8 +122,10 @@ def cosine(args) -> None:
         for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
             start = time.perf_counter()
             # only the encoder term: no network call, so unet_dtype sets the decoder pass's precision alone
-            grads[name], _ = flow_gradient(prior, Problem(op, y, params, num_particles=n), FlowConfig(regularizers=(EncoderConsistency(),)), z,
-                                           torch.tensor([t]), ItemNoise(item_generators([0], "cpu"), "cpu"), unet_dtype=dtype)
+            config, problem = FlowConfig(regularizers=(EncoderConsistency(),)), Problem(op, y, params, num_particles=n)
+            draw = ItemNoise(item_generators([0], "cpu"), "cpu")
+            config.start(prior, problem, draw)
+            grads[name], _ = flow_gradient(prior, problem, config, z, torch.tensor([t]), draw, unet_dtype=dtype)
             grads[name + "_s"] = time.perf_counter() - start
         a, b = grads["float32"].flatten().double(), grads["bfloat16"].flatten().double()
         cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))

@@ -590,10 +590,10 @@ class Change:
 def _optimizer(name: str, sampler: bool = False) -> Callable[[], dict]:
     """The flow's optimiser (``dwgf.optimizers``) by name, and with ``sampler`` the sampler configs' data term and query."""
     from dwgf.likelihoods import GaussianLikelihood
-    from dwgf.optimizers import GradientDescent, Langevin
+    from dwgf.optimizers import Adam, GradientDescent, Langevin, LangevinNoise
 
     def build() -> dict:
-        out = {"optimizer": {"gd": GradientDescent, "langevin": Langevin}[name]()}
+        out = {"optimizer": {"gd": GradientDescent, "langevin": Langevin, "noise": lambda: Adam(noise=LangevinNoise(0.1))}[name]()}
         if sampler:
             out.update(likelihood=GaussianLikelihood(anneal=10.0), query_noise=0.0)
         return out
@@ -613,8 +613,7 @@ def _diverse(*extra: str, kde: bool = False) -> Callable[[], list]:
 
     def build() -> list:
         made = {"repulsion": lambda: regs.KernelRepulsion(0.01), "repulsion_latent": lambda: regs.KernelRepulsion(0.01, space="latent"),
-                "repulsion_encoder": lambda: regs.KernelRepulsion(0.01, features=regs.EncoderFeatures()),
-                "langevin": lambda: regs.LangevinNoise(0.1)}
+                "repulsion_encoder": lambda: regs.KernelRepulsion(0.01, features=regs.EncoderFeatures())}
         return [regs.KDEKLPrior(0.25, entropy_weight=1.0) if kde else KLPrior(0.25), *(made[e]() for e in extra)]
 
     return build
@@ -637,7 +636,7 @@ CHANGES = {
     "repulsion_latent": Change("`KernelRepulsion` in the latent added", regularizers=_diverse("repulsion_latent")),
     "repulsion_encoder": Change("`KernelRepulsion` on encoder features added (one encoder forward and backward)",
                                 regularizers=_diverse("repulsion_encoder")),
-    "langevin": Change("`LangevinNoise` added", regularizers=_diverse("langevin")),
+    "langevin": Change("`LangevinNoise` added (Adam's noise)", regularizers=_diverse(), flow=_optimizer("noise")),
     # the flow optimisers and the sampler (issue 25), against Adam; the curvature's power iteration at the start
     # (11 decoder forwards and vector-Jacobian products, once per batch) falls in the warm-up, outside the timing
     "optimizer_gd": Change("`GradientDescent` in place of Adam", flow=_optimizer("gd")),

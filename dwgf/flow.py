@@ -7,66 +7,22 @@ predict step, and a notebook can call it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.noise import ItemNoise, item_generators  # noqa: F401 - item_generators: dwgf.flow's API since 0.1
 from dwgf.optimizers.base import Adam, FlowOptimizer
+from dwgf.optimizers.noise import LangevinNoise
 from dwgf.precision import autoencoder_dtype, float32_but_the_unet, unet_precision
-from dwgf.operators.base import ForwardOperator, Params, repeat_params
 from dwgf.priors.base import LatentPrior
+from dwgf.problem import FlowState, Problem  # noqa: F401 - both importable from dwgf.flow since 0.1
 from dwgf.regularizers.base import Regularizer
 from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kl_prior import KLPrior
 from dwgf.schedules.step_size import ConstantStepSize, StepSizeSchedule
 from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
-
-
-@dataclass(frozen=True)
-class Problem:
-    """What is solved: measurements ``y`` (``B x ...``) of ``operator`` with per-item ``params``, the data
-    term that scores them, and how many particles each item gets.
-
-    Attributes:
-        operator: the forward operator.
-        y: the measurements, ``B x ...``; params: their per-item operator parameters.
-        likelihood: the data term (:class:`~dwgf.likelihoods.DataTerm`). Default
-            :class:`~dwgf.likelihoods.MeanSquaredError`, the paper's ``1/2 mean (y - A x)^2``.
-        num_particles: ``N``, particles per item. Default 4.
-        size: ``(H, W)`` of the batch's images (:meth:`~dwgf.priors.LatentPrior.latent_shape_at`);
-            ``None``: the prior's native size.
-        prompt: ``(B,)`` rows of the prior's prompt table, one per item; ``None``: the prior's own prompt.
-
-    The per-particle views (``y_n``, ``params_n``, ``prompt_n``: ``B*N`` rows, item-major) are made once.
-    """
-
-    operator: ForwardOperator
-    y: torch.Tensor
-    params: Params
-    likelihood: DataTerm = field(default_factory=MeanSquaredError)
-    num_particles: int = 4
-    size: Optional[tuple[int, int]] = None
-    prompt: Optional[torch.Tensor] = None
-
-    @property
-    def batch(self) -> int:
-        return int(self.y.shape[0])
-
-    @cached_property
-    def y_n(self) -> torch.Tensor:
-        return self.y.repeat_interleave(self.num_particles, dim=0)
-
-    @cached_property
-    def params_n(self) -> Params:
-        return repeat_params(self.params, self.num_particles)
-
-    @cached_property
-    def prompt_n(self) -> Optional[torch.Tensor]:
-        return None if self.prompt is None else self.prompt.to(self.y.device).repeat_interleave(self.num_particles)
 
 
 @dataclass(frozen=True)
@@ -103,54 +59,17 @@ class FlowConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "regularizers", tuple(self.regularizers))
+        for reg in self.regularizers:
+            if not isinstance(reg, Regularizer):
+                hint = (": injected noise is the optimiser's noise, e.g. Adam(noise=LangevinNoise(...))"
+                        if isinstance(reg, LangevinNoise) else ": expected a dwgf.regularizers.Regularizer")
+                raise DWGFError(f"FlowConfig: regularizers has a {type(reg).__name__}{hint}")
 
-
-@dataclass
-class FlowState:
-    """What regularizers see at one iteration. Tensors are detached.
-
-    Attributes:
-        z: particles, ``B x N x c x h x w``.
-        x: decoded particles ``D(z)``, ``B x N x C x H x W``.
-        x_noise: the iteration's decoder noise ``n`` (already scaled by ``decoder_noise``).
-        t: integer timesteps, ``(B,)``; abar: ``abar_t``, ``(B,)`` float32.
-        eps: the noise used to diffuse ``z`` to ``z_t`` (times ``query_noise``); z_t: the diffused particles.
-        eps_hat: the network's noise prediction at ``z_t`` (``None`` if no regularizer needs it).
-        iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
-        prior: the latent prior; draw: :class:`ItemNoise` for further per-item draws.
-        data_loss: per-particle data term ``B x N``.
-        forces: after the regularizers ran, each one's force (latent- or image-shaped, as it
-            returned it), keyed by class name (forces of one class add up; ``<class>_<space>`` when
-            the same class also acts in the other space).
-        step_size: the step-size schedule's value at this iteration.
-        operator, params: the forward operator and its parameters repeated per particle (``B*N``
-            rows, item-major, matching ``x.flatten(0, 1)``).
-        regularizers: the flow's regularizers; likelihood: its data term.
-    """
-
-    z: torch.Tensor
-    x: torch.Tensor
-    x_noise: torch.Tensor
-    t: torch.Tensor
-    abar: torch.Tensor
-    eps: torch.Tensor
-    z_t: torch.Tensor
-    eps_hat: Optional[torch.Tensor]
-    iteration: int
-    num_iterations: int
-    prior: LatentPrior
-    draw: ItemNoise
-    data_loss: Optional[torch.Tensor] = None
-    forces: Optional[dict[str, torch.Tensor]] = None
-    step_size: Optional[float] = None
-    operator: Optional[ForwardOperator] = None
-    params: Optional[Params] = None
-    regularizers: Optional[Sequence[Regularizer]] = None
-    likelihood: Optional[DataTerm] = None
-
-    def abar_view(self, like: torch.Tensor) -> torch.Tensor:
-        """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
-        return self.abar.view(-1, *([1] * (like.dim() - 1)))
+    def start(self, prior: LatentPrior, problem: Problem, draw: ItemNoise) -> None:
+        """Gives the regularizers what they work on for one batch (:meth:`~dwgf.regularizers.Regularizer.start`);
+        :func:`dwgf_flow` calls it, a caller of :func:`flow_gradient` alone calls it first."""
+        for reg in self.regularizers:
+            reg.start(prior, problem, draw)
 
 
 def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig] = None, draw: Optional[ItemNoise] = None,
@@ -160,7 +79,7 @@ def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig]
     Each iteration: diffuse the particles to ``t`` and evaluate the network once (no gradient),
     decode once, sum the image-space gradients (data term + image regularizers) and pull them back
     through the decoder in one vector-Jacobian product, add the latent-space forces, take one
-    optimiser step, and add the regularizers' perturbations (if any). Frozen weights never receive
+    optimiser step (with the optimiser's own noise, if any). Frozen weights never receive
     gradients.
 
     Args:
@@ -169,7 +88,7 @@ def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig]
         config: the flow's settings (:class:`FlowConfig`); ``None``: the paper's.
         draw: per-item noise (:class:`~dwgf.noise.ItemNoise`); it supplies the initial particles
             ``N(0, I)`` and every per-iteration draw, in a fixed order (:func:`flow_gradient`'s, then
-            the regularizers' perturbations after the step). ``None``: CPU generators seeded 0 .. B-1.
+            the optimiser's draws). ``None``: CPU generators seeded 0 .. B-1.
         callback: called with the :class:`FlowState` after every iteration's step.
 
     Returns:
@@ -194,7 +113,8 @@ def flow_gradient(prior: LatentPrior, problem: Problem, config: FlowConfig, z: t
     Draws, in this order: the diffusion noise ``eps``, the decoder noise ``n``, then whatever the
     regularizers draw. With ``unet_dtype`` (e.g. ``torch.bfloat16``) the network runs under autocast
     to that dtype, and so do the decoder pass and the encoder term unless ``config.float32_autoencoder``;
-    everything else runs in the caller's precision. Returns the latent gradient (float32) and the
+    everything else runs in the caller's precision. The regularizers must have been started for this
+    problem (:meth:`FlowConfig.start`; :func:`dwgf_flow` does it). Returns the latent gradient (float32) and the
     iteration's state.
     """
     b, n = z.shape[:2]
@@ -218,11 +138,8 @@ def flow_gradient(prior: LatentPrior, problem: Problem, config: FlowConfig, z: t
         x_d = decoder.images
         g_x, loss = problem.likelihood.grad(problem.operator, x_d + x_noise.flatten(0, 1), problem.y_n, problem.params_n,
                                             abar.repeat_interleave(n))
-        state = FlowState(
-            z=z, x=x_d.view(b, n, *x_d.shape[1:]), x_noise=x_noise, t=t, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat,
-            iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, data_loss=loss.view(b, n),
-            operator=problem.operator, params=problem.params_n, regularizers=regularizers, likelihood=problem.likelihood,
-        )
+        state = FlowState(z=z, t=t, iteration=iteration, num_iterations=num_iterations, x=x_d.view(b, n, *x_d.shape[1:]),
+                          x_noise=x_noise, abar=abar, eps=eps, z_t=z_t, eps_hat=eps_hat, data_loss=loss.view(b, n))
         g_z = torch.zeros_like(z)
         state.forces = {}
         for reg in regularizers:
@@ -306,6 +223,12 @@ def _vjp_bytes_per_row(prior: LatentPrior, z: torch.Tensor) -> int:
     return cache[key]
 
 
+def prior_curvature(regularizers, state: FlowState) -> Optional[torch.Tensor]:
+    """The sum of the regularizers' known curvature bounds at the iteration, ``(B,)``, or ``None`` (none known)."""
+    bounds = [c for c in (r.curvature(state) for r in regularizers) if c is not None]
+    return torch.stack(bounds).sum(0) if bounds else None
+
+
 def data_gradient_of(prior: LatentPrior, problem: Problem):
     """The data term's gradient in latent space as a function of the particles (no decoder noise), for
     optimisers that probe its curvature: each call is one decoder forward and one vector-Jacobian product."""
@@ -335,21 +258,21 @@ def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemNo
     # the chunk is decided once per run (in the precision the decoder pass runs in), not once per iteration
     with prior.autoencoder_autocast(autoencoder_dtype(unet_dtype, prior, config.float32_autoencoder)):
         config = replace(config, decoder_chunk=decoder_chunk_of(prior, z.detach().flatten(0, 1), config.decoder_chunk))
+    config.start(prior, problem, draw)
     optimizer = config.optimizer
     optimizer.start(z, config.step_size(0, num_steps), data_gradient_of(prior, problem), draw)
+    curvature = getattr(optimizer, "needs_curvature", False)
     draw.next_iteration(more=False)  # the draws before the loop are no iteration's: nothing to draw ahead from them
     try:
         for k in range(num_steps):
             lr = config.step_size(k, num_steps)
             grad, state = flow_gradient(prior, problem, config, z, ts[:, k], draw, iteration=k, num_iterations=num_steps, unet_dtype=unet_dtype)
             state.step_size = float(lr)
+            if curvature:  # what a step bounded by the curvature needs, given to it explicitly
+                state.prior_curvature = prior_curvature(config.regularizers, state)
+                state.data_curvature_factor = problem.likelihood.relative_curvature(problem.operator, state.abar)
             with torch.no_grad():
-                optimizer.step(z, grad, lr, state)
-            with torch.no_grad():
-                for reg in config.regularizers:  # moves that are not gradients (injected noise), after the step
-                    move = reg.perturbation(state)
-                    if move is not None:
-                        z.add_(move)
+                optimizer.move(z, grad, lr, state, draw)
             with torch.no_grad():  # an item whose particles stop being finite is frozen at 0 and reported
                 bad = ~torch.isfinite(z).flatten(1).all(1) | (failed_at >= 0)
                 failed_at = torch.where(bad & (failed_at < 0), k, failed_at)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -15,6 +15,7 @@ from dwgf.noise import GENERATOR_PLACES, ItemNoise, generator_device, item_gener
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.optimizers.base import Adam, FlowOptimizer
+from dwgf.optimizers.noise import LangevinNoise
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
 from dwgf.schedules.step_size import StepSizeSchedule
@@ -253,6 +254,8 @@ class DWGF(InverseSolver):
         num_steps: ``K``, flow iterations (``--model.num_steps``). Default 998.
         num_particles: ``N`` (``--model.num_particles``). Default 4.
         regularizers: forces added to the data term. Default ``[KLPrior(), EncoderConsistency()]``.
+            A :class:`~dwgf.optimizers.LangevinNoise` listed here (the spelling of earlier versions)
+            is handed to the optimiser as its ``noise``: the same particles as before.
         step_size: the optimiser's step size per iteration. Default ``ConstantStepSize(lr=1.0)``.
         timesteps: diffusion time per iteration. Default ``DescendingTimesteps()`` (999 -> 2).
         betas: Adam's betas, when ``optimizer`` is not given. Default ``(0.9, 0.999)``.
@@ -290,7 +293,7 @@ class DWGF(InverseSolver):
         prior: LatentPrior,
         num_steps: int = 998,
         num_particles: int = 4,
-        regularizers: Optional[list[Regularizer]] = None,
+        regularizers: Optional[list[Union[Regularizer, LangevinNoise]]] = None,
         step_size: Optional[StepSizeSchedule] = None,
         timesteps: Optional[TimestepSchedule] = None,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -324,6 +327,7 @@ class DWGF(InverseSolver):
             raise argument_error(self, "betas", " apply to the default optimizer only; with <optimizer> give them to Adam: "
                                  "optimizer: {class_path: Adam, init_args: {betas: [...]}}", also=("optimizer",))
         self.optimizer = optimizer if optimizer is not None else Adam(self.betas)
+        self._noise_to_optimizer()
         self.likelihood = likelihood if likelihood is not None else MeanSquaredError()
         if not 0 <= query_noise <= 1:
             raise argument_error(self, "query_noise", f" must be in [0, 1], got {query_noise}")
@@ -335,6 +339,22 @@ class DWGF(InverseSolver):
         self.compile_networks = bool(compile)
         if self.compile_networks:
             self.prior.compile_networks()
+
+    def _noise_to_optimizer(self) -> None:
+        """Injected noise listed among the regularizers (earlier versions' spelling) moves to the optimiser."""
+        noises = [r for r in self.regularizers if isinstance(r, LangevinNoise)]
+        if not noises:
+            return
+        if len(noises) > 1:
+            raise argument_error(self, "regularizers", f" list {len(noises)} LangevinNoise; give one, as the optimizer's noise")
+        if getattr(self.optimizer, "needs_curvature", False):
+            raise argument_error(self, "regularizers", f": LangevinNoise adds noise after Adam's or GradientDescent's step; the "
+                                 f"<optimizer> {type(self.optimizer).__name__} has its own noise: drop LangevinNoise", also=("optimizer",))
+        if getattr(self.optimizer, "noise", None) is not None:
+            raise argument_error(self, "regularizers", ": LangevinNoise is given twice, here and as the <optimizer>'s noise; keep one",
+                                 also=("optimizer",))
+        self.optimizer.noise = noises[0]
+        self.regularizers = [r for r in self.regularizers if not isinstance(r, LangevinNoise)]
 
     @property
     def flow_config(self) -> FlowConfig:

@@ -25,8 +25,9 @@ def _gradient(prior, n=3, chunk=None, autoencoder=None, regularizers=None):
     z = torch.randn(2, n, *prior.latent_shape, generator=torch.Generator().manual_seed(1))
     regs = [KLPrior(), EncoderConsistency()] if regularizers is None else regularizers
     config = FlowConfig(regularizers=regs, decoder_chunk=chunk)
-    return flow_gradient(prior, Problem(op, y, params, num_particles=n), config, z, torch.tensor([600, 600]),
-                         ItemNoise(item_generators([1, 2], "cpu"), "cpu"), unet_dtype=autoencoder)
+    problem, draw = Problem(op, y, params, num_particles=n), ItemNoise(item_generators([1, 2], "cpu"), "cpu")
+    config.start(prior, problem, draw)
+    return flow_gradient(prior, problem, config, z, torch.tensor([600, 600]), draw, unet_dtype=autoencoder)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 4, 6])

@@ -7,7 +7,8 @@ import torch
 
 from dwgf import DWGF
 from dwgf.errors import DWGFError
-from dwgf.flow import FlowState, ItemNoise
+from dwgf.flow import FlowConfig, FlowState, ItemNoise, Problem
+from dwgf.optimizers import Adam, Langevin
 from dwgf.regularizers import (
     ConstantWeighting,
     DWGFWeighting,
@@ -22,13 +23,13 @@ from dwgf.regularizers.kernels import kernel_pull, median_bandwidth, pairwise_sq
 from tests.test_flow import _setup
 
 
-def _state(z, abar, eps=None, eps_hat=None, x=None, prior=None, draw=None, iteration=0, num_iterations=1, step_size=None):
+def _state(z, abar, eps=None, eps_hat=None, x=None, iteration=0, num_iterations=1, step_size=None):
     a = abar.view(-1, *([1] * (z.dim() - 1)))
     eps = torch.randn_like(z) if eps is None else eps
     return FlowState(
         z=z, x=torch.zeros(1) if x is None else x, x_noise=torch.zeros(1), t=torch.zeros(len(abar), dtype=torch.long), abar=abar,
         eps=eps, z_t=a.sqrt() * z + (1 - a).sqrt() * eps, eps_hat=torch.randn_like(z) if eps_hat is None else eps_hat,
-        iteration=iteration, num_iterations=num_iterations, prior=prior, draw=draw, step_size=step_size,
+        iteration=iteration, num_iterations=num_iterations, step_size=step_size,
     )
 
 
@@ -131,11 +132,13 @@ def test_image_repulsion_goes_through_the_feature_map(ldm_prior):
     x = torch.randn(2, 3, ldm_prior.image_channels, ldm_prior.image_size, ldm_prior.image_size) * 0.5
     z = torch.zeros(2, 3, *ldm_prior.latent_shape)
     abar = torch.tensor([0.5, 0.5])
-    pixels = KernelRepulsion(weight=1.0).force(_state(z, abar, x=x, prior=ldm_prior))
+    pixels = KernelRepulsion(weight=1.0).force(_state(z, abar, x=x))
     h = median_bandwidth(pairwise_sq(x))
     assert torch.allclose(pixels, _own_term_gradient(x, h, 1.0), atol=1e-6)
     # encoder features: J_E^T applied to the feature-space force
-    enc = KernelRepulsion(weight=1.0, features=EncoderFeatures()).force(_state(z, abar, x=x, prior=ldm_prior))
+    enc_reg = KernelRepulsion(weight=1.0, features=EncoderFeatures())
+    enc_reg.start(ldm_prior, None, None)
+    enc = enc_reg.force(_state(z, abar, x=x))
     leaf = x.flatten(0, 1).clone().requires_grad_(True)
     u = ldm_prior.encode(leaf).reshape(2, 3, -1)
     g_u = _own_term_gradient(u.detach(), median_bandwidth(pairwise_sq(u.detach())), 1.0)
@@ -169,13 +172,13 @@ def test_langevin_noise_has_the_scheduled_size():
     z = torch.zeros(2, 3, 4, 8, 8)
     abar = torch.tensor([0.36, 0.91])
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    state = _state(z, abar, draw=ItemNoise(gens, "cpu"), step_size=0.5, iteration=3, num_iterations=4)
+    state = _state(z, abar, step_size=0.5, iteration=3, num_iterations=4)
     for anneal, g in (("noise_level", (1 - abar).sqrt()), ("constant", torch.ones(2)), ("linear", torch.full((2,), 0.25))):
-        move = LangevinNoise(scale=0.2, anneal=anneal).perturbation(state)
+        move = LangevinNoise(scale=0.2, anneal=anneal).sample(state, 0.5, ItemNoise(gens, "cpu"))
         expected = 0.2 * math.sqrt(2 * 0.5) * g
         assert torch.allclose(move.flatten(1).std(1), expected, rtol=0.1)
     assert torch.allclose(LangevinNoise(scale=0.2, anneal="linear", final=0.5).schedule(state), torch.full((2,), 0.5))
-    assert torch.equal(LangevinNoise().force(state), torch.zeros_like(z))
+    assert LangevinNoise(scale=0.0).sample(state, 0.5, ItemNoise(gens, "cpu")) is None  # no move, no draw
 
 
 def test_langevin_noise_bad_arguments():
@@ -190,7 +193,7 @@ DIVERSE = [
     KDEKLPrior(weight=0.2, entropy_weight=0.1),
     KernelRepulsion(weight=0.05),
     KernelRepulsion(weight=0.05, space="latent"),
-    LangevinNoise(scale=0.05),
+    LangevinNoise(scale=0.05),  # the spelling of earlier versions: DWGF hands it to the optimiser
 ]
 
 
@@ -210,7 +213,21 @@ def test_langevin_noise_at_scale_zero_changes_nothing_and_otherwise_moves_the_pa
     zero = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.0)]).set_operator(op)
     noisy = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.5)]).set_operator(op)
     assert torch.equal(zero.solve(y, params, [0, 1]), plain)
-    assert not torch.allclose(noisy.solve(y, params, [0, 1]), plain, atol=1e-3)
+    noisy_particles = noisy.solve(y, params, [0, 1])
+    assert not torch.allclose(noisy_particles, plain, atol=1e-3)
+    # listed under the regularizers or given to the optimiser: the same particles
+    assert noisy.regularizers == [noisy.regularizers[0]] and isinstance(noisy.optimizer.noise, LangevinNoise)
+    direct = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()], optimizer=Adam(noise=LangevinNoise(scale=0.5)))
+    assert torch.equal(direct.set_operator(op).solve(y, params, [0, 1]), noisy_particles)
+
+
+def test_langevin_noise_goes_to_the_optimiser_once(ldm_prior):
+    with pytest.raises(DWGFError, match="Langevin has its own noise"):
+        DWGF(ldm_prior, regularizers=[LangevinNoise()], optimizer=Langevin())
+    with pytest.raises(DWGFError, match="given twice"):
+        DWGF(ldm_prior, regularizers=[LangevinNoise()], optimizer=Adam(noise=LangevinNoise()))
+    with pytest.raises(DWGFError, match="optimiser's noise"):
+        FlowConfig(regularizers=(LangevinNoise(),))
 
 
 def test_diverse_regularizers_add_no_network_call_and_no_decoder_pass(ldm_prior, monkeypatch):
@@ -250,9 +267,10 @@ def test_null_space_repulsion_acts_only_where_the_measurement_leaves_freedom(ldm
     x = torch.randn(2, n, ldm_prior.image_channels, ldm_prior.image_size, ldm_prior.image_size) * 0.5
     z = torch.zeros(2, n, *ldm_prior.latent_shape)
     params_n = {k: v.repeat_interleave(n, 0) for k, v in params.items()}
-    state = _state(z, torch.tensor([0.5, 0.5]), x=x, prior=ldm_prior)
-    state.operator, state.params = op, params_n
-    force = KernelRepulsion(weight=1.0, features=NullSpace()).force(state)
+    state = _state(z, torch.tensor([0.5, 0.5]), x=x)
+    reg = KernelRepulsion(weight=1.0, features=NullSpace())
+    reg.start(ldm_prior, Problem(op, y, params, num_particles=n), None)
+    force = reg.force(state)
     mask = params_n["mask"].view_as(force[:, :, :1]).expand_as(force)
     assert force[mask > 0].abs().max() == 0 and force[mask == 0].abs().max() > 0
     # = pixel repulsion of the masked-out part
@@ -260,10 +278,10 @@ def test_null_space_repulsion_acts_only_where_the_measurement_leaves_freedom(ldm
     assert torch.allclose(force, _own_term_gradient(free, median_bandwidth(pairwise_sq(free)), 1.0) * (1 - mask), atol=1e-6)
     # box super-resolution: the force has zero block means (the measurement fixes them)
     sr = SuperResolution(factor=4, kernel="box")
-    state.operator, state.params = sr, {}
-    f_sr = KernelRepulsion(weight=1.0, features=NullSpace()).force(state)
+    reg.start(ldm_prior, Problem(sr, sr.forward(x[:, 0], {}), {}, num_particles=n), None)
+    f_sr = reg.force(state)
     assert sr.forward(f_sr.flatten(0, 1), {}).abs().max() < 1e-7 and f_sr.abs().max() > 0
-    state.operator = None
+    from dwgf.operators import PhaseRetrieval
     with pytest.raises(DWGFError, match="linear forward operator"):
-        KernelRepulsion(features=NullSpace()).force(state)
+        KernelRepulsion(features=NullSpace()).start(ldm_prior, Problem(PhaseRetrieval(), y, {}), None)
     assert isinstance(op, BoxInpainting)

@@ -56,7 +56,6 @@ def _state(z, eps, eps_hat, abar):
     return FlowState(
         z=z, x=torch.zeros(1), x_noise=torch.zeros(1), t=torch.zeros(len(abar), dtype=torch.long), abar=abar,
         eps=eps, z_t=a.sqrt() * z + (1 - a).sqrt() * eps, eps_hat=eps_hat, iteration=0, num_iterations=1,
-        prior=None, draw=None,
     )
 
 
@@ -209,9 +208,11 @@ def test_encoder_consistency_force_formula(ldm_prior):
     draw = ItemNoise(item_generators([3], "cpu"), "cpu")
     state = FlowState(
         z=torch.zeros(1, 2, 4, 16, 16), x=x, x_noise=torch.zeros_like(x), t=torch.tensor([10]), abar=torch.tensor([0.9]),
-        eps=None, z_t=None, eps_hat=None, iteration=0, num_iterations=1, prior=ldm_prior, draw=draw,
+        eps=None, z_t=None, eps_hat=None, iteration=0, num_iterations=1,
     )
-    force = EncoderConsistency(weight=0.1).force(state)
+    reg = EncoderConsistency(weight=0.1)
+    reg.start(ldm_prior, None, draw)
+    force = reg.force(state)
     noise = ItemNoise(item_generators([3], "cpu"), "cpu")((2, 4, 16, 16)).flatten(0, 1)
     rec = ldm_prior.decode(ldm_prior.encode(x.flatten(0, 1), noise)).view_as(x)
     assert torch.allclose(force, 0.1 * (x - rec) / (32 * 32), atol=1e-7)

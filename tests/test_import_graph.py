@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, errors.py a leaf, Lightning only at the edges."""
+"""The package's import graph: no cycles (type-only imports included), errors.py a leaf, Lightning only at the edges."""
 
 import ast
 from pathlib import Path
@@ -25,14 +25,15 @@ def _type_only(node: ast.AST, parents: dict) -> bool:
     return False
 
 
-def imports(name: str) -> tuple[set[str], set[str]]:
-    """(dwgf modules ``name`` imports at run time, top-level packages it imports)."""
+def imports(name: str, type_only: bool = True) -> tuple[set[str], set[str]]:
+    """(dwgf modules ``name`` imports, top-level packages it imports); with ``type_only=False`` the
+    imports under ``if TYPE_CHECKING:`` are left out (what runs)."""
     tree = ast.parse(MODULES[name].read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
     found, top = set(), set()
     for node in ast.walk(tree):
-        if _type_only(node, parents):
+        if not type_only and _type_only(node, parents):
             continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -52,7 +53,7 @@ def imports(name: str) -> tuple[set[str], set[str]]:
     return found, top
 
 
-GRAPH = {name: imports(name)[0] for name in MODULES}
+GRAPH = {name: imports(name)[0] for name in MODULES}  # type-only imports included: a circle through them is a circle
 
 
 def cycles() -> list[list[str]]:
@@ -91,11 +92,24 @@ def test_no_import_cycle():
     assert cycles() == []
 
 
+def test_type_only_imports_count(tmp_path, monkeypatch):
+    """The checker sees a circle made of one run-time import and one under ``if TYPE_CHECKING:``."""
+    assert "dwgf.flow" in GRAPH["dwgf.solver"]
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dwgf.solver import DWGF\n"
+    fake = tmp_path / "flow.py"
+    fake.write_text(source)
+    monkeypatch.setitem(MODULES, "dwgf.flow", fake)
+    assert "dwgf.solver" in imports("dwgf.flow")[0]
+    assert "dwgf.solver" not in imports("dwgf.flow", type_only=False)[0]
+    monkeypatch.setitem(GRAPH, "dwgf.flow", imports("dwgf.flow")[0])
+    assert any({"dwgf.flow", "dwgf.solver"} <= set(c) for c in cycles())
+
+
 def test_errors_is_a_leaf():
     assert GRAPH["dwgf.errors"] == set()
 
 
 def test_lightning_only_at_the_edges():
-    users = {name for name in MODULES if "lightning" in imports(name)[1] or "pytorch_lightning" in imports(name)[1]}
+    users = {name for name in MODULES if {"lightning", "pytorch_lightning"} & imports(name, type_only=False)[1]}
     outside = {u for u in users if u not in LIGHTNING_ALLOWED and not u.startswith("dwgf.training")}
     assert outside == set(), f"modules that import Lightning outside the edges: {sorted(outside)}"

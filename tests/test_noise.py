@@ -10,7 +10,8 @@ from dwgf.flow import FlowConfig, Problem, dwgf_flow
 from dwgf.noise import generator_device
 from dwgf.operators import BoxInpainting
 from dwgf.optimizers import Langevin
-from dwgf.regularizers import EncoderConsistency, KLPrior, LangevinNoise
+from dwgf.optimizers import Adam, LangevinNoise
+from dwgf.regularizers import EncoderConsistency, KLPrior
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 
 
@@ -92,14 +93,16 @@ def _flow(prior, draw, regularizers, optimizer=None):
     return dwgf_flow(prior, Problem(op, y, params, num_particles=2), config, draw)[1]
 
 
-@pytest.mark.parametrize("setup", ["paper", "langevin"])
+@pytest.mark.parametrize("setup", ["paper", "langevin", "injected"])
 def test_the_flow_gives_the_same_particles_with_noise_drawn_ahead(ldm_prior, setup):
     """The flow marks its iterations for the side thread; with draws that vary in number
-    (the encoder term's, Langevin's) every particle is still the one plain drawing gives."""
+    (the encoder term's, Langevin's, the optimiser's injected noise) every particle is still the one plain drawing gives."""
     if setup == "paper":
         regs, opt = [KLPrior(), EncoderConsistency()], None
+    elif setup == "langevin":
+        regs, opt = [KLPrior()], Langevin(temperature=0.5)
     else:
-        regs, opt = [KLPrior(), LangevinNoise(scale=0.5)], Langevin(temperature=0.5)
+        regs, opt = [KLPrior(), EncoderConsistency()], Adam(noise=LangevinNoise(scale=0.5))
     plain_z = _flow(ldm_prior, ItemNoise(item_generators([4, 9], "cpu"), "cpu"), regs, opt)
     ahead = ItemNoise(item_generators([4, 9], "cpu"), "cpu", ahead=True)
     ahead_z = _flow(ldm_prior, ahead, regs, opt)

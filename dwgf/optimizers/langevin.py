@@ -10,7 +10,8 @@ from dwgf.errors import argument_error
 from dwgf.optimizers.base import DataGradient, FlowOptimizer
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState, ItemNoise
+    from dwgf.noise import ItemNoise
+    from dwgf.problem import FlowState
 
 
 def data_curvature(z: torch.Tensor, data_gradient: DataGradient, draw: "ItemNoise", iterations: int = 10,
@@ -58,10 +59,11 @@ class Langevin(FlowOptimizer):
     on a quadratic stable. The bound is per particle, so an item's particles do not depend on the
     rest of its batch.
 
-    How it differs from :class:`~dwgf.regularizers.LangevinNoise`: that regularizer adds noise after
-    *any* optimiser's step, sized by the schedule's ``lr_k`` and its own ``scale``, a heuristic
-    for Adam, whose steps are not gradient steps; here the noise is the one that makes the step a
-    discretised Langevin diffusion, and it follows the bounded step. Do not use both.
+    How it differs from :class:`~dwgf.optimizers.LangevinNoise`: that noise is added after Adam's or
+    gradient descent's step (their ``noise``), sized by the schedule's ``lr_k`` and its own ``scale``,
+    a heuristic for Adam, whose steps are not gradient steps; here the noise is the one that makes the
+    step a discretised Langevin diffusion, and it follows the bounded step. So this optimiser takes
+    no ``noise`` of its own.
 
     Args:
         temperature: ``T``. ``1`` samples the posterior; ``0`` is :class:`GradientDescent` with the
@@ -93,6 +95,9 @@ class Langevin(FlowOptimizer):
         self.refresh_every = int(refresh_every)
         self._curvature: Optional[torch.Tensor] = None
         self._data_gradient: Optional[DataGradient] = None
+        self._draw: Optional["ItemNoise"] = None
+
+    needs_curvature = True
 
     @property
     def curvature(self) -> Optional[torch.Tensor]:
@@ -100,7 +105,7 @@ class Langevin(FlowOptimizer):
         return self._curvature
 
     def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
-        self._data_gradient = data_gradient
+        self._data_gradient, self._draw = data_gradient, draw
         self._curvature = None
         if self.max_step == "curvature":
             with torch.no_grad():
@@ -121,18 +126,11 @@ class Langevin(FlowOptimizer):
             eta = torch.minimum(eta, self.safety / total.clamp_min(1e-30))
         return eta.view(b, n, *([1] * (like.dim() - 2)))
 
-    @staticmethod
-    def regularizer_curvature(state: "FlowState") -> Optional[torch.Tensor]:
-        """The sum of the known curvature bounds of the iteration's regularizers, ``(B,)``, or ``None``."""
-        bounds = [c for c in (r.curvature(state) for r in state.regularizers or ()) if c is not None]
-        return torch.stack(bounds).sum(0) if bounds else None
-
     def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
         k = state.iteration
         if self._curvature is not None and self.refresh_every and k > 0 and k % self.refresh_every == 0:
-            self._curvature = data_curvature(z.detach(), self._data_gradient, state.draw, self.power_iterations)
-        factor = state.likelihood.relative_curvature(state.operator, state.abar) if state.likelihood is not None else None
-        eta = self.step_sizes(lr, z, self.regularizer_curvature(state), factor)
+            self._curvature = data_curvature(z.detach(), self._data_gradient, self._draw, self.power_iterations)
+        eta = self.step_sizes(lr, z, state.prior_curvature, state.data_curvature_factor)
         z.sub_(eta * grad)
         if self.temperature > 0:
-            z.add_((2 * eta * self.temperature).sqrt() * state.draw(z.shape[1:]))
+            z.add_((2 * eta * self.temperature).sqrt() * self._draw(z.shape[1:]))

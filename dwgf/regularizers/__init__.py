@@ -1,8 +1,9 @@
 """Regularizers: latent- and image-space forces added to the data term by the flow.
 
 Diverse particles: :class:`KDEKLPrior` (the paper's particle term with an adaptive bandwidth),
-:class:`KernelRepulsion` (SVGD/RLSD-style repulsion, in latent or image space) and
-:class:`LangevinNoise` (injected noise after each step).
+:class:`KernelRepulsion` (SVGD/RLSD-style repulsion, in latent or image space). Injected noise
+after each step is the optimiser's (:class:`dwgf.optimizers.LangevinNoise`, also importable from here
+for configs that list it under ``model.regularizers``).
 
 Add your own by subclassing :class:`Regularizer` in any module and listing it by ``class_path``
 under ``model.regularizers``.
@@ -13,7 +14,7 @@ from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kde_kl_prior import KDEKLPrior
 from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, NullSpace, Pixels
 from dwgf.regularizers.kl_prior import KLPrior, particle_score
-from dwgf.regularizers.langevin import LangevinNoise
+from dwgf.optimizers.noise import LangevinNoise
 from dwgf.regularizers.repulsion import KernelRepulsion
 from dwgf.regularizers.weighting import ConstantWeighting, DWGFWeighting, ScoreWeighting, SqrtInverseSNRWeighting, TimeWeighting
 

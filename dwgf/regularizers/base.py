@@ -8,13 +8,18 @@ import torch
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.noise import ItemNoise
+    from dwgf.priors.base import LatentPrior
+    from dwgf.problem import FlowState, Problem
 
 
 class Regularizer(ArgumentsRepr):
     """A term of the flow's objective, given by its gradient ("force") on the particles.
 
-    The flow calls :meth:`force` once per iteration with the current :class:`~dwgf.flow.FlowState`.
+    The flow calls :meth:`start` once per batch with the prior, the :class:`~dwgf.problem.Problem`
+    and the items' noise (:class:`~dwgf.noise.ItemNoise`), then :meth:`force` once per iteration with
+    the current :class:`~dwgf.problem.FlowState` (tensors and the iteration only). A regularizer that
+    needs the prior (to encode), the operator or random draws keeps them from :meth:`start`.
     A ``"latent"`` regularizer returns a tensor shaped like ``state.z`` (``B x N x c x h x w``); an
     ``"image"`` regularizer one shaped like ``state.x`` (``B x N x C x H x W``). The flow sums the
     image-space forces with the data term's gradient and pulls them back through the decoder in one
@@ -26,9 +31,8 @@ class Regularizer(ArgumentsRepr):
     Set ``needs_eps = True`` to read ``state.eps_hat`` (the network's noise prediction at
     ``state.z_t``); the flow then evaluates the network once per iteration, shared by all.
 
-    A regularizer may also move the particles *after* the optimizer's step, by something that is
-    not a gradient (injected noise, :class:`~dwgf.regularizers.LangevinNoise`): override
-    :meth:`perturbation`. Adam would rescale such a move if it came in as a force.
+    Moves that are not gradients (injected noise) are the optimiser's, not a regularizer's:
+    :class:`~dwgf.optimizers.LangevinNoise`.
 
     To add one, subclass this in any module and list it by ``class_path`` under
     ``model.regularizers``.
@@ -36,6 +40,9 @@ class Regularizer(ArgumentsRepr):
 
     space: Literal["latent", "image"] = "latent"
     needs_eps: bool = False
+
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        """Called once per batch, before the first :meth:`force`; the default keeps nothing."""
 
     def force(self, state: "FlowState") -> torch.Tensor:
         raise NotImplementedError
@@ -45,9 +52,3 @@ class Regularizer(ArgumentsRepr):
         ``None`` (the default: unknown). :class:`~dwgf.optimizers.Langevin` keeps its step below
         ``safety`` over the sum of the known bounds and the data term's curvature."""
         return None
-
-    def perturbation(self, state: "FlowState") -> Optional[torch.Tensor]:
-        """A displacement added to the latents after the iteration's step (``B x N x c x h x w``), or
-        ``None`` (the default: this regularizer only has a force)."""
-        return None
-

@@ -9,7 +9,9 @@ import torch
 from dwgf.regularizers.base import Regularizer
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.noise import ItemNoise
+    from dwgf.priors.base import LatentPrior
+    from dwgf.problem import FlowState, Problem
 
 
 class EncoderConsistency(Regularizer):
@@ -31,10 +33,13 @@ class EncoderConsistency(Regularizer):
     def __init__(self, weight: float = 0.1):
         self.weight = float(weight)
 
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        self._prior, self._draw = prior, draw
+
     def force(self, state: "FlowState") -> torch.Tensor:
         b, n = state.x.shape[:2]
-        noise = state.draw((n, *state.z.shape[2:])).flatten(0, 1)
+        noise = self._draw((n, *state.z.shape[2:])).flatten(0, 1)
         with torch.no_grad():
-            rec = state.prior.flow_decode(state.prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
+            rec = self._prior.flow_decode(self._prior.encode((state.x + state.x_noise).flatten(0, 1), noise))
         c = state.x - rec.view_as(state.x)
         return self.weight * c / state.x[0, 0].numel()

@@ -12,7 +12,7 @@ from dwgf.regularizers.kl_prior import KLPrior
 from dwgf.regularizers.weighting import TimeWeighting
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.problem import FlowState
 
 
 class KDEKLPrior(KLPrior):

@@ -15,7 +15,9 @@ from dwgf.errors import DWGFError
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.noise import ItemNoise
+    from dwgf.priors.base import LatentPrior
+    from dwgf.problem import FlowState, Problem
 
 
 def pairwise_sq(points: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,12 @@ class FeatureMap(ArgumentsRepr):
     to ``M x F`` features, differentiably (the repulsion takes its gradient with respect to the images).
 
     Subclass it to compare particles through a network of your own (e.g. DINO features, as RLSD does).
+    The regularizer that holds it calls :meth:`start` once per batch with the prior, the problem and
+    the items' noise, as the flow does for regularizers.
     """
+
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        """Called once per batch, before the first call; the default keeps nothing."""
 
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
         raise NotImplementedError
@@ -77,8 +84,11 @@ class EncoderFeatures(FeatureMap):
     """The autoencoder's posterior mean ``E(x)`` (one encoder forward and backward per iteration;
     never the decoder)."""
 
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        self._prior = prior
+
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
-        return state.prior.encode(images, None).flatten(1)
+        return self._prior.encode(images, None).flatten(1)
 
 
 class NullSpace(FeatureMap):
@@ -88,9 +98,11 @@ class NullSpace(FeatureMap):
     where the data cannot tell them apart, so the repulsion does not fight the data term. Linear
     operators only (free: one forward and one adjoint of the operator)."""
 
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        if not problem.operator.linear:
+            raise DWGFError(f"NullSpace features need a linear forward operator, got {type(problem.operator).__name__}")
+        self._operator, self._params = problem.operator, problem.params_n
+
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
-        op = state.operator
-        if op is None or not op.linear:
-            raise DWGFError(f"NullSpace features need a linear forward operator, got {type(op).__name__}")
-        zero = torch.zeros_like(op.forward(images.detach(), state.params))
-        return op.project(images, zero, state.params).flatten(1)
+        zero = torch.zeros_like(self._operator.forward(images.detach(), self._params))
+        return self._operator.project(images, zero, self._params).flatten(1)

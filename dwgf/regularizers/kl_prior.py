@@ -10,7 +10,7 @@ from dwgf.regularizers.base import Regularizer
 from dwgf.regularizers.weighting import DWGFWeighting, TimeWeighting
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.problem import FlowState
 
 
 def particle_score(z_t: torch.Tensor, means: torch.Tensor, var: torch.Tensor) -> torch.Tensor:

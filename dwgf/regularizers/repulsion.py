@@ -12,7 +12,9 @@ from dwgf.regularizers.kernels import FeatureMap, Pixels, median_bandwidth, pair
 from dwgf.regularizers.weighting import ConstantWeighting, TimeWeighting
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.noise import ItemNoise
+    from dwgf.priors.base import LatentPrior
+    from dwgf.problem import FlowState, Problem
 
 
 class KernelRepulsion(Regularizer):
@@ -65,6 +67,10 @@ class KernelRepulsion(Regularizer):
         self.bandwidth = bandwidth if bandwidth == "median" else float(bandwidth)
         self.scale = float(scale)
         self.weighting = weighting if weighting is not None else ConstantWeighting()
+
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+        if self.features is not None:
+            self.features.start(prior, problem, draw)
 
     def force(self, state: "FlowState") -> torch.Tensor:
         points = state.x if self.space == "image" else state.z

@@ -1,4 +1,4 @@
-"""Injected noise: a Langevin-type move of the latents after every step, with a schedule."""
+"""Injected noise: a Langevin-type move of the latents after an optimiser's every step, with a schedule."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ from typing import TYPE_CHECKING, Literal, Optional
 import torch
 
 from dwgf.errors import argument_error
-from dwgf.regularizers.base import Regularizer
+from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.flow import FlowState
+    from dwgf.noise import ItemNoise
+    from dwgf.problem import FlowState
 
 
-class LangevinNoise(Regularizer):
-    """Adds ``sigma_k * xi`` (``xi`` standard normal, per particle) to the latents after the step of iteration ``k``.
+class LangevinNoise(ArgumentsRepr):
+    """Adds ``sigma_k * xi`` (``xi`` standard normal, per particle) to the latents after the optimiser's step of iteration ``k``.
+
+    Give it to an optimiser: ``Adam(noise=LangevinNoise(0.1))`` (``--model.optimizer.noise``). The
+    spelling of earlier versions, ``LangevinNoise`` listed under ``model.regularizers``, still loads
+    and gives the same particles: :class:`~dwgf.solver.DWGF` hands it to its optimiser.
 
     Langevin dynamics for a density ``exp(-U / T)`` moves ``z <- z - eta grad U + sqrt(2 eta T) xi``:
     the noise is the entropy's Wasserstein gradient, in its stochastic form, and what keeps a
@@ -49,9 +54,6 @@ class LangevinNoise(Regularizer):
         self.anneal = anneal
         self.final = float(final)
 
-    def force(self, state: "FlowState") -> torch.Tensor:
-        return torch.zeros_like(state.z)
-
     def schedule(self, state: "FlowState") -> torch.Tensor:
         """``g_k`` per item, ``(B,)``."""
         if self.anneal == "noise_level":
@@ -62,10 +64,10 @@ class LangevinNoise(Regularizer):
             g = torch.ones_like(state.abar)
         return g.clamp_min(self.final)
 
-    def perturbation(self, state: "FlowState") -> Optional[torch.Tensor]:
+    def sample(self, state: "FlowState", lr: float, draw: "ItemNoise") -> Optional[torch.Tensor]:
+        """The displacement after the step with step size ``lr`` (``B x N x c x h x w``), or ``None`` when ``scale = 0``."""
         if self.scale == 0:  # no draw either: the particles are the plain flow's
             return None
-        lr = state.step_size if state.step_size is not None else 1.0
         sigma = self.scale * math.sqrt(2 * lr) * self.schedule(state).to(state.z.dtype)
-        xi = state.draw(state.z.shape[1:])
+        xi = draw(state.z.shape[1:])
         return sigma.view(-1, *([1] * (state.z.dim() - 1))) * xi
