@@ -1,12 +1,17 @@
 """Baseline solvers on the same prior, data, writer and seeds as DWGF.
 
 - :class:`LatentDPS`: diffusion posterior sampling (Chung et al. 2023) in latent space: DDIM
-  sampling of the prior, each step pushed down the gradient of ``||y - A(D(z0_hat(z_t)))||``.
+  sampling of the prior, each step pushed down the gradient of ``||y - A(D(z0_hat(z_t)))||``
+  (the data term's distance, :meth:`~dwgf.likelihoods.DataTerm.distance`).
 - :class:`PSLD`: Latent DPS plus PSLD's "gluing" term (Rout et al. 2023).
-  Both are thin LightningModules over :func:`dwgf.dps.dps_sample` (plain torch).
 - :class:`DecoderInversion`: Adam on the latents against the data term alone (no prior): the floor.
-- RED-diff in latent space (Mardani et al. 2023) is not a class: it is :class:`~dwgf.solver.DWGF`
-  with one particle and the score-distillation regularizer only (``configs/methods/reddiff.yaml``).
+- RED-diff in latent space (Mardani et al. 2023) has no class: it is :class:`~dwgf.solver.DWGF`
+  with one particle and the score-distillation regularizer only (``configs/methods/reddiff.yaml``;
+  :func:`dwgf.methods.red_diff` in Python).
+
+Each is the options of a method function of :mod:`dwgf.methods` (``latent_dps``, ``psld``,
+``decoder_inversion``) over :class:`~dwgf.solver.InverseSolver`, selected by ``model.class_path``
+in ``dwgf predict``; every one honours ``--model.likelihood``.
 
 Each is selected by ``model.class_path`` in ``dwgf predict``. Every norm and every random draw is
 per item, so that an item's result does not depend on the batch it is in.
@@ -14,13 +19,13 @@ per item, so that an item's result does not depend on the batch it is in.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
-import torch
-
-from dwgf.dps import SamplerState, dps_sample
 from dwgf.errors import DWGFError, argument_error
-from dwgf.operators.base import ForwardOperator, Params
+from dwgf.likelihoods.base import DataTerm
+from dwgf.methods.dps import latent_dps, psld
+from dwgf.methods.inversion import decoder_inversion
+from dwgf.operators.base import ForwardOperator
 from dwgf.priors.base import LatentPrior
 from dwgf.schedules.step_size import StepSizeSchedule
 from dwgf.solver import DWGF, InverseSolver
@@ -34,7 +39,9 @@ class LatentDPS(InverseSolver):
     ``z_t' = sqrt(abar') z0_hat + sqrt(1 - abar' - s^2) eps_hat + s e - guidance * grad_{z_t} L``
     where ``s = eta sqrt((1 - abar') / (1 - abar) (1 - abar / abar'))`` (``eta = 1`` is DDPM-like
     ancestral sampling, ``eta = 0`` deterministic DDIM) and, per item,
-    ``L = ||y - A(D(z0_hat))||`` over the measured entries (:meth:`ForwardOperator.residual_norm`).
+    ``L = ||y - A(D(z0_hat))||`` over the measured entries (the default data term's distance,
+    :meth:`~dwgf.likelihoods.DataTerm.distance`; ``--model.likelihood GaussianLikelihood`` whitens it
+    by ``sigma``, ``PoissonLikelihood`` takes the Poisson deviance).
     The gradient runs through the network and the decoder (one forward and one backward of each
     per step). With ``guidance = 0`` it is exactly :func:`dwgf.sampling.ddim_sample`.
 
@@ -44,13 +51,12 @@ class LatentDPS(InverseSolver):
         num_particles: independent samples per measurement. Default 4.
         guidance: ``zeta``, the step on the measurement norm. Default 1.0.
         eta: DDIM stochasticity, in ``[0, 1]``. Default 1.0.
-        generator: see :class:`~dwgf.solver.InverseSolver`.
-        tf32: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood, generator, tf32: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
-        super().__init__(prior, num_particles, generator, tf32)
+                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None):
+        super().__init__(prior, latent_dps, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32)
         if num_steps < 1:
             raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if num_steps > prior.num_train_timesteps:
@@ -63,27 +69,8 @@ class LatentDPS(InverseSolver):
         self.guidance = float(guidance)
         self.eta = float(eta)
 
-    @property
-    def gluing_weight(self) -> float:
-        return 0.0
-
-    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
-              prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        draw = self.item_noise(seeds, y.device)
-        self.failed_iterations = torch.full((y.shape[0],), -1, dtype=torch.long, device=y.device)
-        return dps_sample(self.prior, self.operator, y, params, draw, num_particles=self.num_particles, num_steps=self.num_steps,
-                          guidance=self.guidance, eta=self.eta, gluing=self.gluing_weight, callback=self.on_sampler_iteration,
-                          size=size, prompt=self.prompt_rows(prompts, y.device))
-
-    def on_sampler_iteration(self, state: SamplerState) -> None:
-        """After every DDIM step: the first non-finite step of each item, then progress, stop check and logging."""
-        bad = ~torch.isfinite(state.z).flatten(1).all(1)
-        if bad.any() and self.failed_iterations is not None:
-            first = (self.failed_iterations < 0) & bad
-            self.failed_iterations[first] = state.iteration
-        self.report_iteration(state.iteration, state.num_iterations)
-        if self._trainer is not None and self.logger is not None:
-            self.logger.log_metrics({f"predict/batch_{self._batch_idx:04d}/t": float(state.t.float().mean())}, step=state.iteration)
+    def settings(self) -> dict:
+        return dict(num_steps=self.num_steps, guidance=self.guidance, eta=self.eta)
 
 
 class PSLD(LatentDPS):
@@ -104,24 +91,24 @@ class PSLD(LatentDPS):
         guidance: as :class:`LatentDPS`.
         eta: as :class:`LatentDPS`.
         gluing: ``gamma``, the weight of the gluing term. Default 0.1.
-        generator: see :class:`~dwgf.solver.InverseSolver`.
-        tf32: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood, generator, tf32: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(
         self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-        gluing: float = 0.1, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True,
+        gluing: float = 0.1, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None,
     ):
-        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32)
+        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32, likelihood)
         if not gluing >= 0:
             raise argument_error(self, "gluing", f" must be >= 0, got {gluing}")
         self.gluing = float(gluing)
+        self.method = psld
 
-    @property
-    def gluing_weight(self) -> float:
-        return self.gluing
+    def settings(self) -> dict:
+        return dict(super().settings(), gluing=self.gluing)
 
     def check_operator(self, operator: ForwardOperator) -> None:
+        super().check_operator(operator)
         if not operator.linear:
             raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(operator).__name__} is not linear: use LatentDPS or DWGF")
 
@@ -139,7 +126,7 @@ class DecoderInversion(DWGF):
         step_size: Adam's learning rate per iteration. Default ``ConstantStepSize(lr=1.0)``.
         betas: Adam's betas. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` (see :class:`~dwgf.solver.DWGF`). Default 0.01.
-        float32_autoencoder, decoder_chunk, generator, tf32: see :class:`~dwgf.solver.DWGF`.
+        float32_autoencoder, decoder_chunk, generator, tf32, likelihood: see :class:`~dwgf.solver.DWGF`.
     """
 
     def __init__(
@@ -154,6 +141,14 @@ class DecoderInversion(DWGF):
         decoder_chunk: Optional[int] = None,
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
+        likelihood: Optional[DataTerm] = None,
     ):
         super().__init__(prior, num_steps, num_particles, regularizers=[], step_size=step_size, betas=betas, decoder_noise=decoder_noise,
-                         float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk, generator=generator, tf32=tf32)
+                         float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk, generator=generator, tf32=tf32,
+                         likelihood=likelihood)
+        self.method = decoder_inversion
+
+    def settings(self) -> dict:
+        out = super().settings()
+        del out["regularizers"]
+        return out

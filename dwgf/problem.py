@@ -116,3 +116,10 @@ class FlowState(SamplerState):
     def abar_view(self, like: torch.Tensor) -> torch.Tensor:
         """``abar`` shaped ``B x 1 x ...`` to broadcast against ``like``."""
         return self.abar.view(-1, *([1] * (like.dim() - 1)))
+
+
+def first_failures(failed_at: torch.Tensor, z: torch.Tensor, iteration: int) -> torch.Tensor:
+    """``failed_at`` (``(B,)``, ``-1``: fine so far) with ``iteration`` set for the items of ``z``
+    (``B x ...``) whose values stopped being finite at this iteration."""
+    bad = ~torch.isfinite(z).flatten(1).all(1)
+    return torch.where(bad & (failed_at < 0), iteration, failed_at)

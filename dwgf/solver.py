@@ -1,16 +1,18 @@
-"""Solvers as LightningModules: the frozen prior plus a method, run as the predict step."""
+"""Solvers as LightningModules: the frozen prior plus a method (:mod:`dwgf.methods`), run as the predict step."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
 
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
-from dwgf.flow import FlowConfig, FlowState, Problem, dwgf_flow
+from dwgf.flow import FlowConfig
+from dwgf.methods.gradient_flow import dwgf
+from dwgf.problem import FlowState, Problem, SamplerState
 from dwgf.noise import GENERATOR_PLACES, ItemNoise, generator_device, item_generators
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
@@ -44,21 +46,38 @@ def tf32_on(device: torch.device, enabled: bool) -> Optional[tuple[bool, bool]]:
 
 
 class InverseSolver(LightningModule):
-    """Base class of the solvers: owns the frozen prior, runs :meth:`solve` in ``predict_step``.
+    """Runs a method (:mod:`dwgf.methods`) on the frozen prior as the predict step: seeds, noise, failures and outputs in one place.
 
-    The forward operator is given with :meth:`set_operator`; the CLI gives the one configured
-    under ``data.operator`` when it assembles the run, so that data and solver share one operator.
+    For a batch it builds the :class:`~dwgf.problem.Problem` (the operator given with
+    :meth:`set_operator`, the measurements, the data term, ``N``, the size and the prompts) and each
+    item's noise from its seed (:class:`~dwgf.noise.ItemNoise`), calls ``method(prior, problem, draw,
+    callback=..., **settings)``, and turns its ``(particles, failed_at)`` into the writer's output.
+    The built-in methods have their own classes with their options (:class:`DWGF`,
+    :class:`~dwgf.baselines.LatentDPS`, :class:`~dwgf.baselines.PSLD`,
+    :class:`~dwgf.baselines.DecoderInversion`); a method of your own needs none::
+
+        model:
+          class_path: dwgf.solver.InverseSolver
+          init_args: {method: my_module.my_method, settings: {num_steps: 100}}
+
+    The CLI gives the operator configured under ``data.operator`` when it assembles the run, so that
+    data and solver share one operator.
 
     ``predict_step`` returns, for a batch, a dict with ``names``, ``indices``, ``particles``
     (``B x N x C x H x W`` in ``[-1, 1]``), ``measurement`` (the measurement as an image),
     ``image`` (the ground truth, or ``None``), ``seconds`` (per item) and ``failed``: items that
     could not be read, or whose particles became non-finite (dicts with ``name``, ``index``,
-    ``file``, ``error``); those are left out of the other fields. A solver that knows at which
-    iteration an item failed sets ``self.failed_iterations`` (``(B,)``, ``-1``: fine) in :meth:`solve`.
+    ``file``, ``error``); those are left out of the other fields.
 
     Args:
         prior: the frozen latent diffusion prior.
+        method: the method, a function ``(prior, problem, draw, *, callback, **settings) ->
+            (particles, failed_at)`` (``--model.method my_module.my_method``). The built-in classes set their own.
+        settings: the method's keyword settings (``--model.settings``). Default none.
         num_particles: ``N``, posterior samples per measurement.
+        likelihood: the data term (``--model.likelihood``): ``MeanSquaredError`` (``None``, the
+            default: the paper's ``1/2 mean (y - A x)^2``), ``GaussianLikelihood`` or
+            ``PoissonLikelihood`` (:mod:`dwgf.likelihoods`). Every method reads it from the problem.
         generator: where each item's random generator lives (``--model.generator``): ``"cpu"``
             (default: a seed gives the same particles on every device; on a GPU the draws are made
             ahead on a side thread and copied, :class:`~dwgf.noise.ItemNoise`) or ``"device"`` (the
@@ -68,22 +87,33 @@ class InverseSolver(LightningModule):
             ``--model.tf32 false`` turns it off). Default ``True``. No effect on the CPU.
     """
 
-    def __init__(self, prior: LatentPrior, num_particles: int = 4, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
+    def __init__(self, prior: LatentPrior, method: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = None,
+                 settings: Optional[dict[str, Any]] = None, num_particles: int = 4, likelihood: Optional[DataTerm] = None,
+                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
         super().__init__()
         if num_particles < 1:
             raise argument_error(self, "num_particles", f" must be >= 1, got {num_particles}")
         if generator not in GENERATOR_PLACES:
             raise argument_error(self, "generator", f" must be {' or '.join(map(repr, GENERATOR_PLACES))}, got {generator!r}")
+        if method is not None and not callable(method):
+            raise argument_error(self, "method", f" must be a function (prior, problem, draw, *, callback, **settings), got {method!r}")
+        self.method = method
+        self.method_settings = dict(settings or {})
         self.generator = str(generator)
         self.tf32 = bool(tf32)
         self.prior = prior
         self.prior.freeze()
         self.num_particles = int(num_particles)
+        self.likelihood = likelihood if likelihood is not None else MeanSquaredError()
         self.operator: Optional[ForwardOperator] = None
         self.failed_iterations: Optional[torch.Tensor] = None
         self._batch_idx = 0
         # more processes than batches is normal: an idle process gets an empty batch and waits
         self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    def settings(self) -> dict[str, Any]:
+        """The method's keyword settings for this run (the built-in classes build them from their options)."""
+        return dict(self.method_settings)
 
     def item_noise(self, seeds: torch.Tensor | list[int], device: torch.device) -> ItemNoise:
         """Each item's random draws for a solve on ``device``, from generators seeded with ``seeds`` (see ``generator``)."""
@@ -118,13 +148,13 @@ class InverseSolver(LightningModule):
             if hook is not None:
                 hook(trainer, self, k, num_iterations)
 
-    def log_flow(self, state: FlowState, images_every: int = 0) -> None:
+    def log_flow(self, state: SamplerState, images_every: int = 0) -> None:
         """Logs one flow iteration of the current batch to the trainer's logger (if any).
 
-        Scalars, under ``predict/batch_<i>/``, at step ``k``: ``data_term`` (mean over items and
-        particles), ``<Regularizer>_force`` (the norm of each regularizer's force on one particle,
-        averaged over items and particles), ``step_size`` and
-        ``t``. Every ``images_every`` iterations (and at the last), with a TensorBoard logger,
+        Scalars, under ``predict/batch_<i>/``, at step ``k``: ``t``, and for a flow's state
+        (:class:`~dwgf.problem.FlowState`) ``data_term`` (mean over items and particles),
+        ``<Regularizer>_force`` (the norm of each regularizer's force on one particle, averaged over
+        items and particles) and ``step_size``. Every ``images_every`` iterations (and at the last), with a TensorBoard logger,
         the particle mean of the batch's first 8 items as ``predict/batch_<i>/particle_mean``.
         Only the first process logs.
         """
@@ -133,34 +163,57 @@ class InverseSolver(LightningModule):
         k, tag = state.iteration, f"predict/batch_{self._batch_idx:04d}"
         # the tensor-valued scalars go to the host together: one device sync per iteration, not one each
         values = {"t": state.t.float().mean()}
-        if state.data_loss is not None:
-            values["data_term"] = state.data_loss.detach().float().mean()
-        for name, force in (state.forces or {}).items():  # the norm of the force on one particle, averaged
+        data_loss, forces, step_size = (getattr(state, name, None) for name in ("data_loss", "forces", "step_size"))
+        if data_loss is not None:
+            values["data_term"] = data_loss.detach().float().mean()
+        for name, force in (forces or {}).items():  # the norm of the force on one particle, averaged
             values[f"{name}_force"] = force.detach().float().flatten(2).norm(dim=-1).mean()
         host = torch.stack([v.to(state.t.device) for v in values.values()]).tolist()
         metrics = {f"{tag}/{name}": v for name, v in zip(values, host)}
-        if state.step_size is not None:
-            metrics[f"{tag}/step_size"] = state.step_size
+        if step_size is not None:
+            metrics[f"{tag}/step_size"] = step_size
         self.logger.log_metrics(metrics, step=k)
         last = k + 1 == state.num_iterations
-        if images_every and ((k + 1) % images_every == 0 or last) and self.trainer.is_global_zero:
+        if images_every and isinstance(state, FlowState) and ((k + 1) % images_every == 0 or last) and self.trainer.is_global_zero:
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_images"):
                 mean = state.x[:8].mean(1).clamp(-1, 1).add(1).div(2)
                 experiment.add_images(f"{tag}/particle_mean", mean.float().cpu(), global_step=k)
 
     def check_operator(self, operator: ForwardOperator) -> None:
-        """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up)."""
+        """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up); the
+        default asks the data term (:meth:`~dwgf.likelihoods.DataTerm.check_operator`)."""
+        self.likelihood.check_operator(operator)
+
+    def problem(self, y: torch.Tensor, params: Params, size: Optional[Sequence[int]] = None,
+                prompts: Optional[Sequence[Optional[str]]] = None) -> Problem:
+        """The :class:`~dwgf.problem.Problem` of a batch of measurements ``y`` (see :meth:`solve`)."""
+        return Problem(self.operator, y, params, self.likelihood, self.num_particles, None if size is None else tuple(size),
+                       self.prompt_rows(prompts, y.device))
 
     def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
               prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``.
+        """Posterior samples ``B x N x C x H x W`` for measurements ``y`` with per-item ``seeds``; sets
+        ``self.failed_iterations`` (``(B,)``, ``-1``: fine).
 
         ``size``: ``(H, W)`` of the images (every item of a batch has the same; ``None``: the
         prior's native size). ``prompts``: one text prompt per item for a text-conditioned prior
         (``None`` entries, or ``None``: the prior's own prompt).
         """
-        raise NotImplementedError
+        if self.method is None:
+            raise DWGFError(f"{type(self).__name__} has no method: give method: my_module.my_method (a function "
+                            "(prior, problem, draw, *, callback, **settings) -> (particles, failed_at))")
+        particles, self.failed_iterations = self.method(self.prior, self.problem(y, params, size, prompts), self.item_noise(seeds, y.device),
+                                                        callback=self.on_iteration, **self.settings())
+        return particles
+
+    def on_iteration(self, state: SamplerState) -> None:
+        """Called after every iteration of the method: progress, the stop check (:meth:`report_iteration`) and logging (:meth:`log_flow`)."""
+        self.report_iteration(state.iteration, state.num_iterations)
+        self.log_flow(state, self._images_every(state.num_iterations))
+
+    def _images_every(self, num_iterations: int) -> int:
+        return 0
 
     def prompt_rows(self, prompts: Optional[Sequence[Optional[str]]], device: torch.device) -> Optional[torch.Tensor]:
         """The prior's prompt-table rows for per-item ``prompts`` (``None`` when there are none)."""
@@ -235,7 +288,7 @@ class InverseSolver(LightningModule):
 
 
 class DWGF(InverseSolver):
-    """Diffusion-regularized Wasserstein Gradient Flow (Wang & Akyildiz 2025).
+    """Diffusion-regularized Wasserstein Gradient Flow (Wang & Akyildiz 2025): :func:`dwgf.methods.dwgf` in ``dwgf predict``.
 
     ``N`` particles per measurement start from ``N(0, I)`` in latent space and follow the
     optimiser (Adam by default) on the data term plus the regularizers for ``num_steps`` iterations
@@ -308,7 +361,7 @@ class DWGF(InverseSolver):
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
     ):
-        super().__init__(prior, num_particles, generator, tf32)
+        super().__init__(prior, dwgf, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32)
         if decoder_chunk is not None and decoder_chunk < 1:
             raise argument_error(self, "decoder_chunk", f" must be >= 1 (or null: automatic), got {decoder_chunk}")
         self.decoder_chunk = None if decoder_chunk is None else int(decoder_chunk)
@@ -328,7 +381,6 @@ class DWGF(InverseSolver):
                                  "optimizer: {class_path: Adam, init_args: {betas: [...]}}", also=("optimizer",))
         self.optimizer = optimizer if optimizer is not None else Adam(self.betas)
         self._noise_to_optimizer()
-        self.likelihood = likelihood if likelihood is not None else MeanSquaredError()
         if not 0 <= query_noise <= 1:
             raise argument_error(self, "query_noise", f" must be in [0, 1], got {query_noise}")
         self.query_noise = float(query_noise)
@@ -356,20 +408,23 @@ class DWGF(InverseSolver):
         self.optimizer.noise = noises[0]
         self.regularizers = [r for r in self.regularizers if not isinstance(r, LangevinNoise)]
 
+    def settings(self) -> dict[str, Any]:
+        """This solver's options as the flow's settings (:class:`~dwgf.flow.FlowConfig`'s fields)."""
+        return dict(num_steps=self.num_steps, regularizers=tuple(self.regularizers), step_size=self.step_size, timesteps=self.timesteps,
+                    optimizer=self.optimizer, decoder_noise=self.decoder_noise, query_noise=self.query_noise,
+                    float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk)
+
     @property
     def flow_config(self) -> FlowConfig:
         """This solver's settings as the flow reads them (:class:`~dwgf.flow.FlowConfig`)."""
-        return FlowConfig(num_steps=self.num_steps, regularizers=tuple(self.regularizers), step_size=self.step_size,
-                          timesteps=self.timesteps, optimizer=self.optimizer, decoder_noise=self.decoder_noise,
-                          query_noise=self.query_noise, float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk)
-
-    def check_operator(self, operator: ForwardOperator) -> None:
-        self.likelihood.check_operator(operator)
+        return FlowConfig(**self.settings())
 
     def on_flow_iteration(self, state: FlowState) -> None:
-        """Called after every flow iteration with its state: reports progress and logs (:meth:`log_flow`)."""
-        self.report_iteration(state.iteration, state.num_iterations)
-        self.log_flow(state, self._images_every(state.num_iterations))
+        """Called after every flow iteration (:meth:`InverseSolver.on_iteration`; kept for subclasses that override it)."""
+        InverseSolver.on_iteration(self, state)
+
+    def on_iteration(self, state: SamplerState) -> None:
+        self.on_flow_iteration(state)
 
     def _images_every(self, num_iterations: int) -> int:
         if self.log_images_every is not None:
@@ -377,11 +432,3 @@ class DWGF(InverseSolver):
         trainer = self._trainer
         batches = sum(trainer.num_predict_batches) if trainer is not None and trainer.num_predict_batches else 0
         return max(1, num_iterations // 10) if 0 < batches <= 2 else 0
-
-    def solve(self, y: torch.Tensor, params: Params, seeds: torch.Tensor | list[int], size: Optional[Sequence[int]] = None,
-              prompts: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        problem = Problem(self.operator, y, params, self.likelihood, self.num_particles, None if size is None else tuple(size),
-                          self.prompt_rows(prompts, y.device))
-        particles, _, self.failed_iterations = dwgf_flow(self.prior, problem, self.flow_config, self.item_noise(seeds, y.device),
-                                                         self.on_flow_iteration)
-        return particles

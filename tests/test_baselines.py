@@ -177,18 +177,62 @@ def test_reddiff_config_is_dwgf_with_one_particle(ldm_path, image_dir, tmp_path)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_dps_sample_is_plain_torch_and_reports_every_step(ldm_prior):
-    """The maths runs without Lightning: dps_sample gives the module's samples and calls back once per step."""
-    from dwgf.dps import dps_sample
-    from dwgf.flow import ItemNoise, item_generators
+METHOD_FUNCTIONS = {  # each method's function and the module that runs it in dwgf predict, with the same settings
+    "dwgf": ("dwgf", lambda p: DWGF(p, num_steps=4, num_particles=2), {"num_steps": 4}),
+    "latent_dps": ("latent_dps", lambda p: LatentDPS(p, num_steps=4, num_particles=2, guidance=0.1), {"num_steps": 4, "guidance": 0.1}),
+    "psld": ("psld", lambda p: PSLD(p, num_steps=4, num_particles=2, guidance=0.1, gluing=0.1),
+             {"num_steps": 4, "guidance": 0.1, "gluing": 0.1}),
+    "decoder_inversion": ("decoder_inversion", lambda p: DecoderInversion(p, num_steps=4, num_particles=2), {"num_steps": 4}),
+}
 
+
+@pytest.mark.parametrize("name", sorted(METHOD_FUNCTIONS))
+def test_each_method_is_a_plain_function_that_its_module_runs(ldm_prior, name):
+    """The maths runs without Lightning: the function gives the module's samples, reports every step and
+    returns where items failed (nowhere here)."""
+    from dwgf import methods
+    from dwgf.flow import ItemNoise, Problem, item_generators
+
+    function, module, settings = METHOD_FUNCTIONS[name]
     op = BoxInpainting(size=[8, 8], sigma_y=0.01)
     y, params = measurement(op, ldm_prior)
     states = []
-    direct = dps_sample(ldm_prior, op, y, params, ItemNoise(item_generators([3, 4], "cpu"), "cpu"), num_particles=2, num_steps=4,
-                        guidance=0.1, gluing=0.1, callback=states.append)
-    module = PSLD(ldm_prior, num_steps=4, num_particles=2, guidance=0.1, gluing=0.1).set_operator(op).solve(y, params, [3, 4])
-    assert torch.equal(direct, module)
+    direct, failed_at = getattr(methods, function)(ldm_prior, Problem(op, y, params, num_particles=2),
+                                                   ItemNoise(item_generators([3, 4], "cpu"), "cpu"), callback=states.append, **settings)
+    solver = module(ldm_prior).set_operator(op)
+    assert torch.equal(direct, solver.solve(y, params, [3, 4]))
+    assert torch.equal(failed_at, torch.tensor([-1, -1])) and torch.equal(solver.failed_iterations, failed_at)
     assert [s.iteration for s in states] == [0, 1, 2, 3] and all(s.num_iterations == 4 for s in states)
     assert states[0].z.shape == (2, 2, *ldm_prior.latent_shape) and states[0].t.shape == (2,)
-    assert states[0].t[0] > states[-1].t[0] == 0  # from high noise down to t = 0
+    if name in ("latent_dps", "psld"):
+        assert states[0].t[0] > states[-1].t[0] == 0  # from high noise down to t = 0
+
+
+def test_the_generic_solver_runs_any_method_function(ldm_prior):
+    """InverseSolver(method=..., settings=...) is a method's whole LightningModule: RED-diff's function
+    gives the reddiff config's DWGF."""
+    from dwgf.methods import red_diff
+    from dwgf.regularizers import DWGFWeighting
+    from dwgf.solver import InverseSolver
+
+    op = BoxInpainting(size=[8, 8], sigma_y=0.01)
+    y, params = measurement(op, ldm_prior)
+    generic = InverseSolver(ldm_prior, method=red_diff, settings={"num_steps": 4}, num_particles=1).set_operator(op)
+    dwgf = DWGF(ldm_prior, num_steps=4, num_particles=1, regularizers=[KLPrior(0.25, weighting=DWGFWeighting())]).set_operator(op)
+    assert torch.equal(generic.solve(y, params, [3, 4]), dwgf.solve(y, params, [3, 4]))
+    with pytest.raises(DWGFError, match="has no method"):
+        InverseSolver(ldm_prior).set_operator(op).solve(y, params, [3, 4])
+    with pytest.raises(DWGFError, match="method must be a function"):
+        InverseSolver(ldm_prior, method="red_diff")
+
+
+def test_psld_function_refuses_a_nonlinear_operator(ldm_prior):
+    from dwgf.flow import Problem
+    from dwgf.methods import psld
+    from dwgf.operators import PhaseRetrieval
+
+    op = PhaseRetrieval()
+    y, params = op.measure(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
+        psld(ldm_prior, Problem(op, y, params))
+

@@ -84,15 +84,16 @@ def _two_digits(tmp_path):
 
 
 def test_a_users_function_operator_and_method_run_through_dwgf_predict(user_module, ldm_path, tmp_path):
-    """FunctionOperator naming my_extensions.square_law under the user's own method (LatentMAP), as the page shows them."""
+    """FunctionOperator naming my_extensions.square_law under the user's own method (latent_map, run by the generic
+    InverseSolver), as the page shows them."""
     images = _two_digits(tmp_path)
     out = tmp_path / "o"
     main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"), "--config", str(EXAMPLE / "latent_map.yaml"),
-          "--model.prior.pretrained", str(ldm_path), "--model.num_steps", "3", "--data.images", str(images), "--output", str(out),
+          "--model.prior.pretrained", str(ldm_path), "--model.settings", "{num_steps: 3}", "--data.images", str(images), "--output", str(out),
           "--data.operator", "FunctionOperator", "--data.operator.function", "my_extensions.square_law", "--data.operator.sigma_y", "0.01",
           "--trainer.logger", "false"])
     resolved = (out / "config.yaml").read_text()
-    assert "my_extensions.LatentMAP" in resolved and "my_extensions.square_law" in resolved
+    assert "my_extensions.latent_map" in resolved and "my_extensions.square_law" in resolved
     for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
         assert json.loads((out / name / ".dwgf-item.json").read_text())["state"] == "complete"
         assert len(list((out / name).glob("particle_*.png"))) == 4
@@ -105,15 +106,19 @@ def test_the_users_method_fits_the_measurement_and_leaves_the_prior_frozen(user_
     op = BoxInpainting(size=[8, 8], sigma_y=0.0)
     y, params = op.measure(x, seeds=[0, 1])
     data_loss = {}
+    from dwgf.solver import InverseSolver
+
+    def solver_of(**settings):
+        return InverseSolver(ldm_prior, method=user_module.latent_map, settings=settings, num_particles=2).set_operator(op)
+
     for steps in (1, 30):
-        solver = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=steps, lr=0.1, weight=0.0).set_operator(op)
+        solver = solver_of(num_steps=steps, lr=0.1, weight=0.0)
         particles = solver.solve(y, params, seeds=[0, 1])
         assert particles.shape == (2, 2, *x.shape[1:])
         params_n = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
         data_loss[steps] = float(op.data_loss(particles.flatten(0, 1), y.repeat_interleave(2, 0), params_n).mean())
     assert data_loss[30] < 0.5 * data_loss[1]
     assert all(p.grad is None for p in ldm_prior.parameters())
-    solver = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=3).set_operator(op)
-    alone = solver.solve(y[1:], {k: v[1:] for k, v in params.items()}, seeds=[1])
-    both = user_module.LatentMAP(ldm_prior, num_particles=2, num_steps=3).set_operator(op).solve(y, params, seeds=[0, 1])
+    alone = solver_of(num_steps=3).solve(y[1:], {k: v[1:] for k, v in params.items()}, seeds=[1])
+    both = solver_of(num_steps=3).solve(y, params, seeds=[0, 1])
     assert torch.allclose(alone[0], both[1], atol=1e-5)  # an item alone = the same item in a batch

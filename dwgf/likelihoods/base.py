@@ -38,6 +38,12 @@ class DataTerm(ArgumentsRepr):
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         return grad, loss.detach()
 
+    def distance(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """A per-item distance between ``A x`` and ``y`` that is zero when they agree, ``(B,)``: what
+        DPS-type methods step down (the DPS paper's ``||y - A x||`` for the default term). The default is
+        ``sqrt(2 loss)``, the whitened residual norm of a Gaussian term."""
+        return (2 * self.loss(operator, x, y, params)).clamp_min(1e-24).sqrt()
+
     def relative_curvature(self, operator: ForwardOperator, abar: torch.Tensor) -> Optional[torch.Tensor]:
         """The term's curvature at noise level ``abar`` (``(B,)``) over its curvature at the end of the flow
         (``abar = 1``), or ``None`` when it does not change with ``abar`` (the default)."""
@@ -66,6 +72,15 @@ class MeanSquaredError(DataTerm):
     def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
              abar: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.weight * operator.data_loss(x, y, params)
+
+    def distance(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
+        """``sqrt(weight) ||y - A x||`` over the measured entries: the DPS paper's residual norm."""
+        r = operator.forward(x, params) - y
+        mask = operator.measured(params)
+        if mask is not None:
+            r = r * mask
+        norm = r.flatten(1).square().sum(1).clamp_min(1e-24).sqrt()
+        return norm if self.weight == 1.0 else self.weight**0.5 * norm
 
     def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
              abar: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""A user's own regularizer, forward operator, step-size schedule and method (solver) for dwgf.
+"""A user's own regularizer, forward operator, step-size schedule and method for dwgf.
 
-Nothing here is part of dwgf: the classes live in this module and ``dwgf predict`` finds them by
-``class_path`` (see ``scanlines.yaml`` and ``latent_map.yaml`` next to this file). From the repository root::
+Nothing here is part of dwgf: the classes and functions live in this module and ``dwgf predict``
+finds them by ``class_path`` and by name (see ``scanlines.yaml`` and ``latent_map.yaml`` next to this file). From the repository root::
 
     PYTHONPATH=examples/extending dwgf predict --config examples/extending/scanlines.yaml
     PYTHONPATH=examples/extending dwgf predict --config configs/mnist/box_inpaint.yaml \
@@ -13,16 +13,16 @@ this example and checks that the page shows this code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.operators import ForwardOperator, repeat_params
-from dwgf.priors import LatentPrior
+from dwgf.operators import ForwardOperator
+from dwgf.problem import SamplerState, first_failures
 from dwgf.regularizers import Regularizer
 from dwgf.schedules import StepSizeSchedule
-from dwgf.solver import InverseSolver
 
 
 # --8<-- [start:function]
@@ -105,33 +105,43 @@ class StepDecay(StepSizeSchedule):
 
 
 # --8<-- [start:method]
-class LatentMAP(InverseSolver):
+@dataclass(frozen=True)
+class LatentMAPSettings:
+    """``latent_map``'s settings: Adam's iterations and step, and the weight of the Gaussian latent prior."""
+
+    num_steps: int = 200
+    lr: float = 0.1
+    weight: float = 0.01
+
+    def __post_init__(self):
+        if self.num_steps < 1 or not self.lr > 0 or not self.weight >= 0:
+            raise DWGFError(f"latent_map: need num_steps >= 1, lr > 0, weight >= 0, got {self.num_steps}, {self.lr}, {self.weight}")
+
+
+def latent_map(prior, problem, draw, *, callback=None, **settings):
     """A method of one's own: the latent that best explains the measurement under the autoencoder's
-    own Gaussian latent prior, ``min_z 1/2 mean (y - A(D(z)))^2 + weight/2 mean z^2``, by Adam from
-    ``N`` random starts per item. No diffusion network: a baseline for what the diffusion prior adds.
+    own Gaussian latent prior, ``min_z data term(D(z)) + weight/2 mean z^2``, by Adam from ``N``
+    random starts per item. No diffusion network: a baseline for what the diffusion prior adds.
+    Returns the particles ``B x N x C x H x W`` and the first iteration at which an item failed (``-1``: never).
     """
-
-    def __init__(self, prior: LatentPrior, num_particles: int = 4, num_steps: int = 200, lr: float = 0.1, weight: float = 0.01):
-        super().__init__(prior, num_particles)
-        if num_steps < 1 or not lr > 0 or not weight >= 0:
-            raise DWGFError(f"LatentMAP: need num_steps >= 1, lr > 0, weight >= 0, got {num_steps}, {lr}, {weight}")
-        self.num_steps, self.lr, self.weight = int(num_steps), float(lr), float(weight)
-
-    def solve(self, y, params, seeds, size=None, prompts=None):
-        b, n = y.shape[0], self.num_particles
-        draw = self.item_noise(seeds, y.device)  # each item's numbers from its own seed (CPU generators by default)
-        z = draw((n, *self.prior.latent_shape_at(size))).flatten(0, 1)  # B*N starting latents
-        y_n, params_n = y.repeat_interleave(n, 0), repeat_params(params, n)
-        with torch.enable_grad():  # dwgf predict runs solvers without inference mode, but under no_grad
-            z.requires_grad_(True)
-            adam = torch.optim.Adam([z], lr=self.lr)
-            for k in range(self.num_steps):
-                loss = self.operator.data_loss(self.prior.decode(z), y_n, params_n) + 0.5 * self.weight * z.square().flatten(1).mean(1)
-                adam.zero_grad()
-                loss.sum().backward()  # the prior is frozen: only z gets a gradient
-                adam.step()
-                self.report_iteration(k, self.num_steps)  # progress, and a clean stop on SIGTERM / Ctrl-C
-        with torch.no_grad():
-            x = self.prior.decode(z)
-        return x.view(b, n, *x.shape[1:])
+    s = LatentMAPSettings(**settings)
+    b, n = problem.batch, problem.num_particles
+    z = draw((n, *prior.latent_shape_at(problem.size))).flatten(0, 1)  # B*N starts, each item's from its own seed
+    failed_at = torch.full((b,), -1, dtype=torch.long, device=z.device)
+    with torch.enable_grad():  # dwgf predict runs methods without inference mode, but under no_grad
+        z.requires_grad_(True)
+        adam = torch.optim.Adam([z], lr=s.lr)
+        for k in range(s.num_steps):
+            x = prior.decode(z)
+            data = problem.likelihood.loss(problem.operator, x, problem.y_n, problem.params_n)  # --model.likelihood
+            loss = data + 0.5 * s.weight * z.square().flatten(1).mean(1)
+            adam.zero_grad()
+            loss.sum().backward()  # the prior is frozen: only z gets a gradient
+            adam.step()
+            failed_at = first_failures(failed_at, z.detach().view(b, n, -1), k)
+            if callback is not None:  # progress, logging, and a clean stop on SIGTERM / Ctrl-C
+                callback(SamplerState(z.detach().view(b, n, *z.shape[1:]), torch.zeros(b, dtype=torch.long), k, s.num_steps))
+    with torch.no_grad():
+        x = prior.decode(z)
+    return x.view(b, n, *x.shape[1:]), failed_at
 # --8<-- [end:method]
