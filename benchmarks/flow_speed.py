@@ -69,6 +69,9 @@ from dwgf.priors import StableDiffusionPrior, StableDiffusionXLPrior, Unconditio
 from dwgf.priors.base import LatentPrior
 from dwgf.regularizers import EncoderConsistency, KLPrior
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
+from dwgf.likelihoods import MeanSquaredError
+
+MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -431,7 +434,7 @@ def reference_flow(prior, op, y, params, n, num_steps, weight=0.25, beta=0.1, lr
                 lam = weight * (1 - abar) / abar.sqrt()
                 prior_loss = (lam * (kernel_score - score).detach() * latents).sum() / d
                 x = prior.decode(latents)
-                data_loss = op.data_loss(x + x_noise, yb, pb).sum()
+                data_loss = MSE.loss(op, x + x_noise, yb, pb).sum()
                 enc_noise = draw((n, *prior.latent_shape))[0]
                 with torch.no_grad():
                     rec = prior.decode(prior.encode(x + x_noise, enc_noise))

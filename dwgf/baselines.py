@@ -108,9 +108,9 @@ class PSLD(LatentDPS):
         return dict(super().settings(), gluing=self.gluing)
 
     def check_operator(self, operator: ForwardOperator) -> None:
-        super().check_operator(operator)
         if not operator.linear:
             raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(operator).__name__} is not linear: use LatentDPS or DWGF")
+        super().check_operator(operator)
 
 
 class DecoderInversion(DWGF):

@@ -197,7 +197,14 @@ class DWGFCLI(LightningCLI):
 _SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32"}
 
 
-def _same_as_before(key: str, value: Any) -> bool:
+# options that some solvers gained later (the others had them all along, so their keys keep them): at None they give what
+# those solvers' folders hold
+_ADDED_LATER_TO = {"likelihood": ("LatentDPS", "PSLD", "DecoderInversion")}
+
+
+def _same_as_before(key: str, value: Any, solver: str = "") -> bool:
+    if key in _ADDED_LATER_TO and value is None and solver.rsplit(".", 1)[-1] in _ADDED_LATER_TO[key]:
+        return True
     return key in _SAME_AS_BEFORE and value == _SAME_AS_BEFORE[key] and type(value) is type(_SAME_AS_BEFORE[key])
 
 
@@ -214,7 +221,8 @@ def fingerprint(full: dict) -> str:
     # not results: logging, and how the work is laid out in memory (decoder_chunk, tf32: float rounding only); and options
     # added later, at the default that gives what folders of earlier versions hold, so that those folders still resume
     model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items()
-                          if k not in ("log_images_every", "decoder_chunk", "tf32") and not _same_as_before(k, v)}
+                          if k not in ("log_images_every", "decoder_chunk", "tf32")
+                          and not _same_as_before(k, v, str(model.get("class_path") or ""))}
     prior = model["init_args"].get("prior")
     if isinstance(prior, dict) and isinstance(prior.get("init_args"), dict):
         prior = dict(prior, init_args={k: v for k, v in prior["init_args"].items() if not _same_as_before(k, v)})

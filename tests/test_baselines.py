@@ -15,6 +15,9 @@ from dwgf.operators.base import ForwardOperator
 from dwgf.regularizers import KLPrior
 from dwgf.sampling import ddim_sample
 from dwgf.solver import DWGF
+from dwgf.likelihoods import MeanSquaredError
+
+MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
@@ -52,7 +55,7 @@ def test_dps_guidance_moves_towards_the_measurement(ldm_prior):
     guided = LatentDPS(ldm_prior, num_steps=6, num_particles=2, guidance=2.0).set_operator(op).solve(y, params, [1, 2])
     y2 = y.repeat_interleave(2, 0)
     p2 = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
-    assert op.residual_norm(guided.flatten(0, 1), y2, p2).mean() < op.residual_norm(free.flatten(0, 1), y2, p2).mean()
+    assert MSE.distance(op, guided.flatten(0, 1), y2, p2).mean() < MSE.distance(op, free.flatten(0, 1), y2, p2).mean()
 
 
 @pytest.mark.parametrize("cls", [LatentDPS, PSLD])
@@ -73,7 +76,7 @@ def test_residual_norm_counts_measured_entries_only():
     y = torch.zeros(2, 1, 4, 4)
     x[0, 0, 0, 0] = 100.0  # inside the box: not measured
     x[1, 0, 3, 3] = 3.0
-    torch.testing.assert_close(op.residual_norm(x, y, params), torch.tensor([0.0, 3.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(MSE.distance(op, x, y, params), torch.tensor([0.0, 3.0]), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("op", [BoxInpainting(size=[8, 8]), RandomInpainting(0.7), SuperResolution(4)], ids=repr)
@@ -236,3 +239,21 @@ def test_psld_function_refuses_a_nonlinear_operator(ldm_prior):
     with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
         psld(ldm_prior, Problem(op, y, params))
 
+
+
+def test_the_baselines_honour_the_likelihood(ldm_prior):
+    """--model.likelihood reaches every method: a Gaussian data term (whitened distance) moves DPS's samples,
+    and at sigma 1 it is the default's residual norm, so the samples are the default's."""
+    from dwgf.likelihoods import GaussianLikelihood
+
+    op = BoxInpainting(size=[8, 8], sigma_y=0.01)
+    y, params = measurement(op, ldm_prior)
+    runs = {}
+    for name, likelihood in (("default", None), ("gaussian", GaussianLikelihood()), ("unit", GaussianLikelihood(sigma=1.0))):
+        solver = LatentDPS(ldm_prior, num_steps=3, num_particles=2, guidance=0.1, likelihood=likelihood).set_operator(op)
+        runs[name] = solver.solve(y, params, [3, 4])
+    assert not torch.allclose(runs["default"], runs["gaussian"], atol=1e-4)
+    torch.testing.assert_close(runs["default"], runs["unit"], atol=1e-5, rtol=1e-5)
+    inversion = DecoderInversion(ldm_prior, num_steps=3, num_particles=2, likelihood=GaussianLikelihood()).set_operator(op)
+    assert not torch.allclose(inversion.solve(y, params, [3, 4]), DecoderInversion(ldm_prior, num_steps=3, num_particles=2)
+                              .set_operator(op).solve(y, params, [3, 4]), atol=1e-4)

@@ -12,6 +12,9 @@ import yaml
 from PIL import Image
 
 from dwgf.cli import main
+from dwgf.likelihoods import MeanSquaredError
+
+MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples/extending"
@@ -116,7 +119,7 @@ def test_the_users_method_fits_the_measurement_and_leaves_the_prior_frozen(user_
         particles = solver.solve(y, params, seeds=[0, 1])
         assert particles.shape == (2, 2, *x.shape[1:])
         params_n = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
-        data_loss[steps] = float(op.data_loss(particles.flatten(0, 1), y.repeat_interleave(2, 0), params_n).mean())
+        data_loss[steps] = float(MSE.loss(op, particles.flatten(0, 1), y.repeat_interleave(2, 0), params_n).mean())
     assert data_loss[30] < 0.5 * data_loss[1]
     assert all(p.grad is None for p in ldm_prior.parameters())
     alone = solver_of(num_steps=3).solve(y[1:], {k: v[1:] for k, v in params.items()}, seeds=[1])

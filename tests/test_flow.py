@@ -18,6 +18,9 @@ from dwgf.regularizers import (
     particle_score,
 )
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
+from dwgf.likelihoods import MeanSquaredError
+
+MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 
 
 def test_particle_score_matches_autograd_of_log_mixture():
@@ -103,7 +106,7 @@ def test_data_term_gradient_matches_finite_differences(ldm_prior):
 
         def loss(zz):
             x = prior.decode(zz.flatten(0, 1)) + state.x_noise.flatten(0, 1)
-            return op.data_loss(x, y_n, params_n).sum()
+            return MSE.loss(op, x, y_n, params_n).sum()
 
         d = torch.randn_like(z)
         h = 1e-5

@@ -98,6 +98,10 @@ def test_the_device_options_and_the_resume_key(monkeypatch, capsys):
 
     base = key()
     assert base == "46b999288ea5d463"
+    # the baselines gained --model.likelihood later: at its default their keys are those of before (dwgf 0.1)
+    assert [key("--config", f"configs/methods/{m}.yaml") for m in ("dps", "psld", "inversion")] == [
+        "408589acedf12489", "065250382ffdb878", "402867ee8ccd36c1"]
+    assert key("--config", "configs/methods/dps.yaml", "--model.likelihood", "GaussianLikelihood") != key("--config", "configs/methods/dps.yaml")
     assert key("--model.decoder_chunk", "2", "--model.tf32", "false") == base
     assert key("--model.generator", "device") != base
     assert key("--model.prior.torch_dtype", "bfloat16") != base

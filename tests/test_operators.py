@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import dwgf.operators
 from dwgf.errors import DWGFError
+from dwgf.likelihoods import MeanSquaredError
 from dwgf.operators import (
     ForwardOperator,
     BoxInpainting,
@@ -23,6 +24,7 @@ from dwgf.operators import (
     repeat_params,
 )
 
+MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 SHAPE = (3, 24, 24)
 
 # Every operator dwgf exports is covered: by these configured examples, or built with its defaults.
@@ -62,7 +64,7 @@ def _exported_operators() -> dict[str, type]:
 
 def _operators() -> dict[str, object]:
     ops = dict(EXAMPLES)
-    covered = {type(factory()) for factory in EXAMPLES.values()}
+    covered = {type(factory()) for factory in EXAMPLES.values()} | {PoissonNoise}  # PoissonNoise(op, rate) is op with Poisson noise
     for name, cls in _exported_operators().items():
         if cls not in covered:
             ops[f"{name}_defaults"] = cls  # a new operator is tested as it comes, with its default arguments
@@ -173,11 +175,11 @@ def test_data_grad_matches_finite_differences(op):
     params = {k: v.double() for k, v in batch_params(op).items()}
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
     y = op(torch.randn(2, *SHAPE, dtype=torch.float64), params)
-    grad, loss = op.data_grad(x, y, params)
+    grad, loss = MSE.grad(op, x, y, params)
     assert loss.shape == (2,)
     d = torch.randn_like(x)
     h = 1e-6
-    fd = (op.data_loss(x + h * d, y, params).sum() - op.data_loss(x - h * d, y, params).sum()) / (2 * h)
+    fd = (MSE.loss(op, x + h * d, y, params).sum() - MSE.loss(op, x - h * d, y, params).sum()) / (2 * h)
     assert torch.allclose((grad * d).sum(), fd, rtol=1e-6, atol=1e-9)
 
 
@@ -187,7 +189,7 @@ def test_data_loss_averages_over_measured_entries_only():
     y = torch.zeros(1, 1, 4, 4)
     x = torch.ones(1, 1, 4, 4)
     x[..., :2, :2] = 100.0  # inside the box: unobserved, must not count
-    assert torch.allclose(op.data_loss(x, y, params), torch.tensor([0.5]))
+    assert torch.allclose(MSE.loss(op, x, y, params), torch.tensor([0.5]))
 
 
 def test_paper_box_scales_with_the_image():
@@ -297,7 +299,7 @@ def test_saturation_clips_and_says_nothing_where_clipped():
     op = Saturation(gain=2.0, level=0.8)
     x = torch.tensor([[[[-0.9, -0.2, 0.1, 0.5]]]], dtype=torch.float64)
     assert torch.allclose(op(x, {}), torch.tensor([[[[-0.8, -0.4, 0.2, 0.8]]]], dtype=torch.float64))
-    grad, _ = op.data_grad(x, torch.zeros(1, 1, 1, 4, dtype=torch.float64), {})
+    grad, _ = MSE.grad(op, x, torch.zeros(1, 1, 1, 4, dtype=torch.float64), {})
     assert grad[0, 0, 0, 0] == 0 and grad[0, 0, 0, 3] == 0 and grad[0, 0, 0, 1] != 0 and grad[0, 0, 0, 2] != 0
     assert not op.linear
 
@@ -424,9 +426,9 @@ def test_jpeg_gradient_is_the_smooth_surrogates_and_nonzero():
     op = JPEG(quality=30)
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64) * 1.6 - 0.8
     y = op(torch.rand(1, 3, 16, 16, dtype=torch.float64) * 1.6 - 0.8, {})
-    grad, loss = op.data_grad(x, y, {})
+    grad, loss = MSE.grad(op, x, y, {})
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    assert torch.allclose(loss, op.data_loss(x, y, {}))  # the loss is the exact one
+    assert torch.allclose(loss, MSE.loss(op, x, y, {}))  # the loss is the exact one
     with pytest.raises(DWGFError, match="quality.*1..100"):
         JPEG(quality=0)
 
@@ -455,6 +457,29 @@ def test_poisson_noise_has_poisson_moments_and_is_the_wrapped_operator_otherwise
     ]:
         with pytest.raises(DWGFError, match=match):
             make()
+
+
+def test_the_noise_model_is_one_object_that_simulation_and_data_terms_read():
+    """PoissonNoise(op, rate) is op itself (no wrapper) with a PoissonCounts noise model; the Gaussian data
+    term reads the model's sigma, the Poisson one its rate; the Poisson distance is 0 where A x = y."""
+    from dwgf.likelihoods import GaussianLikelihood, PoissonLikelihood
+    from dwgf.operators import GaussianNoise, PoissonCounts
+
+    blur = GaussianBlur(kernel_size=5, sigma=1.0, sigma_y=0.1)
+    assert isinstance(blur.noise, GaussianNoise) and blur.noise.sigma == 0.1 and blur.noise.rate is None
+    poisson = PoissonNoise(GaussianBlur(kernel_size=5, sigma=1.0), rate=30.0)
+    assert type(poisson) is GaussianBlur and isinstance(poisson.noise, PoissonCounts) and poisson.noise.rate == 30.0
+    assert "PoissonCounts(rate=30.0)" in repr(poisson)
+    assert GaussianLikelihood().noise_sigma(blur) == 0.1 and GaussianLikelihood().noise_sigma(poisson) == (2 / 30) ** 0.5
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y, params = poisson.measure(x, seeds=[0, 1])
+    clean = poisson(x, params)
+    assert torch.allclose(PoissonLikelihood().distance(poisson, x, clean, params), torch.zeros(2), atol=1e-3)
+    assert (PoissonLikelihood().distance(poisson, x, y, params) > 0.1).all()
+    # simulate is the noise model's draw around A x, nothing else
+    one = {k: v[:1] for k, v in params.items()}
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(blur.simulate(x[:1], one, gen_a), blur.noise.simulate(blur(x[:1], one), None, gen_b))
 
 
 def test_the_poisson_likelihood_reads_the_operators_rate():

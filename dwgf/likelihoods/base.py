@@ -71,7 +71,15 @@ class MeanSquaredError(DataTerm):
 
     def loss(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
              abar: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.weight * operator.data_loss(x, y, params)
+        """Per-item ``weight * 1/2 * mean over measured entries of (y - A(x))^2``, shape ``(B,)``."""
+        r = (operator.forward(x, params) - y).square()
+        mask = operator.measured(params)
+        if mask is None:
+            loss = 0.5 * r.flatten(1).mean(1)
+        else:
+            mask = mask.expand_as(r)
+            loss = 0.5 * (r * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+        return loss if self.weight == 1.0 else self.weight * loss
 
     def distance(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
         """``sqrt(weight) ||y - A x||`` over the measured entries: the DPS paper's residual norm."""
@@ -84,5 +92,12 @@ class MeanSquaredError(DataTerm):
 
     def grad(self, operator: ForwardOperator, x: torch.Tensor, y: torch.Tensor, params: Params,
              abar: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        grad, loss = operator.data_grad(x, y, params)  # bit for bit what the flow always computed
+        with torch.enable_grad():  # the weight applied after the gradient: bit for bit what the flow always computed
+            leaf = x.detach().requires_grad_(True)
+            loss = MeanSquaredError.loss(UNWEIGHTED, operator, leaf, y, params)
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        loss = loss.detach()
         return (grad, loss) if self.weight == 1.0 else (self.weight * grad, self.weight * loss)
+
+
+UNWEIGHTED = MeanSquaredError()

@@ -19,9 +19,9 @@ class GaussianLikelihood(DataTerm):
     """``-log p(y | x) = sum over measured entries of (y - A x)^2 / (2 sigma^2)`` (up to a constant).
 
     Summed, not averaged: a log density, so that its balance with a prior in log-density units is
-    the posterior's for any operator, noise level and image size. ``sigma`` is the operator's
-    ``sigma_y`` (``--data.operator.init_args.sigma_y``), or ``sigma`` when given, and never below
-    ``sigma_min``.
+    the posterior's for any operator, noise level and image size. ``sigma`` is the operator's noise
+    model's (``operator.noise.sigma``: its ``sigma_y``, ``--data.operator.init_args.sigma_y``), or
+    ``sigma`` when given, and never below ``sigma_min``.
 
     Noiseless or nearly noiseless measurements: with ``sigma_y = 0`` the likelihood is a hard
     constraint and its gradient is infinite, so ``sigma`` is floored at ``sigma_min``, by default the
@@ -57,8 +57,8 @@ class GaussianLikelihood(DataTerm):
         self.anneal = float(anneal)
 
     def noise_sigma(self, operator: ForwardOperator) -> float:
-        """The ``sigma`` in use for ``operator``: ``max(sigma or sigma_y, sigma_min)``."""
-        return max(self.sigma if self.sigma is not None else operator.sigma_y, self.sigma_min)
+        """The ``sigma`` in use for ``operator``: ``max(sigma or the noise model's sigma, sigma_min)``."""
+        return max(self.sigma if self.sigma is not None else operator.noise.sigma, self.sigma_min)
 
     def variance(self, operator: ForwardOperator, abar: Optional[torch.Tensor] = None) -> torch.Tensor | float:
         """``sigma^2 + anneal (1 - abar)`` per row (a float without ``abar`` or annealing)."""

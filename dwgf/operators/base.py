@@ -1,7 +1,13 @@
-"""The forward-operator interface: ``y = A(x, params) + e``, ``e ~ N(0, sigma_y^2 I)``."""
+"""The forward-operator interface: ``y ~ noise(A(x, params))``, by default ``A(x, params) + e``, ``e ~ N(0, sigma_y^2 I)``.
+
+An operator is the physics only: the forward model, its adjoint where linear, the measured entries,
+``align``, per-item parameters, and a noise model (:class:`NoiseModel`). The data fit lives in the data
+terms (:mod:`dwgf.likelihoods`), which read the noise model.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -10,6 +16,46 @@ from dwgf.errors import DWGFError, argument_error
 from dwgf.reprs import ArgumentsRepr
 
 Params = dict[str, torch.Tensor]
+
+
+class NoiseModel(ArgumentsRepr):
+    """How a measurement is drawn around ``A(x)``: :meth:`simulate` draws it, and the data terms read
+    the model's parameters (``sigma``: the standard deviation, at mid-gray for a signal-dependent noise;
+    ``rate``: the Poisson rate, ``None`` for other models)."""
+
+    rate: Optional[float] = None
+
+    @property
+    def sigma(self) -> float:
+        raise NotImplementedError
+
+    def simulate(self, clean: torch.Tensor, mask: Optional[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """A noisy measurement of ``clean = A(x)`` (one item) with noise on the entries where ``mask`` (``None``: all) is 1."""
+        raise NotImplementedError
+
+
+class GaussianNoise(NoiseModel):
+    """Additive Gaussian noise ``y = A(x) + sigma e``, ``e ~ N(0, I)`` on the measured entries: every
+    operator's, with its ``sigma_y``, unless it is given another model."""
+
+    def __init__(self, sigma: float = 0.0):
+        if not (sigma >= 0.0):  # also rejects NaN
+            raise argument_error(self, "sigma", f" must be >= 0, got {sigma}")
+        self._sigma = float(sigma)
+
+    @property
+    def sigma(self) -> float:
+        return self._sigma
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(sigma={self._sigma!r})"
+
+    def simulate(self, clean: torch.Tensor, mask: Optional[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        y = clean
+        if self._sigma > 0:
+            noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+            y = y + self._sigma * (noise if mask is None else noise * mask)
+        return y
 
 
 class ForwardOperator(ArgumentsRepr):
@@ -26,6 +72,9 @@ class ForwardOperator(ArgumentsRepr):
     :meth:`adjoint` (the default is the exact vector-Jacobian product of :meth:`forward`).
     Operators observing only part of their output override :meth:`measured`.
 
+    The measurement noise is the operator's :attr:`noise` model: :class:`GaussianNoise` of ``sigma_y``
+    unless :meth:`with_noise` gave it another (:class:`~dwgf.operators.PoissonCounts`).
+
     Args:
         sigma_y: standard deviation of the additive Gaussian measurement noise, in units of the
             ``[-1, 1]`` image range (so ``0.01`` is half a percent of the full range). Default ``0``.
@@ -37,6 +86,24 @@ class ForwardOperator(ArgumentsRepr):
         if not (sigma_y >= 0.0):  # also rejects NaN
             raise argument_error(self, "sigma_y", f" must be >= 0, got {sigma_y}")
         self.sigma_y = float(sigma_y)
+
+    @property
+    def noise(self) -> NoiseModel:
+        """The measurement's noise model: the one given by :meth:`with_noise`, else :class:`GaussianNoise` ``(sigma_y)``."""
+        model = self.__dict__.get("_noise")
+        return model if model is not None else GaussianNoise(self.sigma_y)
+
+    def with_noise(self, noise: NoiseModel) -> "ForwardOperator":
+        """A copy of this operator whose measurements have the noise model ``noise`` (its ``sigma_y`` becomes ``noise.sigma``)."""
+        out = copy.copy(self)
+        out._noise = noise
+        out.sigma_y = float(noise.sigma)
+        return out
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        model = self.__dict__.get("_noise")
+        return base if model is None else f"{base[:-1]}, noise={model!r})"
 
     # -- parameters ------------------------------------------------------------------------------
     def sample_params(self, shape: tuple[int, int, int], generator: torch.Generator) -> Params:
@@ -79,13 +146,9 @@ class ForwardOperator(ArgumentsRepr):
 
     # -- measurements ------------------------------------------------------------------------------
     def simulate(self, x: torch.Tensor, params: Params, generator: torch.Generator) -> torch.Tensor:
-        """A noisy measurement ``A(x) + sigma_y e`` of one item (``x`` is ``1 x C x H x W``)."""
-        y = self.forward(x, params)
-        if self.sigma_y > 0:
-            noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-            mask = self.measured(params)
-            y = y + self.sigma_y * (noise if mask is None else noise * mask)
-        return y
+        """A noisy measurement of one item (``x`` is ``1 x C x H x W``): its noise model around ``A(x)``
+        on the measured entries (``A(x) + sigma_y e`` by default)."""
+        return self.noise.simulate(self.forward(x, params), self.measured(params), generator)
 
     def measure(self, x: torch.Tensor, seeds: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, Params]:
         """Simulated measurements of a batch of images: ``(y, params)``.
@@ -135,27 +198,7 @@ class ForwardOperator(ArgumentsRepr):
         returns ``estimate``; :class:`~dwgf.operators.PhaseRetrieval` aligns shifts and the 180-degree twin."""
         return estimate
 
-    # -- data fidelity ---------------------------------------------------------------------------
-    def data_loss(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
-        """Per-item ``1/2 * mean over measured entries of (y - A(x))^2``, shape ``(B,)``."""
-        r = (self.forward(x, params) - y).square()
-        mask = self.measured(params)
-        if mask is None:
-            return 0.5 * r.flatten(1).mean(1)
-        mask = mask.expand_as(r)
-        return 0.5 * (r * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-
-    def residual_norm(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
-        """Per-item Euclidean norm of ``y - A(x)`` over the measured entries, shape ``(B,)``.
-
-        Guidance of DPS-type solvers uses this norm item by item, never over the whole batch.
-        """
-        r = self.forward(x, params) - y
-        mask = self.measured(params)
-        if mask is not None:
-            r = r * mask
-        return r.flatten(1).square().sum(1).clamp_min(1e-24).sqrt()
-
+    # -- consistency -----------------------------------------------------------------------------
     def project(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> torch.Tensor:
         """``x + A^T (y - A x) = A^T y + (I - A^T A) x``: ``x`` made consistent with ``y``.
 
@@ -166,15 +209,6 @@ class ForwardOperator(ArgumentsRepr):
         if not self.linear:
             raise DWGFError(f"{type(self).__name__} is not linear: it has no adjoint for the projection")
         return x + self.adjoint(y - self.forward(x, params), params)
-
-    def data_grad(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient of ``sum_b data_loss_b`` with respect to ``x``, and the per-item losses."""
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            loss = self.data_loss(leaf, y, params)
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        return grad, loss.detach()
-
 
 
 def repeat_params(params: Params, n: int) -> Params:
