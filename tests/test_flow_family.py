@@ -173,8 +173,8 @@ def test_the_equivalence_checks_fail_if_the_time_map_or_the_velocitys_sign_chang
     seen, _ = pipeline_steps(prior, name, folders[name], z, 4)
     assert predictions_match(prior, seen, 4)
     flipped = guided_prior(folders, name)
-    inner = flipped._transformer
-    flipped._transformer = lambda *args: -inner(*args)  # the velocity's sign
+    inner = flipped.denoiser._call
+    flipped.denoiser._call = lambda *args: -inner(*args)  # the velocity's sign
     assert not predictions_match(flipped, seen, 4)
     shifted = guided_prior(folders, name)  # the time map: no shift, or a different resolution rule
     shifted.schedule.shift, shifted.schedule.use_dynamic_shifting = 1.0, False
@@ -344,7 +344,7 @@ def test_text_encoders_are_loaded_one_at_a_time_and_released(folders, monkeypatc
     import gc
     import weakref
 
-    import dwgf.priors.stable_diffusion as fm
+    import dwgf.priors.conditioning as fm
 
     alive, most = [], []
     real = fm._quiet_load
@@ -360,5 +360,5 @@ def test_text_encoders_are_loaded_one_at_a_time_and_released(folders, monkeypatc
     prior = load_prior(str(folders[name]), prompt=PROMPT)
     prior.prompt_ids(["a dog"])
     gc.collect()
-    assert len(alive) == 2 * len(prior.text_components) and max(most) == 0
+    assert len(alive) == 2 * len(prior.conditioner.encoding.components) and max(most) == 0
     assert all(ref() is None for ref in alive)

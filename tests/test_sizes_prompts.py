@@ -230,13 +230,14 @@ def test_a_negative_prompt_without_guidance_is_a_warning(layouts):
 def test_each_distinct_prompt_is_encoded_once_per_run(layouts, tmp_path, monkeypatch):
     """Three items, two distinct per-item prompts, one batch each: the text encoders are loaded once for
     the prior's own prompt and negative prompt, once for the items' prompts (before the first batch), never in the flow."""
-    from dwgf.priors import StableDiffusionPrior
+    from dwgf.priors import PromptConditioner
+    from dwgf.priors.stable_diffusion import CLIPEncoding
 
     folder = make_images(tmp_path / "p", count=3, sizes=((32, 32),))
     (folder / "prompts.csv").write_text("name,prompt\nimg0,a cat\nimg1,a dog\nimg2,a cat\n")
     encoded = []
-    load = StableDiffusionPrior._text_encoders
-    encode = StableDiffusionPrior._encode_text
+    load = PromptConditioner.text_encoders
+    encode = CLIPEncoding.encode
 
     def count_loads(self):
         encoded.append("load")
@@ -246,8 +247,8 @@ def test_each_distinct_prompt_is_encoded_once_per_run(layouts, tmp_path, monkeyp
         encoded.append(tuple(texts))
         return encode(self, encoders, texts, max_length)
 
-    monkeypatch.setattr(StableDiffusionPrior, "_text_encoders", count_loads)
-    monkeypatch.setattr(StableDiffusionPrior, "_encode_text", count_texts)
+    monkeypatch.setattr(PromptConditioner, "text_encoders", count_loads)
+    monkeypatch.setattr(CLIPEncoding, "encode", count_texts)
     run("predict", "--config", ROOT / "configs/sd15/box_inpaint.yaml", "--model.prior.pretrained", layouts["sd15"],
         "--model.num_steps", 2, "--model.num_particles", 1, "--model.prior.guidance_scale", 2, "--data.images", folder,
         "--output", tmp_path / "o", "--trainer.logger", "false")

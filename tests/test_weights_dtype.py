@@ -25,7 +25,7 @@ def folders(tmp_path_factory, sd_path, ldm_path):
 def test_every_family_loads_and_solves_in_a_low_precision(folders, family, dtype):
     prior = load_prior(str(folders[family]), torch_dtype=dtype)
     wanted = getattr(torch, dtype)
-    network = prior._modules.get("unet") or prior._modules.get("transformer")
+    network = prior.denoiser.network
     assert {p.dtype for p in network.parameters()} == {wanted}
     assert {p.dtype for p in prior.vae.parameters()} == {wanted}
     assert prior.denoiser_dtype == wanted and prior.autoencoder_dtype == wanted

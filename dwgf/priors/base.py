@@ -108,7 +108,7 @@ class LatentPrior(nn.Module):
         Compilation happens at the first calls, which are slow (seconds to minutes); it pays on
         long runs. Parameter names and results are unchanged (to float rounding).
         """
-        decoders = [getattr(self._modules.get(name), "decoder", None) for name in ("vae", "flow_vae")]
+        decoders = [getattr(getattr(self, name, None), "decoder", None) for name in ("vae", "flow_vae")]
         for module in (getattr(self, "unet", None), getattr(self, "transformer", None), *decoders):
             if isinstance(module, nn.Module):
                 module.compile(**kwargs)
@@ -173,7 +173,7 @@ class LatentPrior(nn.Module):
         SDXL's VAE overflows in float16)."""
         if dtype != torch.float16:
             return True
-        vae = self._modules.get("vae")
+        vae = getattr(self, "vae", None)
         return not bool(getattr(getattr(vae, "config", None), "force_upcast", False))
 
     @contextlib.contextmanager
