@@ -17,7 +17,7 @@ Langevin* both (MNIST only). Everything else is plain DWGF's.
 
 ``posterior`` uses the bed of ``benchmarks/posterior.py`` (same problems, same yardsticks, 200
 iterations): plain DWGF at the setting ``posterior.py`` tuned for each ``(d, d_y)`` (read from
-``benchmarks/results/posterior.md``), and each variant on top of it, its grid tuned on
+``benchmarks/results/posterior.json``), and each variant on top of it, its grid tuned on
 ``--tune-problems`` problems of other seeds by sliced Wasserstein distance, at ``N`` = each of
 ``--ns`` particles per measurement (1000 samples in all, as ``posterior.py``). Besides SW and mode
 coverage it reports *5% modes*: the share of the posterior's components of weight >= 5% that are
@@ -261,11 +261,12 @@ def bed_variants() -> dict[str, dict[str, list]]:
     }
 
 
-def plain_settings(path: Path = RESULTS / "posterior.md") -> dict[tuple[int, int], tuple[float, float]]:
-    """DWGF's ``(weight, lr)`` per ``(d, d_y)`` as ``posterior.py`` tuned them (its table of settings)."""
+def plain_settings(path: Path = RESULTS / "posterior.json") -> dict[tuple[int, int], tuple[float, float]]:
+    """DWGF's ``(weight, lr)`` per ``(d, d_y)`` as ``posterior.py`` tuned them (``posterior.json``'s settings)."""
     out = {}
-    for m in re.finditer(r"^\| (\d+) \| (\d+) \| w=([\d.]+),lr=([\d.]+) \|", path.read_text(), flags=re.M):
-        out[(int(m[1]), int(m[2]))] = (float(m[3]), float(m[4]))
+    for cell in load_json(path).get("settings", []):
+        m = re.fullmatch(r"w=([\d.]+),lr=([\d.]+)", cell["DWGF"])
+        out[(int(cell["d"]), int(cell["dy"]))] = (float(m[1]), float(m[2]))
     if not out:
         raise SystemExit(f"diverse.py: no DWGF settings in {path}: run `python benchmarks/posterior.py` first")
     return out

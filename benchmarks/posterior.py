@@ -60,7 +60,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/posterior.py``: the 
 
 import torch
 
-from benchmarks.harness import RESULTS
+from benchmarks.harness import RESULTS, load_json, save_json
 
 STEPS = 200  # iterations / DDIM steps of every method
 SCHEDULE = "linear"  # the bed's DDPM schedule (see the docstring and the prior check)
@@ -200,7 +200,7 @@ def exact_samples(prob: Problem, count: int, seed: int) -> torch.Tensor:
 
 
 # -- the benchmark -------------------------------------------------------------------------------
-def prior_check(dims: list[int], count: int = 500) -> list[str]:
+def prior_check(dims: list[int], count: int = 500) -> list[dict]:
     """DDIM sampling of the prior on each schedule against exact prior samples: can the bed be reached from N(0, I)?"""
     from dwgf.priors import GaussianMixturePrior
     from dwgf.sampling import ddim_sample
@@ -213,8 +213,8 @@ def prior_check(dims: list[int], count: int = 500) -> list[str]:
         for schedule in ("scaled_linear", "linear"):
             prior = GaussianMixturePrior(mix, latent_shape=(d, 1, 1), schedule=schedule)
             x = ddim_sample(prior, count, num_steps=STEPS, eta=1.0, generator=torch.Generator().manual_seed(0)).reshape(count, d).double()
-            rows.append(f"| {d} | {schedule} | {float(prior.alphas_cumprod[-1]):.2g} | {sliced_wasserstein(x, exact, dirs):.3f} | "
-                        f"{floor:.3f} | {coverage(x, mix):.3f} |")
+            rows.append({"d": d, "schedule": schedule, "abar_999": f"{float(prior.alphas_cumprod[-1]):.2g}",
+                         "sw": f"{sliced_wasserstein(x, exact, dirs):.3f}", "floor": f"{floor:.3f}", "coverage": f"{coverage(x, mix):.3f}"})
             print("PRIOR", rows[-1], flush=True)
     return rows
 
@@ -367,31 +367,52 @@ def main(argv: list[str] | None = None) -> None:
     for d in args.dims:
         for dy in args.dys:
             chosen = tune(d, dy, args.tune_problems, args.tune_samples)
-            settings.append(f"| {d} | {dy} | " + " | ".join(chosen[m] for m in METHODS if m != "DWGF N=1") + " |")
+            settings.append({"d": d, "dy": dy, **{m: chosen[m] for m in METHODS if m != "DWGF N=1"}})
             rows = run(d, dy, args.problems, args.samples, chosen, plot_data)
             for method, vals in rows.items():
-                table.append(f"| {d} | {dy} | {method} | {stats([v['sw'] for v in vals])} | {stats([v['coverage'] for v in vals])} | "
-                             f"{stats([v['mean_error'] for v in vals])} | {stats([v['seconds'] for v in vals]) if method != 'exact' else '-'} |")
+                table.append({"d": d, "dy": dy, "method": method, "sw": stats([v["sw"] for v in vals]),
+                              "coverage": stats([v["coverage"] for v in vals]), "mean_error": stats([v["mean_error"] for v in vals]),
+                              "seconds": stats([v["seconds"] for v in vals]) if method != "exact" else "-"})
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pictures = plot(plot_data, output.parent)
+    data = {"command": command, "date": str(datetime.date.today()), "seconds": round(time.perf_counter() - start),
+            "threads": torch.get_num_threads(), "problems": args.problems, "samples": args.samples, "steps": STEPS,
+            "schedule": SCHEDULE, "checks": checks, "rows": table, "settings": settings, "plots": [p.name for p in pictures]}
+    save_json(output.with_suffix(".json"), data)  # what other scripts read (diverse.py, sampler.py), never the Markdown
+    write_markdown(output)
+
+
+def write_markdown(output: Path = RESULTS / "posterior.md") -> None:
+    """``posterior.md`` from ``posterior.json`` and, when ``sampler.py rows`` has run, ``sampler_rows.json``
+    (the DWGF sampler's row in each cell and its settings)."""
+    data = load_json(output.with_suffix(".json"))
+    sampler = load_json(output.parent / "sampler_rows.json")
+    extra = {(r["d"], r["dy"]): r for r in sampler.get("rows", [])}
+    table = []
+    for i, row in enumerate(data["rows"]):
+        table.append(_row(row))
+        last_of_cell = i + 1 == len(data["rows"]) or (data["rows"][i + 1]["d"], data["rows"][i + 1]["dy"]) != (row["d"], row["dy"])
+        if last_of_cell and (row["d"], row["dy"]) in extra:
+            table.append(_row(extra[(row["d"], row["dy"])]))
+    methods = [m for m in METHODS if m != "DWGF N=1"]
     lines = [
         "# Is it a posterior? Methods against exact posterior samples (Gaussian-mixture priors)",
         "",
-        f"Produced by `{command}` on {datetime.date.today()} ({time.perf_counter() - start:.0f} s on this machine's "
-        f"{torch.get_num_threads()} CPU threads); the setting and the measures are in the script's docstring.",
-        f"Each cell: mean ± standard deviation over {args.problems} problems; {args.samples} samples per method and problem; "
-        f"{STEPS} iterations or DDIM steps per method.",
+        f"Produced by `{data['command']}` on {data['date']} ({data['seconds']} s on this machine's "
+        f"{data['threads']} CPU threads); the setting and the measures are in the script's docstring.",
+        f"Each cell: mean ± standard deviation over {data['problems']} problems; {data['samples']} samples per method and problem; "
+        f"{data['steps']} iterations or DDIM steps per method.",
         "",
         "## The bed: can DDIM reach the prior from N(0, I)?",
         "",
-        f"DDIM ({STEPS} steps, eta 1) samples of the prior on each schedule against as many exact prior samples (500).",
+        f"DDIM ({data['steps']} steps, eta 1) samples of the prior on each schedule against as many exact prior samples (500).",
         "",
         "| d | schedule | abar_999 | sliced W1 | exact floor | mode coverage |",
         "|---|---|---|---|---|---|",
-        *checks,
+        *(f"| {c['d']} | {c['schedule']} | {c['abar_999']} | {c['sw']} | {c['floor']} | {c['coverage']} |" for c in data["checks"]),
         "",
-        f"The methods below run on the `{SCHEDULE}` schedule.",
+        f"The methods below run on the `{data['schedule']}` schedule.",
         "",
         "## Methods against the exact posterior",
         "",
@@ -401,15 +422,24 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Tuned settings (lowest SW on other seeds; DWGF N=1 uses DWGF's):",
         "",
-        "| d | d_y | " + " | ".join(m for m in METHODS if m != "DWGF N=1") + " |",
-        "|---|---|" + "---|" * (len(METHODS) - 1),
-        *settings,
-        "",
-        "Plots (d_y = 1, first problem): " + ", ".join(f"[{p.name}]({p.name})" for p in pictures),
+        "| d | d_y | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+        *(f"| {c['d']} | {c['dy']} | " + " | ".join(c[m] for m in methods) + " |" for c in data["settings"]),
         "",
     ]
+    if sampler:
+        lines += [f"DWGF sampler's settings (rows added by `{sampler['command']}` on {sampler['date']}: "
+                  "`configs/mnist/*_posterior.yaml`'s recipe, its annealing tuned as above):", "",
+                  "| d | d_y | DWGF sampler |", "|---|---|---|", *(f"| {r['d']} | {r['dy']} | {r['setting']} |" for r in sampler["rows"]), ""]
+    lines += ["Plots (d_y = 1, first problem): " + ", ".join(f"[{name}]({name})" for name in data["plots"]), ""]
+    if data.get("reading"):  # the written reading of the tables, kept with them (a new run leaves it out until rewritten)
+        lines += [data["reading"], ""]
     output.write_text("\n".join(lines))
     print(f"wrote {output}")
+
+
+def _row(r: dict) -> str:
+    return f"| {r['d']} | {r['dy']} | {r['method']} | {r['sw']} | {r['coverage']} | {r['mean_error']} | {r['seconds']} |"
 
 
 if __name__ == "__main__":

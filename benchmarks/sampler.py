@@ -1,7 +1,7 @@
 """Does DWGF sample the posterior once it has a likelihood and a sampling step? Each ingredient alone, then together.
 
     python benchmarks/sampler.py bed   [--dims 80 800] [--dys 1 2 4]   # the ingredients on the exact-posterior bed
-    python benchmarks/sampler.py rows  [--dims 8 80 800]                # the "DWGF sampler" rows of posterior.md
+    python benchmarks/sampler.py rows  [--dims 8 80 800]                # the "DWGF sampler" rows (sampler_rows.json, into posterior.md)
     python benchmarks/sampler.py mnist [--tasks box_inpaint sr4]        # the sampler configs on the 100 report digits
     python benchmarks/sampler.py picture                                # particles: the sampler beside plain DWGF
 
@@ -20,11 +20,12 @@ error, ``KLPrior`` at the setting ``posterior.py`` tuned per ``(d, d_y)``):
 Each variant's small grid is tuned by SW on ``--tune-problems`` problems of other seeds, as
 ``posterior.py`` tunes. Writes ``benchmarks/results/sampler_posterior.md``. ``rows`` runs the *DWGF
 sampler* alone at every ``(d, d_y)`` of ``posterior.py`` and puts its rows into
-``benchmarks/results/posterior.md`` (its other rows are kept).
+``benchmarks/results/posterior.md`` (through ``sampler_rows.json``: the table is written again from
+``posterior.json`` and it, its other rows kept; no script reads another's Markdown).
 
 ``mnist`` runs ``configs/mnist/<task>_posterior.yaml`` on the 100 report digits (the harness of
 ``quality.py``; cached in ``benchmarks/results/sampler_runs.json``) and writes
-``benchmarks/results/sampler_mnist.md`` beside plain DWGF's N = 8 rows of ``diverse_mnist.md``.
+``benchmarks/results/sampler_mnist.md`` beside plain DWGF's N = 8 report runs (``diverse.py``'s run cache).
 
 ``picture`` runs plain DWGF (the task config at N = 8) and the sampler config on the same six report
 digits (``diverse.py``'s: plain DWGF's worst in each of the classes 4, 9, 3, 8, 1, 7), copied into one
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import shlex
 import sys
 import time
@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/sampler.py``: the re
 
 import torch
 
-from benchmarks.harness import RESULTS, ROOT, UNCERTAINTY, RunCache, RunKey, load_json, prior_id, run
+from benchmarks.harness import RESULTS, ROOT, UNCERTAINTY, RunCache, RunKey, load_json, prior_id, run, save_json
 
 CACHE = RunCache(RESULTS / "sampler_runs.json")
 MNIST_TASKS = ["box_inpaint", "sr4"]
@@ -160,41 +160,26 @@ def bed_study(args, command: str) -> None:
 
 
 def posterior_rows(args, command: str) -> None:
-    """The DWGF sampler's rows (and its settings) put into posterior.md, every other row kept."""
-    from benchmarks.posterior import stats
+    """The DWGF sampler's row of each cell and its settings, into ``sampler_rows.json``; ``posterior.md`` is then
+    written again from ``posterior.json`` and it (:func:`benchmarks.posterior.write_markdown`), every other row kept."""
+    from benchmarks.posterior import stats, write_markdown
 
-    path = RESULTS / "posterior.md"
-    text = path.read_text()
-    settings = []
+    if not (RESULTS / "posterior.json").is_file():
+        raise SystemExit("sampler.py: no benchmarks/results/posterior.json: run `python benchmarks/posterior.py` first")
+    cells = {(r["d"], r["dy"]) for r in load_json(RESULTS / "posterior.json")["rows"]}
+    saved = {(r["d"], r["dy"]): r for r in load_json(RESULTS / "sampler_rows.json").get("rows", [])}
     for d in args.dims:
         for dy in args.dys:
+            if (d, dy) not in cells:
+                raise SystemExit(f"sampler.py: posterior.json has no rows for d = {d}, d_y = {dy}: run `python benchmarks/posterior.py` first")
             label, rows = tune_and_run(d, dy, {"DWGF sampler": SAMPLER_GRID}, args.tune_problems, args.samples, args.problems,
                                        args.tune_samples)["DWGF sampler"]
-            row = (f"| {d} | {dy} | DWGF sampler | {stats([r['sw'] for r in rows])} | {stats([r['coverage'] for r in rows])} | "
-                   f"{stats([r['mean_error'] for r in rows])} | {stats([r['seconds'] for r in rows])} |")
-            text = merge_row(text, d, dy, row)
-            settings.append(f"| {d} | {dy} | {label} |")
-    path.write_text(merge_settings(text, settings, command))
-    print(f"wrote {path}")
-
-
-def merge_row(text: str, d: int, dy: int, row: str) -> str:
-    """``text`` (posterior.md) with the DWGF sampler's row of ``(d, d_y)`` after that cell's last method row (replacing an old one)."""
-    text = re.sub(rf"^\| {d} \| {dy} \| DWGF sampler \|.*\n", "", text, flags=re.M)
-    end = text.find("\nTuned settings")  # the methods' table only, not the settings' (whose rows start alike)
-    cell = list(re.finditer(rf"^\| {d} \| {dy} \| [^|]+\|.*\n", text[: end if end >= 0 else len(text)], flags=re.M))
-    if not cell:
-        raise SystemExit(f"sampler.py: posterior.md has no rows for d = {d}, d_y = {dy}: run `python benchmarks/posterior.py` first")
-    return text[: cell[-1].end()] + row + "\n" + text[cell[-1].end():]
-
-
-def merge_settings(text: str, settings: list[str], command: str) -> str:
-    """``text`` with the table of the sampler's settings before the plots' line (replacing an old one)."""
-    text = re.sub(r"\nDWGF sampler's settings[^\n]*\n\n(\|[^\n]*\n)+", "", text)
-    block = (f"\nDWGF sampler's settings (rows added by `{command}` on {datetime.date.today()}: "
-             "`configs/mnist/*_posterior.yaml`'s recipe, its annealing tuned as above):\n\n| d | d_y | DWGF sampler |\n|---|---|---|\n"
-             + "\n".join(settings) + "\n")
-    return text.replace("\nPlots (d_y = 1", block + "\nPlots (d_y = 1", 1)
+            saved[(d, dy)] = {"d": d, "dy": dy, "method": "DWGF sampler", "sw": stats([r["sw"] for r in rows]),
+                              "coverage": stats([r["coverage"] for r in rows]), "mean_error": stats([r["mean_error"] for r in rows]),
+                              "seconds": stats([r["seconds"] for r in rows]), "setting": label}
+    save_json(RESULTS / "sampler_rows.json", {"command": command, "date": str(datetime.date.today()),
+                                                "rows": [saved[k] for k in sorted(saved)]})
+    write_markdown(RESULTS / "posterior.md")
 
 
 # -- MNIST ---------------------------------------------------------------------------------------
@@ -203,7 +188,7 @@ def mnist(args, command: str) -> None:
     plain = {(m["task"], m["method"]): m for m in plain_rows()}
     for task in args.tasks:
         if (task, "DWGF") not in plain:
-            raise SystemExit(f"sampler.py: no plain DWGF row for {task} in diverse_mnist.md")
+            raise SystemExit(f"sampler.py: no plain DWGF report run for {task}: run `python benchmarks/diverse.py run --tasks {task}` first")
         config = ROOT / "configs" / "mnist" / f"{task}_posterior.yaml"
         key = RunKey("run", "report100", "DWGF sampler", task, "config")
         result = CACHE.get(key)
@@ -242,12 +227,17 @@ def mnist(args, command: str) -> None:
 
 
 def plain_rows() -> list[dict]:
-    """Plain DWGF's N = 8 rows of ``diverse_mnist.md``."""
+    """Plain DWGF's N = 8 report runs (``diverse.py run``), from its run cache (``diverse_runs.json``), as the table shows them."""
+    from benchmarks.diverse import CACHE as DIVERSE, MNIST_TASKS as DIVERSE_TASKS
+
     out = []
-    for line in (RESULTS / "diverse_mnist.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 11 and cells[1] == "DWGF" and cells[2] == "config":
-            out.append(dict(zip(["task", "method", "setting", "mean", "particle", "vs", "spread", "crps", "cov90", "s", "date"], cells)))
+    for task in DIVERSE_TASKS:
+        r = DIVERSE.get(RunKey("diverse-run", "report100", "DWGF", task, "config"))
+        if r is None or any(k not in r for k in UNCERTAINTY):
+            continue
+        out.append({"task": task, "method": "DWGF", "setting": "config", "mean": f"{r['psnr_mean']:.2f}", "particle": f"{r['psnr']:.2f}",
+                    "spread": f"{r['spread']:.4f}", "crps": f"{r['crps']:.4f}", "cov90": f"{r['coverage90']:.4f}",
+                    "s": f"{r['seconds']:.2f}", "date": r["date"]})
     return out
 
 

@@ -93,7 +93,7 @@ def test_diverse_choice_follows_the_issues_order():
     assert choose({"c": results["c"], "d": {"psnr_mean": 24.5, "crps": 0.5}}, plain) == "d"
 
 
-def test_the_bed_reads_plain_dwgf_settings_from_posterior_md():
+def test_the_bed_reads_plain_dwgf_settings_from_posterior_json():
     from benchmarks.diverse import plain_settings
 
     settings = plain_settings()
@@ -141,20 +141,68 @@ def test_flow_speed_family_section_keeps_other_rows_and_the_rest_of_the_file(tmp
     assert text.count("`python benchmarks/flow_speed.py --family sd15:512:1") == 2  # both commands stay
 
 
-def test_sampler_rows_go_into_posterior_md_once_and_keep_the_others():
-    from benchmarks.sampler import merge_row, merge_settings
+def test_posterior_md_is_written_from_json_with_the_samplers_rows_in_their_cells(tmp_path):
+    """posterior.md is rendered from posterior.json and sampler_rows.json (no script edits another's Markdown): the
+    sampler's row goes last in its cell, its settings in their own table; rendering twice gives the same file; the
+    committed table is what its JSON renders."""
+    from benchmarks.harness import RESULTS, save_json
+    from benchmarks.posterior import METHODS, write_markdown
 
-    text = ("| d | d_y | method | sw |\n|---|---|---|---|\n| 8 | 1 | exact | 0.1 |\n| 8 | 1 | PSLD | 0.7 |\n| 8 | 2 | exact | 0.2 |\n"
-            "| 8 | 2 | PSLD | 0.9 |\n\nTuned settings:\n\n| 8 | 1 | w |\n\nPlots (d_y = 1, first problem): x\n")
-    once = merge_settings(merge_row(text, 8, 1, "| 8 | 1 | DWGF sampler | 0.5 |"), ["| 8 | 1 | anneal=1.0 |"], "cmd")
-    twice = merge_settings(merge_row(once, 8, 1, "| 8 | 1 | DWGF sampler | 0.4 |"), ["| 8 | 1 | anneal=10.0 |"], "cmd")
-    lines = twice.splitlines()
-    assert lines[2:6] == ["| 8 | 1 | exact | 0.1 |", "| 8 | 1 | PSLD | 0.7 |", "| 8 | 1 | DWGF sampler | 0.4 |", "| 8 | 2 | exact | 0.2 |"]
-    assert twice.count("DWGF sampler |") == 2 and twice.count("DWGF sampler's settings") == 1 and "anneal=1.0 " not in twice
-    assert twice.index("anneal=10.0") < twice.index("Plots (d_y = 1")
-    assert merge_settings(twice, ["| 8 | 1 | anneal=10.0 |"], "cmd") == twice  # a re-run changes nothing
-    with pytest.raises(SystemExit, match="no rows for d = 80"):
-        merge_row(text, 80, 1, "| 80 | 1 | DWGF sampler | 1 |")
+    methods = [m for m in METHODS if m != "DWGF N=1"]
+    row = lambda d, dy, m, sw: {"d": d, "dy": dy, "method": m, "sw": sw, "coverage": "1", "mean_error": "0", "seconds": "-"}  # noqa: E731
+    save_json(tmp_path / "posterior.json", {
+        "command": "cmd", "date": "today", "seconds": 1, "threads": 2, "problems": 3, "samples": 10, "steps": 5, "schedule": "linear",
+        "checks": [{"d": 8, "schedule": "linear", "abar_999": "0", "sw": "1", "floor": "1", "coverage": "1"}],
+        "rows": [row(8, 1, "exact", "0.1"), row(8, 1, "PSLD", "0.7"), row(8, 2, "exact", "0.2"), row(8, 2, "PSLD", "0.9")],
+        "settings": [{"d": 8, "dy": 1, **{m: "w" for m in methods}}], "plots": ["a.png"]})
+    out = tmp_path / "posterior.md"
+    write_markdown(out)
+    assert "DWGF sampler" not in out.read_text()
+    sampler_row = {**row(8, 1, "DWGF sampler", "0.4"), "setting": "anneal=10.0"}
+    save_json(tmp_path / "sampler_rows.json", {"command": "rows", "date": "today", "rows": [sampler_row]})
+    write_markdown(out)
+    text = out.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| 8 | ")]
+    assert [line.split(" | ")[2] for line in lines[1:6]] == ["exact", "PSLD", "DWGF sampler", "exact", "PSLD"]
+    assert text.count("DWGF sampler's settings") == 1 and "| 8 | 1 | anneal=10.0 |" in text
+    assert text.index("anneal=10.0") < text.index("Plots (d_y = 1")
+    write_markdown(out)
+    assert out.read_text() == text
+    committed = (RESULTS / "posterior.md").read_text()
+    import shutil
+
+    (tmp_path / "c").mkdir()
+    for name in ("posterior.json", "sampler_rows.json"):
+        shutil.copy(RESULTS / name, tmp_path / "c" / name)
+    write_markdown(tmp_path / "c" / "posterior.md")
+    assert (tmp_path / "c" / "posterior.md").read_text() == committed
+
+
+def test_what_one_benchmark_reads_of_another_is_json(tmp_path, monkeypatch):
+    """The readers of other scripts' results (diverse.py's plain settings, sampler.py's plain rows, posterior.md's
+    rendering) open no Markdown file."""
+    from pathlib import Path
+
+    from benchmarks.diverse import plain_settings
+    from benchmarks.harness import RESULTS
+    from benchmarks.posterior import write_markdown
+    from benchmarks.sampler import plain_rows
+
+    read = []
+    original = Path.read_text
+
+    def spy(self, *args, **kwargs):
+        read.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", spy)
+    assert plain_settings() and plain_rows()
+    import shutil
+
+    for name in ("posterior.json", "sampler_rows.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    write_markdown(tmp_path / "posterior.md")
+    assert read and not [name for name in read if name.endswith(".md")], read
 
 
 def test_sampler_reads_plain_dwgfs_rows_of_the_diverse_table():

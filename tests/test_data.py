@@ -1,14 +1,20 @@
 """MeasurementDataModule: folders to batches with per-item params and seeds."""
 
+import sys
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from dwgf.cli import main
 from dwgf.data import MeasurementDataModule, item_seeds, load_image
 from dwgf.errors import DWGFError
 from dwgf.operators import BoxInpainting, SuperResolution
-from dwgf.testing import make_images
 from dwgf.rendering import png_bytes
+from dwgf.testing import make_images
+from tests.runs import base
 
 
 def _dm(op, **kw):
@@ -110,3 +116,22 @@ def test_super_resolution_factor_must_divide(image_dir):
 def test_images_and_measurements_are_exclusive(image_dir):
     with pytest.raises(DWGFError, match="^MeasurementDataModule: images .* and measurements .* are both given"):
         MeasurementDataModule(BoxInpainting(size=[2, 2]), images=str(image_dir), measurements=str(image_dir))
+
+
+def test_inputs_far_from_the_prior_get_one_warning_line(ldm_path, tmp_path, capsys):
+    images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
+    rgb = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(images / "photo.png")  # a colour photograph, 8x the prior's 32 px
+    Image.fromarray(rgb[:40, :40]).save(images / "patch.png")  # colour, near the prior's size
+
+    def to_terminal(message, category, filename, lineno, file=None, line=None):  # as Python shows a warning, not as pytest records it
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = to_terminal
+        main([*base(ldm_path, tmp_path / "o"), "--data.images", str(images)])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "far from what the prior models" in ln]
+    assert lines == [f"dwgf: warning: --data.images {str(images)!r}: 2 of 4 images are far from what the prior models: 2 colour images converted "
+                     "to grayscale for the grayscale prior; 1 image at least 4x the prior's 32x32 resolution shrunk to it; "
+                     "expect poor results (is this the right prior?)"]

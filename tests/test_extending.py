@@ -28,7 +28,7 @@ def user_module(monkeypatch):
     return my_extensions
 
 
-PARTS = ("function", "operator", "regularizer", "schedule", "method")
+PARTS = ("function", "operator", "regularizer", "schedule", "method", "prior")
 
 
 def test_the_extending_page_includes_each_example_from_the_module():
@@ -125,3 +125,45 @@ def test_the_users_method_fits_the_measurement_and_leaves_the_prior_frozen(user_
     alone = solver_of(num_steps=3).solve(y[1:], {k: v[1:] for k, v in params.items()}, seeds=[1])
     both = solver_of(num_steps=3).solve(y, params, seeds=[0, 1])
     assert torch.allclose(alone[0], both[1], atol=1e-5)  # an item alone = the same item in a batch
+
+
+def _sample_prediction_folder(ldm_path, tmp_path):
+    """The tiny prior's folder relabelled as a SamplePredictionPipeline with prediction_type 'sample'."""
+    import shutil
+
+    folder = tmp_path / "x0-prior"
+    shutil.copytree(ldm_path, folder)
+    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "SamplePredictionPipeline"}))
+    sched = folder / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "sample"}))
+    return folder
+
+
+def test_a_users_prior_family_is_a_recipe_that_load_prior_and_dwgf_predict_find(user_module, ldm_path, tmp_path):
+    """The docs' worked prior family: load_prior picks it by its pipeline's name, its adapter turns a z0 prediction
+    into the flow's eps and z0 (checked against the formula), and dwgf predict runs it by class_path."""
+    from dwgf.priors import UnconditionalLatentPrior, load_prior
+
+    folder = _sample_prediction_folder(ldm_path, tmp_path)
+    prior = load_prior(str(folder))
+    assert type(prior) is user_module.SamplePredictionPrior and prior.prediction_type == "sample"
+    plain = UnconditionalLatentPrior(str(ldm_path))
+    z_t = torch.randn(2, *prior.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 800])
+    out = plain.unet(z_t, t).sample  # the same network: its output read as z0
+    abar = plain.abar(t).view(-1, 1, 1, 1)
+    eps, z0 = prior.predict(z_t, t)
+    torch.testing.assert_close(z0, out)
+    torch.testing.assert_close(eps, (z_t - abar.sqrt() * out) / (1 - abar).sqrt())
+    torch.testing.assert_close(prior.eps(z_t, t), eps)
+    with pytest.raises(Exception, match="prediction_type 'sample' is not supported"):
+        UnconditionalLatentPrior(str(folder))
+    images = _two_digits(tmp_path)
+    out_dir = tmp_path / "o"
+    main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"), "--model.prior", "my_extensions.SamplePredictionPrior",
+          "--model.prior.pretrained", str(folder), "--model.num_steps", "2", "--model.num_particles", "2", "--data.images", str(images),
+          "--output", str(out_dir), "--trainer.logger", "false"])
+    assert "my_extensions.SamplePredictionPrior" in (out_dir / "config.yaml").read_text()
+    for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
+        assert json.loads((out_dir / name / ".dwgf-item.json").read_text())["state"] == "complete"

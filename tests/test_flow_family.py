@@ -305,12 +305,10 @@ def test_a_flow_down_to_the_clean_data_is_a_clear_error(folders):
 
 def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_over_its_snr_range(capsys, monkeypatch):
     import yaml
+    from diffusers import DDPMScheduler
 
     from dwgf.cli import main
-
     from dwgf.priors import FlowMatchingSchedule
-
-    from diffusers import DDPMScheduler
 
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
     schedules = {"sd3": (FlowMatchingSchedule(shift=3.0), None, "StableDiffusion3Prior", "stabilityai/stable-diffusion-3.5-medium"),

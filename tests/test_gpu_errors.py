@@ -5,8 +5,7 @@ import torch
 
 from dwgf.cli import main, out_of_memory_message
 from dwgf.solver import DWGF, tf32_on
-
-from test_reliability import LDM_CONFIG, NAMES, item_files, predict, state
+from tests.runs import LDM_CONFIG, NAMES, item_files, predict, state
 
 
 def test_cuda_out_of_memory_is_one_line_and_keeps_finished_items(ldm_path, five_images, tmp_path, capsys, monkeypatch):

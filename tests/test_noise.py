@@ -9,8 +9,7 @@ from dwgf import DWGF, ItemNoise, item_generators
 from dwgf.flow import FlowConfig, Problem, dwgf_flow
 from dwgf.noise import generator_device
 from dwgf.operators import BoxInpainting
-from dwgf.optimizers import Langevin
-from dwgf.optimizers import Adam, LangevinNoise
+from dwgf.optimizers import Adam, Langevin, LangevinNoise
 from dwgf.regularizers import EncoderConsistency, KLPrior
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 

@@ -8,12 +8,12 @@ import dwgf.operators
 from dwgf.errors import DWGFError
 from dwgf.likelihoods import MeanSquaredError
 from dwgf.operators import (
-    ForwardOperator,
+    JPEG,
     BoxInpainting,
     Denoising,
+    ForwardOperator,
     FunctionOperator,
     GaussianBlur,
-    JPEG,
     MatrixOperator,
     MotionBlur,
     PhaseRetrieval,

@@ -1,13 +1,21 @@
 """Loading diffusers priors offline, and what a prior computes."""
 
+import json
+import os
 import shutil
+import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from dwgf.errors import DWGFError
 from dwgf.priors import StableDiffusionPrior, UnconditionalLatentPrior, load_prior
-from dwgf.testing import make_tiny_sd_prior, make_tiny_unconditional_prior
+from dwgf.testing import make_images, make_tiny_sd_prior, make_tiny_unconditional_prior
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sd_prior_loads_frozen_with_null_prompt(sd_prior):
@@ -130,3 +138,60 @@ def test_a_prior_from_modules_computes_what_the_loaded_one_does(sd_prior):
     assert torch.equal(same.decode(z), sd_prior.decode(z))
     x = torch.rand(1, 3, sd_prior.image_size, sd_prior.image_size) * 2 - 1
     assert torch.equal(same.encode(x), sd_prior.encode(x))
+
+
+def test_weights_are_loaded_safely():
+    """No pickle loading and no remote code anywhere in the package."""
+    for path in (ROOT / "dwgf").rglob("*.py"):
+        text = path.read_text()
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, (path, line)
+        assert "trust_remote_code=True" not in text, path
+    text = (ROOT / "dwgf/priors/folders.py").read_text()  # every diffusers component is loaded there
+    assert "use_safetensors=True" in text
+
+
+def test_a_tokenizer_that_asks_for_remote_code_is_refused_without_a_prompt(tmp_path):
+    """Under a terminal (where transformers would ask "Do you wish to run the custom code? [y/N]")."""
+    import pty
+    import select
+
+    from dwgf.testing import make_tiny_sd_prior
+
+    prior = make_tiny_sd_prior(tmp_path / "sd")
+    config = prior / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(config.read_text())
+    cfg.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    config.write_text(json.dumps(cfg))
+    marker = tmp_path / "EVIL_RAN"
+    (prior / "tokenizer" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import CLIPTokenizer\n"
+                                                 "class EvilTokenizer(CLIPTokenizer):\n    pass\n")
+    sd = ROOT / "configs/sd21/ffhq_box_inpaint.yaml"
+    args = [sys.executable, "-m", "dwgf", "predict", "--config", str(sd), "--model.prior.pretrained", str(prior),
+            "--data.images", str(make_images(tmp_path / "in", count=1)), "--output", str(tmp_path / "o")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: dwgf under a pseudo-terminal
+        os.chdir(ROOT)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.execv(sys.executable, args)
+    text, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline and b"[y/N]" not in text:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk
+    prompted = b"[y/N]" in text
+    if prompted:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert not prompted, text.decode(errors="replace")[-500:]
+    assert os.waitstatus_to_exitcode(status) == 2
+    last = text.decode(errors="replace").strip().splitlines()[-1]
+    assert last.startswith(f"dwgf: error: --model.prior.pretrained {str(prior)!r}: could not load tokenizer/") and "custom code" in last
+    assert not marker.exists()

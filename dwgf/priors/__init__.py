@@ -13,7 +13,7 @@ from dwgf.priors.components import (
     VPredictionAdapter,
 )
 from dwgf.priors.conditioning import PromptConditioner, TextEncoding
-from dwgf.priors.diffusers_priors import Denoiser, DiffusersLatentPrior, UnconditionalLatentPrior
+from dwgf.priors.diffusers_priors import Denoiser, DiffusersLatentPrior, UnconditionalLatentPrior, ddpm_shapes, unet_call
 from dwgf.priors.folders import Folder, resolve_pretrained, shipped_priors
 from dwgf.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionXLPrior
 from dwgf.priors.flow_matching import FluxPrior, StableDiffusion3Prior
@@ -38,6 +38,8 @@ __all__ = [
     "PromptConditioner",
     "TextEncoding",
     "Folder",
+    "ddpm_shapes",
+    "unet_call",
     "UnconditionalLatentPrior",
     "load_prior",
     "prior_class_of",

@@ -168,8 +168,8 @@ class Folder:
             raise self.error(": the folder lacks the scheduler component (expected scheduler/scheduler_config.json)")
         return self.read("scheduler/scheduler_config.json")
 
-    def ddpm_schedule(self) -> tuple[DDPMSchedule, str]:
-        """The DDPM noise schedule of ``scheduler/`` and the network's ``prediction_type`` (epsilon or v_prediction)."""
+    def ddpm_schedule(self, predictions: tuple[str, ...] = ("epsilon", "v_prediction")) -> tuple[DDPMSchedule, str]:
+        """The DDPM noise schedule of ``scheduler/`` and the network's ``prediction_type`` (one of ``predictions``)."""
         from diffusers import DDPMScheduler
 
         cfg = self._scheduler_config()
@@ -181,8 +181,8 @@ class Folder:
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise self.error(f": scheduler/scheduler_config.json does not describe a noise schedule dwgf can build ({values}: {reason})") from None
         prediction = cfg.get("prediction_type", "epsilon")
-        if prediction not in ("epsilon", "v_prediction"):
-            raise self.error(f": prediction_type {prediction!r} is not supported (epsilon or v_prediction)")
+        if prediction not in predictions:
+            raise self.error(f": prediction_type {prediction!r} is not supported ({' or '.join(predictions)})")
         return DDPMSchedule(sched.alphas_cumprod), prediction
 
     def flow_schedule(self) -> FlowMatchingSchedule:

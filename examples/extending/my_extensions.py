@@ -1,4 +1,4 @@
-"""A user's own regularizer, forward operator, step-size schedule and method for dwgf.
+"""A user's own regularizer, forward operator, step-size schedule, method and prior family for dwgf.
 
 Nothing here is part of dwgf: the classes and functions live in this module and ``dwgf predict``
 finds them by ``class_path`` and by name (see ``scanlines.yaml`` and ``latent_map.yaml`` next to this file). From the repository root::
@@ -20,6 +20,7 @@ import torch
 
 from dwgf.errors import DWGFError
 from dwgf.operators import ForwardOperator
+from dwgf.priors import Denoiser, DenoiserAdapter, DiffusersLatentPrior, Folder, ddpm_shapes, unet_call
 from dwgf.problem import SamplerState, first_failures
 from dwgf.regularizers import Regularizer
 from dwgf.schedules import StepSizeSchedule
@@ -145,3 +146,38 @@ def latent_map(prior, problem, draw, *, callback=None, **settings):
         x = prior.decode(z)
     return x.view(b, n, *x.shape[1:]), failed_at
 # --8<-- [end:method]
+
+
+# --8<-- [start:prior]
+class SampleAdapter(DenoiserAdapter):
+    """A network that predicts the clean latent ``z0`` (diffusers' ``prediction_type: sample``), in the flow's
+    terms: ``eps_hat = (z_t - sqrt(abar) z0_hat) / sqrt(1 - abar)``."""
+
+    prediction_type = "sample"
+
+    def eps(self, prior, z_t, t, latent, out):
+        abar = prior.abar(t, z_t).view(-1, *([1] * (z_t.dim() - 1)))
+        return (z_t - abar.sqrt() * out) / (1 - abar).sqrt()
+
+    def predict(self, prior, z_t, t, latent, out):
+        return self.eps(prior, z_t, t, latent, out), out
+
+
+class SamplePredictionPrior(DiffusersLatentPrior):
+    """A prior family of one's own: an unconditional UNet2DModel trained to predict ``z0``, read from a diffusers
+    folder whose ``model_index.json`` names the pipeline ``SamplePredictionPipeline`` (``load_prior`` then picks
+    this class). The recipe reads the parts; the rest (the flow's time and coordinates, precision, the
+    flow decoder, shapes) is the composed prior's."""
+
+    pipelines = ("SamplePredictionPipeline",)
+
+    def __init__(self, pretrained: str, channels_last: bool = True):
+        from diffusers import UNet2DModel
+
+        folder = Folder(pretrained, type(self).__name__)
+        autoencoder = folder.autoencoder()
+        schedule, _ = folder.ddpm_schedule(predictions=("sample",))
+        unet = folder.load(UNet2DModel, "unet")
+        super().__init__(autoencoder, Denoiser(unet, unet_call), schedule, SampleAdapter(), **ddpm_shapes(unet, autoencoder),
+                         channels_last=channels_last, pretrained=pretrained)
+# --8<-- [end:prior]

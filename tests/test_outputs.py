@@ -2,12 +2,11 @@
 
 import csv
 import json
-import signal
-import time
 import os
+import signal
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,30 +16,11 @@ from PIL import Image
 
 from dwgf.cli import main
 from dwgf.outputs import ITEM_MANIFEST, item_folder_names
+from dwgf.rendering import wrap_name
 from dwgf.testing import make_images
+from tests.runs import LDM_CONFIG, NAMES, NAN_REGULARIZER, base, item_files, mtimes, one_line_error, predict, state
 
 ROOT = Path(__file__).resolve().parents[1]
-LDM_CONFIG = ROOT / "tests/conf/ldm_sr.yaml"
-NAMES = [f"img{i}" for i in range(5)]
-
-
-def predict(ldm_path, images, out, *extra):
-    main(["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.images", str(images),
-          "--output", str(out), *map(str, extra)])
-
-
-def item_files(out: Path, name: str) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / name).iterdir()) if p.name != "summary.png" and p.name != "metrics.json"}
-
-
-def state(out: Path, name: str) -> str:
-    import json
-
-    return json.loads((out / name / ITEM_MANIFEST).read_text())["state"]
-
-
-def mtimes(out: Path, name: str) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (out / name).iterdir()}
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(ldm_path, five_images, tmp_path):
@@ -132,26 +112,6 @@ def test_measurement_with_nan_and_mask_of_wrong_size_are_failed_items(ldm_path, 
     assert state(out, "good") == "complete"
 
 
-NAN_REGULARIZER = textwrap.dedent(
-    """
-    import torch
-    from dwgf.regularizers import Regularizer
-
-    class PoisonItem(Regularizer):
-        space = "latent"
-
-        def __init__(self, item: int = 1, at: int = 2):
-            self.item, self.at = item, at
-
-        def force(self, state):
-            f = torch.zeros_like(state.z)
-            if state.iteration == self.at and self.item < f.shape[0]:
-                f[self.item] = float("nan")
-            return f
-    """
-)
-
-
 def test_nonfinite_particles_stop_the_item_and_are_never_written(ldm_path, five_images, tmp_path, monkeypatch):
     (tmp_path / "poison.py").write_text(NAN_REGULARIZER)
     monkeypatch.chdir(tmp_path)
@@ -172,76 +132,14 @@ def test_nonfinite_particles_stop_the_item_and_are_never_written(ldm_path, five_
     assert item_files(out, "img0")["particle_0.png"] == item_files(ref, "img0")["particle_0.png"]  # the other items are untouched
 
 
-def one_line_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    return err[-1]
-
-
-def test_configuration_errors_are_one_line(ldm_path, five_images, tmp_path, capsys):
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--output", tmp_path / "o"]
-    assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
-        f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
-    (tmp_path / "empty").mkdir()
-    assert one_line_error(capsys, *base, "--data.images", tmp_path / "empty") == (
-        f"dwgf: error: --data.images {str(tmp_path / 'empty')!r}: no images found "
-        "(it is empty; expected .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp files)")
-    assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -0.1) == (
-        "dwgf: error: --data.operator.sigma_y must be >= 0, got -0.1")
-    assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.factor", 3) == (
-        "dwgf: error: --data.operator.factor 3 does not divide the 32x32 image size")
-    assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator", "BoxInpainting", "--data.operator.size", "[40, 8]") == (
-        "dwgf: error: BoxInpainting: the 40x8 box is larger than the 32x32 image")
-
-
 def test_no_file_outside_the_output_folder():
     for name in ("../../etc/passwd", "..", ".hidden", "a/b\\c", "", "x\x00y.png", "con:.png"):
         (cleaned,) = item_folder_names([name])
         assert "/" not in cleaned and "\\" not in cleaned and "\x00" not in cleaned and not cleaned.startswith(".") and cleaned
 
 
-def test_weights_are_loaded_safely():
-    """No pickle loading and no remote code anywhere in the package."""
-    for path in (ROOT / "dwgf").rglob("*.py"):
-        text = path.read_text()
-        for line in text.splitlines():
-            if "torch.load(" in line:
-                assert "weights_only=True" in line, (path, line)
-        assert "trust_remote_code=True" not in text, path
-    text = (ROOT / "dwgf/priors/diffusers_priors.py").read_text()
-    assert "use_safetensors=True" in text
-
-
-def test_unknown_class_and_misspelled_option_suggest_the_closest(ldm_path, five_images, tmp_path, capsys):
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
-    line = one_line_error(capsys, *base, "--data.operator", "BoxInpaint")
-    assert line.startswith("dwgf: error: --data.operator: unknown class 'BoxInpaint' (did you mean 'BoxInpainting'?)")
-    line = one_line_error(capsys, *base, "--model.regularizers", "[{class_path: KLPriorr}]")
-    assert line.startswith("dwgf: error: --model.regularizers: unknown class 'KLPriorr' (did you mean 'KLPrior'?)")
-    line = one_line_error(capsys, *base, "--model.num_stepz", 3)
-    assert line.startswith("dwgf: error: --model.num_stepz: DWGF has no option 'num_stepz' (did you mean 'num_steps'?)")
-    line = one_line_error(capsys, *base, "--data.operator.factr", 2)
-    assert line.startswith("dwgf: error: --data.operator.factr: SuperResolution has no option 'factr' (did you mean 'factor'?)")
-    line = one_line_error(capsys, *base, "--outptu", "x")
-    assert line == "dwgf: error: unrecognized option --outptu (did you mean '--output'?); dwgf predict --help lists the options"
-    line = one_line_error(capsys, *base, "--model.num_steps", "abc")
-    assert line == "dwgf: error: --model.num_steps: Expected a <class 'int'>. Got value: abc"
-
-
-def test_data_problems_are_found_before_the_prior_is_loaded(five_images, tmp_path, capsys):
-    """The prior path does not exist, yet the data and operator errors come first."""
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", tmp_path / "no-prior", "--output", tmp_path / "o"]
-    assert one_line_error(capsys, *base, "--data.images", five_images, "--data.operator.sigma_y", -1) == (
-        "dwgf: error: --data.operator.sigma_y must be >= 0, got -1.0")
-    assert one_line_error(capsys, *base, "--data.images", tmp_path / "nowhere") == (
-        f"dwgf: error: --data.images {str(tmp_path / 'nowhere')!r}: no such folder")
-    assert "no-prior" in one_line_error(capsys, *base, "--data.images", five_images)
-
-
 # -- issue 14: one test per numbered case ------------------------------------------------------------
-def test_case1_a_failed_item_never_deletes_or_follows_what_dwgf_did_not_write(ldm_path, tmp_path, capsys):
+def test_a_failed_item_never_deletes_or_follows_what_dwgf_did_not_write(ldm_path, tmp_path, capsys):
     images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
     (images / "report.png").write_bytes(b"not an image")
     out = tmp_path / "O"
@@ -281,7 +179,7 @@ def test_case1_a_failed_item_never_deletes_or_follows_what_dwgf_did_not_write(ld
     assert (out3 / "img0" / "mean.png").read_bytes() == b"user's mean" and not (out3 / "img1").exists()
 
 
-def test_case2_inputs_never_share_an_output_folder(ldm_path, tmp_path):
+def test_inputs_never_share_an_output_folder(ldm_path, tmp_path):
     images = tmp_path / "in"
     images.mkdir()
     base = Image.new("L", (32, 32), 100)
@@ -307,7 +205,7 @@ def test_case2_inputs_never_share_an_output_folder(ldm_path, tmp_path):
     assert item_folder_names(["a b.png"]) == item_folder_names(["a b.png", "zzz.png"])[:1]  # stable when others are added
 
 
-def test_case4_end_of_run_files_are_assembled_when_every_item_is_complete(ldm_path, five_images, tmp_path, capsys):
+def test_end_of_run_files_are_assembled_when_every_item_is_complete(ldm_path, five_images, tmp_path, capsys):
     out = tmp_path / "o"
     predict(ldm_path, five_images, out)
     expected = {n: (out / n).read_bytes() for n in ("metrics.csv", "summary.png")}
@@ -318,7 +216,7 @@ def test_case4_end_of_run_files_are_assembled_when_every_item_is_complete(ldm_pa
     assert "0 items" not in capsys.readouterr().err
 
 
-def test_case5_overwrite_removes_the_previous_runs_files_and_a_second_run_is_locked_out(ldm_path, five_images, tmp_path, capsys):
+def test_overwrite_removes_the_previous_runs_files_and_a_second_run_is_locked_out(ldm_path, five_images, tmp_path, capsys):
     out = tmp_path / "o"
     predict(ldm_path, five_images, out, "--model.num_particles", 4)
     assert (out / "img0" / "particle_3.png").is_file()
@@ -340,7 +238,7 @@ def test_case5_overwrite_removes_the_previous_runs_files_and_a_second_run_is_loc
 
 
 @pytest.mark.slow
-def test_case5_a_second_run_is_locked_out_by_a_running_one(ldm_path, five_images, tmp_path, capsys):
+def test_a_second_run_is_locked_out_by_a_running_one(ldm_path, five_images, tmp_path, capsys):
     out = tmp_path / "o"
     # another run, paused in the middle of its first batch, holds the folder
     sentinels = tmp_path / "sentinels"
@@ -363,7 +261,7 @@ def test_case5_a_second_run_is_locked_out_by_a_running_one(ldm_path, five_images
     assert not list(out.glob("*/particle_2.png"))  # the refused run wrote nothing
 
 
-def test_case6_seeds_follow_the_item_and_resume_sees_changed_inputs(ldm_path, tmp_path):
+def test_seeds_follow_the_item_and_resume_sees_changed_inputs(ldm_path, tmp_path):
     images = make_images(tmp_path / "in", count=3, sizes=((32, 32),), mode="L")
     out = tmp_path / "out"
     predict(ldm_path, images, out, "--data.batch_size", 1)
@@ -388,7 +286,7 @@ def test_case6_seeds_follow_the_item_and_resume_sees_changed_inputs(ldm_path, tm
     assert item_files(out, "img1") == item_files(fresh2, "img1")
 
 
-def test_case7_images_of_any_bit_depth_are_rescaled_from_their_own_range(ldm_path, tmp_path):
+def test_images_of_any_bit_depth_are_rescaled_from_their_own_range(ldm_path, tmp_path):
     from dwgf.data import load_image
 
     eight = np.linspace(0, 255, 32 * 32).reshape(32, 32).round().astype(np.uint8)
@@ -414,42 +312,7 @@ def test_case7_images_of_any_bit_depth_are_rescaled_from_their_own_range(ldm_pat
     assert (outs["f32"] / "img" / "ground_truth.png").read_bytes() == truth
 
 
-def test_case8_user_errors_are_one_line_with_exit_2(ldm_path, five_images, tmp_path, capsys):
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
-    assert one_line_error(capsys, *base, "--trainer.devices", 0) == (
-        "dwgf: error: --trainer.devices: expected a number of devices >= 1, -1 (all), a list of device indices or 'auto', got '0'")
-    assert one_line_error(capsys, *base, "--trainer.devices", -1, "--trainer.accelerator", "cpu") == (
-        "dwgf: error: --trainer.devices: -1 (all devices) is for GPUs; on the CPU give a number of processes >= 1")
-    line = one_line_error(capsys, *base, "--trainer.precision", "bogus")
-    assert line.startswith("dwgf: error: --trainer.precision: expected one of ") and "bf16-mixed" in line
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  init_args:\n    num_steps: [1,\n")
-    assert one_line_error(capsys, *base, "--config", bad) == (
-        f"dwgf: error: --config {str(bad)!r}: invalid YAML at line 4, column 1: expected the node content, but found '<stream end>'")
-    for key, value, option in (("lr", ".inf", "--model.step_size.lr"), ("decoder_noise", ".nan", "--model.decoder_noise")):
-        cfg = tmp_path / f"{key}.yaml"
-        nested = f"    step_size:\n      init_args:\n        lr: {value}\n" if key == "lr" else f"    decoder_noise: {value}\n"
-        cfg.write_text("model:\n  init_args:\n" + nested)
-        expected = f"dwgf: error: {option}: must be a finite number, got {'inf' if key == 'lr' else 'nan'}"
-        assert one_line_error(capsys, *base, "--config", cfg) == expected
-    # a broken prior folder
-    import shutil
-
-    broken = tmp_path / "broken-prior"
-    shutil.copytree(ldm_path, broken)
-    (broken / "unet" / "config.json").write_text('{"sample_size": 8,')
-    line = one_line_error(capsys, *base, "--model.prior.pretrained", broken)
-    assert line.startswith(f"dwgf: error: --model.prior.pretrained {str(broken)!r}: unet/config.json is not valid JSON (line 1")
-    shutil.rmtree(broken)
-    shutil.copytree(ldm_path, broken)
-    sched = broken / "scheduler" / "scheduler_config.json"
-    sched.write_text(sched.read_text().replace('"beta_schedule": "', '"beta_schedule": "bogus_'))
-    line = one_line_error(capsys, *base, "--model.prior.pretrained", broken)
-    assert line.startswith(f"dwgf: error: --model.prior.pretrained {str(broken)!r}: scheduler/scheduler_config.json does not describe")
-    assert "beta_schedule 'bogus_" in line
-
-
-def test_case8_a_npy_of_strings_is_a_failed_item_not_a_crash(ldm_path, tmp_path, capsys):
+def test_a_npy_of_strings_is_a_failed_item_not_a_crash(ldm_path, tmp_path, capsys):
     meas = tmp_path / "meas"
     meas.mkdir()
     np.save(meas / "good.npy", np.zeros((1, 16, 16), np.float32))
@@ -466,7 +329,7 @@ def test_case8_a_npy_of_strings_is_a_failed_item_not_a_crash(ldm_path, tmp_path,
     assert state(out, "good") == "complete"
 
 
-def test_case8_a_full_disk_is_one_line_and_leaves_no_temporary_file(ldm_path, five_images, tmp_path):
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(ldm_path, five_images, tmp_path):
     """A real write error (the file-size limit, EFBIG, as a full disk gives ENOSPC) in a real run."""
     import resource
 
@@ -484,117 +347,30 @@ def test_case8_a_full_disk_is_one_line_and_leaves_no_temporary_file(ldm_path, fi
     assert not [p for p in out.rglob("*") if ".dwgf-tmp" in p.name]
 
 
-def test_case12_an_input_folder_is_never_the_output_and_no_remote_code_prompt(ldm_path, five_images, tmp_path, capsys):
+def test_an_input_folder_is_never_the_output_and_no_remote_code_prompt(ldm_path, five_images, tmp_path, capsys):
     base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images]
     assert one_line_error(capsys, *base, "--output", five_images) == (
         f"dwgf: error: --output {str(five_images)!r} is also an input folder (--data.images); choose another --output")
     assert sorted(p.name for p in five_images.iterdir()) == [f"{n}.png" for n in NAMES]
 
 
-def test_case12_a_tokenizer_that_asks_for_remote_code_is_refused_without_a_prompt(tmp_path):
-    """Under a terminal (where transformers would ask "Do you wish to run the custom code? [y/N]")."""
-    import pty
-    import select
-    import time
-
-    from dwgf.testing import make_tiny_sd_prior
-
-    prior = make_tiny_sd_prior(tmp_path / "sd")
-    config = prior / "tokenizer" / "tokenizer_config.json"
-    cfg = json.loads(config.read_text())
-    cfg.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
-    config.write_text(json.dumps(cfg))
-    marker = tmp_path / "EVIL_RAN"
-    (prior / "tokenizer" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import CLIPTokenizer\n"
-                                                 "class EvilTokenizer(CLIPTokenizer):\n    pass\n")
-    sd = ROOT / "configs/sd21/ffhq_box_inpaint.yaml"
-    args = [sys.executable, "-m", "dwgf", "predict", "--config", str(sd), "--model.prior.pretrained", str(prior),
-            "--data.images", str(make_images(tmp_path / "in", count=1)), "--output", str(tmp_path / "o")]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: dwgf under a pseudo-terminal
-        os.chdir(ROOT)
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.execv(sys.executable, args)
-    text, deadline = b"", time.monotonic() + 120
-    while time.monotonic() < deadline and b"[y/N]" not in text:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            text += chunk
-    prompted = b"[y/N]" in text
-    if prompted:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    assert not prompted, text.decode(errors="replace")[-500:]
-    assert os.waitstatus_to_exitcode(status) == 2
-    last = text.decode(errors="replace").strip().splitlines()[-1]
-    assert last.startswith(f"dwgf: error: --model.prior.pretrained {str(prior)!r}: could not load tokenizer/") and "custom code" in last
-    assert not marker.exists()
+def test_a_resumed_run_says_what_it_skipped_and_leaves_no_empty_log(ldm_path, tmp_path, capfd):
+    images = make_images(tmp_path / "in", count=3, sizes=((32, 32),), mode="L")
+    out = tmp_path / "o"
+    main([*base(ldm_path, out), "--data.images", str(images)])
+    capfd.readouterr()
+    main([*base(ldm_path, out), "--data.images", str(images)])
+    err = capfd.readouterr().err
+    assert "predict: 3 of 3 items already complete, skipped" in err.splitlines()
+    assert "Total length of `DataLoader`" not in err and "0 items" not in err
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["version_0"]
+    (images / "img3.png").write_bytes((images / "img0.png").read_bytes())  # one new item: 3 of 4 skipped, one version logged
+    main([*base(ldm_path, out), "--data.images", str(images)])
+    assert "predict: 3 of 4 items already complete, skipped" in capfd.readouterr().err.splitlines()
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["version_0", "version_1"]
 
 
-def test_case12_the_installed_command_never_imports_from_the_working_directory(ldm_path, five_images, tmp_path):
-    """A stray safetensors.py in the working directory is never executed; the user's own modules still load."""
-    command = Path(sys.executable).with_name("dwgf")
-    assert command.is_file(), "the dwgf console script is installed beside the interpreter"
-    marker = tmp_path / "STRAY_RAN"
-    for stray in ("safetensors", "requests", "tensorboard", "diffusers"):
-        (tmp_path / f"{stray}.py").write_text(f"open({str(marker)!r}, 'a').write('{stray} ')\n")
-    (tmp_path / "my_reg.py").write_text(NAN_REGULARIZER)
-    run = subprocess.run([str(command), "predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path),
-                          "--data.images", str(five_images), "--output", str(tmp_path / "o"), "--trainer.logger", "false",
-                          "--model.regularizers", "[{class_path: my_reg.PoisonItem, init_args: {item: 0, at: 99}}]"],
-                         cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert not marker.exists(), marker.read_text()
-
-
-def test_case13_skipped_entries_masks_and_class_paths_are_reported(ldm_path, five_images, tmp_path, capsys):
-    images = make_images(tmp_path / "in", count=2, sizes=((32, 32),), mode="L")
-    (images / "sub").mkdir()
-    (images / "folder.png").mkdir()
-    (images / "broken.png").symlink_to(tmp_path / "nowhere.png")
-    (images / "loop.png").symlink_to(images / "loop.png")
-    out = tmp_path / "out"
-    with pytest.warns(UserWarning, match=r"4 entries are not image files and were skipped: broken.png \(a broken symbolic link\), "
-                                          r"folder.png \(a folder\), loop.png \(a symbolic link loop\), sub \(a folder\)"):
-        predict(ldm_path, images, out)
-    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "tensorboard") == ["img0", "img1"]
-    # masks: a grey mask warns; a mask with an operator that takes none fails at start-up, once
-    meas, masks = tmp_path / "meas", tmp_path / "masks"
-    meas.mkdir(), masks.mkdir()
-    np.save(meas / "m.npy", np.zeros((1, 32, 32), np.float32))
-    grey = np.full((32, 32), 255, np.uint8)
-    grey[:8] = 128
-    Image.fromarray(grey).save(masks / "m.png")
-    args = ["predict", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--data.measurements", str(meas),
-            "--data.masks", str(masks), "--output", str(tmp_path / "o2")]
-    assert one_line_error(capsys, *args) == (
-        "dwgf: error: --data.masks: SuperResolution takes no mask; give no masks or an inpainting operator")
-    with pytest.warns(UserWarning, match=r"m.png: the mask is not black and white; pixels brighter than mid-gray are taken as observed"):
-        main([*args, "--data.operator", "BoxInpainting", "--data.operator.size", "[8, 8]"])
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o3"]
-    assert one_line_error(capsys, *base, "--data.operator", "dwgf.operators.BoxInpaintin") == (
-        "dwgf: error: --data.operator: no class 'BoxInpaintin' in module 'dwgf.operators' (did you mean 'BoxInpainting'?)")
-    assert one_line_error(capsys, *base, "--data.operator", "nomodule.Box") == (
-        "dwgf: error: --data.operator: cannot import module 'nomodule' for class_path 'nomodule.Box' (No module named 'nomodule')")
-
-
-def test_library_errors_name_arguments_and_the_cli_names_options(ldm_prior, five_images, ldm_path, tmp_path, capsys):
-    """The Python API speaks of a class's own arguments; the command line turns them into its options."""
-    from dwgf.errors import DWGFError
-    from dwgf.operators import SuperResolution
-    from dwgf.solver import DWGF
-
-    with pytest.raises(DWGFError, match=r"^DWGF: num_steps must be >= 1, got 0$"):
-        DWGF(ldm_prior, num_steps=0)
-    with pytest.raises(DWGFError, match=r"^SuperResolution: sigma_y must be >= 0, got -1$"):
-        SuperResolution(2, sigma_y=-1)
-    base = ["predict", "--config", LDM_CONFIG, "--model.prior.pretrained", ldm_path, "--data.images", five_images, "--output", tmp_path / "o"]
-    assert one_line_error(capsys, *base, "--model.num_steps", 0) == "dwgf: error: --model.num_steps must be >= 1, got 0"
-    assert one_line_error(capsys, *base, "--model.step_size.lr", -1) == "dwgf: error: --model.step_size.lr must be > 0, got -1.0"
-    assert one_line_error(capsys, *base, "--data.batch_size", 0) == "dwgf: error: --data.batch_size must be >= 1, got 0"
+def test_contact_sheet_names_break_between_words():
+    assert wrap_name("digit0_mnist_0475", 14) == ["digit0_mnist_", "0475"]
+    assert wrap_name("IMG 2024 01 01 holiday", 14) == ["IMG 2024 01", "01 holiday"]
+    assert all(len(line) <= 14 for line in wrap_name("averyveryverylongnamewithoutbreaks", 14))

@@ -1,4 +1,4 @@
-"""Baseline solvers: Latent DPS, PSLD, decoder inversion and the RED-diff config."""
+"""The methods (dwgf.methods) and their solvers: DWGF, Latent DPS, PSLD, decoder inversion, RED-diff, a user's own."""
 
 from pathlib import Path
 
@@ -10,12 +10,16 @@ from PIL import Image
 from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
 from dwgf.cli import main
 from dwgf.errors import DWGFError
+from dwgf.flow import ItemNoise, Problem, item_generators
+from dwgf.likelihoods import GaussianLikelihood, MeanSquaredError
 from dwgf.operators import BoxInpainting, GaussianBlur, RandomInpainting, SuperResolution
 from dwgf.operators.base import ForwardOperator
-from dwgf.regularizers import KLPrior
+from dwgf.optimizers import Langevin
+from dwgf.priors import GaussianMixturePrior, grid_mixture
+from dwgf.regularizers import KLPrior, ScoreWeighting
 from dwgf.sampling import ddim_sample
+from dwgf.schedules import ConstantStepSize
 from dwgf.solver import DWGF
-from dwgf.likelihoods import MeanSquaredError
 
 MSE = MeanSquaredError()  # the paper's data term: the data fit lives in the data terms
 
@@ -56,17 +60,6 @@ def test_dps_guidance_moves_towards_the_measurement(ldm_prior):
     y2 = y.repeat_interleave(2, 0)
     p2 = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
     assert MSE.distance(op, guided.flatten(0, 1), y2, p2).mean() < MSE.distance(op, free.flatten(0, 1), y2, p2).mean()
-
-
-@pytest.mark.parametrize("cls", [LatentDPS, PSLD])
-def test_guided_sampling_is_per_item(ldm_prior, cls):
-    """Norms are per item: an item alone and inside a batch give the same samples."""
-    op = BoxInpainting(size=[10, 10])
-    y, params = measurement(op, ldm_prior, b=3)
-    solver = cls(ldm_prior, num_steps=4, num_particles=2, guidance=1.5).set_operator(op)
-    batch = solver.solve(y, params, [5, 6, 7])
-    alone = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, [6])
-    torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-5)
 
 
 def test_residual_norm_counts_measured_entries_only():
@@ -194,7 +187,6 @@ def test_each_method_is_a_plain_function_that_its_module_runs(ldm_prior, name):
     """The maths runs without Lightning: the function gives the module's samples, reports every step and
     returns where items failed (nowhere here)."""
     from dwgf import methods
-    from dwgf.flow import ItemNoise, Problem, item_generators
 
     function, module, settings = METHOD_FUNCTIONS[name]
     op = BoxInpainting(size=[8, 8], sigma_y=0.01)
@@ -230,7 +222,6 @@ def test_the_generic_solver_runs_any_method_function(ldm_prior):
 
 
 def test_psld_function_refuses_a_nonlinear_operator(ldm_prior):
-    from dwgf.flow import Problem
     from dwgf.methods import psld
     from dwgf.operators import PhaseRetrieval
 
@@ -238,7 +229,6 @@ def test_psld_function_refuses_a_nonlinear_operator(ldm_prior):
     y, params = op.measure(torch.zeros(1, 1, 32, 32))
     with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
         psld(ldm_prior, Problem(op, y, params))
-
 
 
 def test_the_baselines_honour_the_likelihood(ldm_prior):
@@ -257,3 +247,111 @@ def test_the_baselines_honour_the_likelihood(ldm_prior):
     inversion = DecoderInversion(ldm_prior, num_steps=3, num_particles=2, likelihood=GaussianLikelihood()).set_operator(op)
     assert not torch.allclose(inversion.solve(y, params, [3, 4]), DecoderInversion(ldm_prior, num_steps=3, num_particles=2)
                               .set_operator(op).solve(y, params, [3, 4]), atol=1e-4)
+
+
+# -- configs and the command line ----------------------------------------------------------------
+def _digits(tmp_path, count):
+    import shutil
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for png in sorted((ROOT / "examples" / "mnist").glob("*.png"))[:count]:
+        shutil.copy(png, folder / png.name)
+    return str(folder)
+
+
+@pytest.mark.parametrize("task", ["box_inpaint", "sr4"])
+def test_sampler_configs_run_end_to_end(task, tmp_path):
+    from dwgf.cli import main
+
+    out = tmp_path / "out"
+    main(["predict", "--config", str(ROOT / "configs" / "mnist" / f"{task}_posterior.yaml"), "--data.images", _digits(tmp_path, 2),
+          "--model.num_steps", "2", "--output", str(out), "--trainer.logger", "false"])
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3
+    assert all((out / name / "mean.png").is_file() for name in [r.split(",")[0] for r in rows[1:]])
+
+
+# -- one item alone = the same item in a batch, for every method ------------------------------------
+def _box(prior):
+    op = BoxInpainting(size=[10, 10], sigma_y=0.01)
+    x = torch.rand(3, prior.image_channels, prior.image_size, prior.image_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    y, params = op.measure(x, seeds=[0, 1, 2])
+    return op, y, params
+
+
+def _sampler_problem(prior):
+    from tests.test_optimizers import _matrix_problem
+
+    _, op, y = _matrix_problem()
+    return op, torch.stack([y, 2 * y, -y]).float().view(3, -1, 1, 1), {}
+
+
+def _generic(method, **settings):
+    from dwgf.solver import InverseSolver
+
+    return lambda prior: InverseSolver(prior, method=method, settings=settings, num_particles=3)
+
+
+def _latent_map(**settings):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples/extending"))
+    try:
+        import my_extensions
+    finally:
+        sys.path.remove(str(ROOT / "examples/extending"))
+    return _generic(my_extensions.latent_map, **settings)
+
+
+def _red_diff():
+    from dwgf.methods import red_diff
+
+    return _generic(red_diff, num_steps=4)
+
+
+def _diverse(prior):
+    from dwgf.regularizers import KDEKLPrior, KernelRepulsion, LangevinNoise
+
+    return DWGF(prior, num_steps=4, num_particles=3, regularizers=[KDEKLPrior(weight=0.2, entropy_weight=0.1), KernelRepulsion(weight=0.05),
+                KernelRepulsion(weight=0.05, space="latent"), LangevinNoise(scale=0.05)])
+
+
+def _sampler(prior):
+    return DWGF(prior, num_steps=20, num_particles=3, decoder_noise=0.0, query_noise=0.0, optimizer=Langevin(),
+                regularizers=[KLPrior(1.0, weighting=ScoreWeighting(), particle_term=False, per_element=False)],
+                likelihood=GaussianLikelihood(anneal=1.0), step_size=ConstantStepSize(1.0))
+
+
+BATCH_CASES = {  # method -> (its solver for a prior, the prior fixture, the problem)
+    "dwgf-ldm": (lambda p: DWGF(p, num_steps=4, num_particles=3), "ldm_prior", _box),
+    "dwgf-sd": (lambda p: DWGF(p, num_steps=4, num_particles=3), "sd_prior", _box),
+    "dwgf-diverse": (_diverse, "ldm_prior", _box),
+    "dwgf-sampler": (_sampler, "gaussian_mixture", _sampler_problem),
+    "latent_dps": (lambda p: LatentDPS(p, num_steps=4, num_particles=3, guidance=1.5), "ldm_prior", _box),
+    "psld": (lambda p: PSLD(p, num_steps=4, num_particles=3, guidance=1.5), "ldm_prior", _box),
+    "decoder_inversion": (lambda p: DecoderInversion(p, num_steps=4, num_particles=3), "ldm_prior", _box),
+    "red_diff": (lambda p: _red_diff()(p), "ldm_prior", _box),
+    "latent_map": (lambda p: _latent_map(num_steps=3)(p), "ldm_prior", _box),
+}
+
+
+@pytest.fixture
+def gaussian_mixture():
+    return GaussianMixturePrior(grid_mixture(6), schedule="linear")
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_CASES))
+def test_an_item_alone_equals_the_same_item_in_a_batch(name, request):
+    """Every draw and every norm is per item: the item at position 1 of a batch of 3 gets the particles it
+    gets alone (to float rounding: the networks' batched arithmetic), and its seed, not its position, decides them."""
+    make, fixture, problem = BATCH_CASES[name]
+    prior = request.getfixturevalue(fixture)
+    op, y, params = problem(prior)
+    solver = make(prior).set_operator(op)
+    batch = solver.solve(y, params, [11, 22, 33])
+    alone = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, [22])
+    assert batch.shape[:2] == (3, 3) and torch.isfinite(batch).all()
+    torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-4)
+    other = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, [99])
+    assert (other[0] - batch[1]).abs().max() > 1e-3  # another seed: other particles

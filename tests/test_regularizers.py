@@ -8,7 +8,9 @@ import torch
 from dwgf import DWGF
 from dwgf.errors import DWGFError
 from dwgf.flow import FlowConfig, FlowState, ItemNoise, Problem
+from dwgf.operators import BoxInpainting
 from dwgf.optimizers import Adam, Langevin
+from dwgf.priors import GaussianMixture, GaussianMixturePrior, grid_mixture
 from dwgf.regularizers import (
     ConstantWeighting,
     DWGFWeighting,
@@ -18,6 +20,7 @@ from dwgf.regularizers import (
     KLPrior,
     LangevinNoise,
     Pixels,
+    ScoreWeighting,
 )
 from dwgf.regularizers.kernels import kernel_pull, median_bandwidth, pairwise_sq
 from tests.test_flow import _setup
@@ -197,16 +200,6 @@ DIVERSE = [
 ]
 
 
-def test_diverse_flow_item_alone_equals_item_in_batch(ldm_prior):
-    op, y, params = _setup(ldm_prior, batch=3)
-    solver = DWGF(ldm_prior, num_steps=4, num_particles=3, regularizers=DIVERSE).set_operator(op)
-    seeds = [11, 22, 33]
-    batch = solver.solve(y, params, seeds)
-    alone = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, seeds[1:2])
-    assert torch.allclose(batch[1:2], alone, atol=1e-5)
-    assert not torch.allclose(batch[0], batch[1])
-
-
 def test_langevin_noise_at_scale_zero_changes_nothing_and_otherwise_moves_the_particles(ldm_prior):
     op, y, params = _setup(ldm_prior)
     plain = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()]).set_operator(op).solve(y, params, [0, 1])
@@ -258,7 +251,7 @@ def test_frozen_weights_get_no_grad_with_diverse_regularizers(ldm_prior):
 
 
 def test_null_space_repulsion_acts_only_where_the_measurement_leaves_freedom(ldm_prior):
-    from dwgf.operators import BoxInpainting, SuperResolution
+    from dwgf.operators import SuperResolution
     from dwgf.regularizers import NullSpace
 
     torch.manual_seed(6)
@@ -285,3 +278,54 @@ def test_null_space_repulsion_acts_only_where_the_measurement_leaves_freedom(ldm
     with pytest.raises(DWGFError, match="linear forward operator"):
         KernelRepulsion(features=NullSpace()).start(ldm_prior, Problem(PhaseRetrieval(), y, {}), None)
     assert isinstance(op, BoxInpainting)
+
+
+# -- the prior term in log-density units ----------------------------------------------------------
+def test_kl_prior_per_element_false_is_d_times_the_papers_force():
+    z = torch.randn(2, 3, 4, 2, 2)
+    state = _state(z, torch.tensor([0.3, 0.7]))
+    paper = KLPrior(0.2).force(state)
+    summed = KLPrior(0.2, per_element=False).force(state)
+    assert torch.allclose(summed, paper * 16)
+
+
+def test_score_weighting_with_query_noise_zero_is_the_smoothed_priors_score():
+    """-force = sqrt(abar) * score_{p_t}(sqrt(abar) z): the score of the prior smoothed to variance (1 - abar) / abar."""
+    prior = GaussianMixturePrior(grid_mixture(4), schedule="linear")
+    z = torch.randn(2, 3, 4, 1, 1, dtype=torch.float64)
+    t = torch.tensor([400, 100])
+    abar = prior.abar(t).double()
+    a = abar.view(2, 1, 1, 1, 1)
+    eps_hat = prior.eps((a.sqrt() * z).flatten(0, 1), t.repeat_interleave(3)).view_as(z)
+    state = _state(z, abar, eps=torch.zeros_like(z), eps_hat=eps_hat)
+    force = KLPrior(1.0, weighting=ScoreWeighting(), particle_term=False, per_element=False).force(state)
+    for b in range(2):
+        smoothed = GaussianMixture(prior.mixture.weights, prior.mixture.means, prior.mixture.covariances + (1 - abar[b]) / abar[b])
+        assert torch.allclose(-force[b].reshape(3, 4), smoothed.score(z[b].reshape(3, 4)), atol=1e-8)
+
+
+def test_kl_prior_curvature_bounds_the_smoothed_priors_hessian():
+    prior = GaussianMixturePrior(grid_mixture(2, spacing=1.0), schedule="linear")
+    reg = KLPrior(1.0, weighting=ScoreWeighting(), particle_term=False, per_element=False)
+    for t in (50, 300, 700):
+        abar = float(prior.abar(torch.tensor([t]))[0])
+        smoothed = GaussianMixture(prior.mixture.weights, prior.mixture.means, prior.mixture.covariances + (1 - abar) / abar)
+        pts = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(t)) * 3
+        h = 1e-5
+        worst = 0.0
+        for i in range(2):  # the Hessian of -log p~ by central differences of the score
+            e = torch.zeros(2, dtype=torch.float64)
+            e[i] = h
+            col = -(smoothed.score(pts + e) - smoothed.score(pts - e)) / (2 * h)
+            worst = max(worst, float(col.norm(dim=1).max()))
+        bound = float(reg.curvature(_state(torch.zeros(1, 1, 2, 1, 1), torch.tensor([abar]))))
+        assert bound == pytest.approx(abar / (1 - abar))
+        assert worst <= bound * (1 + 1e-6)
+
+
+def test_kde_kl_prior_has_the_papers_per_element_curvature_bound():
+    from dwgf.regularizers import KDEKLPrior
+
+    state = _state(torch.zeros(2, 3, 4, 2, 2), torch.tensor([0.3, 0.9]))
+    assert torch.allclose(KDEKLPrior(0.2).curvature(state), KLPrior(0.2).curvature(state))
+    assert "per_element" not in repr(KDEKLPrior(0.2)) and "particle_term" not in repr(KDEKLPrior(0.2))
