@@ -28,7 +28,7 @@ def user_module(monkeypatch):
     return my_extensions
 
 
-PARTS = ("function", "operator", "regularizer", "schedule", "method", "prior")
+PARTS = ("function", "operator", "regularizer", "schedule", "optimizer", "method", "prior")
 
 
 def test_the_extending_page_includes_each_example_from_the_module():
@@ -167,3 +167,26 @@ def test_a_users_prior_family_is_a_recipe_that_load_prior_and_dwgf_predict_find(
     assert "my_extensions.SamplePredictionPrior" in (out_dir / "config.yaml").read_text()
     for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
         assert json.loads((out_dir / name / ".dwgf-item.json").read_text())["state"] == "complete"
+
+
+def test_a_users_optimizer_is_gradient_descent_at_beta_zero_and_runs_through_dwgf_predict(user_module, ldm_prior, ldm_path, tmp_path):
+    from dwgf import DWGF
+    from dwgf.operators import BoxInpainting
+    from dwgf.optimizers import GradientDescent
+
+    op = BoxInpainting(size=[8, 8], sigma_y=0.01)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y, params = op.measure(x, seeds=[0, 1])
+
+    def solve(optimizer):
+        return DWGF(ldm_prior, num_steps=3, num_particles=2, optimizer=optimizer).set_operator(op).solve(y, params, [0, 1])
+
+    assert torch.equal(solve(user_module.HeavyBall(beta=0.0)), solve(GradientDescent()))
+    assert not torch.allclose(solve(user_module.HeavyBall(beta=0.9)), solve(GradientDescent()), atol=1e-4)
+    with pytest.raises(Exception, match="beta must be in"):
+        user_module.HeavyBall(beta=1.0)
+    out = tmp_path / "o"
+    main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"), "--model.prior.pretrained", str(ldm_path),
+          "--model.optimizer", "my_extensions.HeavyBall", "--model.optimizer.beta", "0.5", "--model.num_steps", "2",
+          "--data.images", str(_two_digits(tmp_path)), "--output", str(out), "--trainer.logger", "false"])
+    assert "my_extensions.HeavyBall" in (out / "config.yaml").read_text()

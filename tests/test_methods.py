@@ -304,12 +304,6 @@ def _latent_map(**settings):
     return _generic(my_extensions.latent_map, **settings)
 
 
-def _red_diff():
-    from dwgf.methods import red_diff
-
-    return _generic(red_diff, num_steps=4)
-
-
 def _diverse(prior):
     from dwgf.regularizers import KDEKLPrior, KernelRepulsion, LangevinNoise
 
@@ -323,15 +317,53 @@ def _sampler(prior):
                 likelihood=GaussianLikelihood(anneal=1.0), step_size=ConstantStepSize(1.0))
 
 
+def method_functions() -> dict[str, object]:
+    """Every method function in ``dwgf/methods/`` (a module's public function whose first parameters are
+    ``prior, problem, draw`` and that takes ``callback`` by keyword): found, not listed, so a new module is covered."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import dwgf.methods
+
+    found = {}
+    for info in pkgutil.iter_modules(dwgf.methods.__path__):
+        module = importlib.import_module(f"dwgf.methods.{info.name}")
+        for name, fn in vars(module).items():
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not name.startswith("_"):
+                params = list(inspect.signature(fn).parameters.values())
+                if [p.name for p in params[:3]] == ["prior", "problem", "draw"] and "callback" in inspect.signature(fn).parameters:
+                    found[name] = fn
+    return found
+
+
+def test_every_method_function_keeps_the_contract(ldm_prior):
+    """(prior, problem, draw, *, callback, **settings) -> (particles, failed_at): at most 6 parameters besides the
+    keyword settings, a keyword-only callback called once per iteration, B x N images and (B,) failures."""
+    import inspect
+
+    from dwgf.flow import ItemNoise, Problem, item_generators
+
+    functions = method_functions()
+    assert {"dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion"} <= set(functions)
+    op, y, params = _box(ldm_prior)
+    for name, fn in functions.items():
+        sig = inspect.signature(fn)
+        named = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        assert len(named) <= 6 and sig.parameters["callback"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()), name
+        seen = []
+        particles, failed_at = fn(ldm_prior, Problem(op, y[:2], {k: v[:2] for k, v in params.items()}, num_particles=2),
+                                  ItemNoise(item_generators([1, 2], "cpu"), "cpu"), callback=seen.append, num_steps=3)
+        assert particles.shape == (2, 2, *y.shape[1:]) and torch.equal(failed_at, torch.tensor([-1, -1])), name
+        assert [st.iteration for st in seen] == [0, 1, 2] and seen[0].z.shape[:2] == (2, 2), name
+
+
 BATCH_CASES = {  # method -> (its solver for a prior, the prior fixture, the problem)
-    "dwgf-ldm": (lambda p: DWGF(p, num_steps=4, num_particles=3), "ldm_prior", _box),
+    **{name: (lambda p, fn=fn: _generic(fn, num_steps=4)(p), "ldm_prior", _box) for name, fn in method_functions().items()},
     "dwgf-sd": (lambda p: DWGF(p, num_steps=4, num_particles=3), "sd_prior", _box),
     "dwgf-diverse": (_diverse, "ldm_prior", _box),
     "dwgf-sampler": (_sampler, "gaussian_mixture", _sampler_problem),
-    "latent_dps": (lambda p: LatentDPS(p, num_steps=4, num_particles=3, guidance=1.5), "ldm_prior", _box),
-    "psld": (lambda p: PSLD(p, num_steps=4, num_particles=3, guidance=1.5), "ldm_prior", _box),
-    "decoder_inversion": (lambda p: DecoderInversion(p, num_steps=4, num_particles=3), "ldm_prior", _box),
-    "red_diff": (lambda p: _red_diff()(p), "ldm_prior", _box),
     "latent_map": (lambda p: _latent_map(num_steps=3)(p), "ldm_prior", _box),
 }
 

@@ -7,9 +7,8 @@ import torch
 
 from dwgf import DWGF
 from dwgf.errors import DWGFError
-from dwgf.flow import FlowConfig, FlowState, ItemNoise, Problem
+from dwgf.flow import FlowState, Problem
 from dwgf.operators import BoxInpainting
-from dwgf.optimizers import Adam, Langevin
 from dwgf.priors import GaussianMixture, GaussianMixturePrior, grid_mixture
 from dwgf.regularizers import (
     ConstantWeighting,
@@ -170,27 +169,6 @@ def test_repulsion_bad_arguments():
         KernelRepulsion(bandwidth=-1.0)
 
 
-# -- LangevinNoise --------------------------------------------------------------------------------
-def test_langevin_noise_has_the_scheduled_size():
-    z = torch.zeros(2, 3, 4, 8, 8)
-    abar = torch.tensor([0.36, 0.91])
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    state = _state(z, abar, step_size=0.5, iteration=3, num_iterations=4)
-    for anneal, g in (("noise_level", (1 - abar).sqrt()), ("constant", torch.ones(2)), ("linear", torch.full((2,), 0.25))):
-        move = LangevinNoise(scale=0.2, anneal=anneal).sample(state, 0.5, ItemNoise(gens, "cpu"))
-        expected = 0.2 * math.sqrt(2 * 0.5) * g
-        assert torch.allclose(move.flatten(1).std(1), expected, rtol=0.1)
-    assert torch.allclose(LangevinNoise(scale=0.2, anneal="linear", final=0.5).schedule(state), torch.full((2,), 0.5))
-    assert LangevinNoise(scale=0.0).sample(state, 0.5, ItemNoise(gens, "cpu")) is None  # no move, no draw
-
-
-def test_langevin_noise_bad_arguments():
-    with pytest.raises(DWGFError, match="anneal"):
-        LangevinNoise(anneal="cosine")
-    with pytest.raises(DWGFError, match="final"):
-        LangevinNoise(final=2)
-
-
 # -- in the flow ---------------------------------------------------------------------------------
 DIVERSE = [
     KDEKLPrior(weight=0.2, entropy_weight=0.1),
@@ -198,29 +176,6 @@ DIVERSE = [
     KernelRepulsion(weight=0.05, space="latent"),
     LangevinNoise(scale=0.05),  # the spelling of earlier versions: DWGF hands it to the optimiser
 ]
-
-
-def test_langevin_noise_at_scale_zero_changes_nothing_and_otherwise_moves_the_particles(ldm_prior):
-    op, y, params = _setup(ldm_prior)
-    plain = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()]).set_operator(op).solve(y, params, [0, 1])
-    zero = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.0)]).set_operator(op)
-    noisy = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior(), LangevinNoise(scale=0.5)]).set_operator(op)
-    assert torch.equal(zero.solve(y, params, [0, 1]), plain)
-    noisy_particles = noisy.solve(y, params, [0, 1])
-    assert not torch.allclose(noisy_particles, plain, atol=1e-3)
-    # listed under the regularizers or given to the optimiser: the same particles
-    assert noisy.regularizers == [noisy.regularizers[0]] and isinstance(noisy.optimizer.noise, LangevinNoise)
-    direct = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()], optimizer=Adam(noise=LangevinNoise(scale=0.5)))
-    assert torch.equal(direct.set_operator(op).solve(y, params, [0, 1]), noisy_particles)
-
-
-def test_langevin_noise_goes_to_the_optimiser_once(ldm_prior):
-    with pytest.raises(DWGFError, match="Langevin has its own noise"):
-        DWGF(ldm_prior, regularizers=[LangevinNoise()], optimizer=Langevin())
-    with pytest.raises(DWGFError, match="given twice"):
-        DWGF(ldm_prior, regularizers=[LangevinNoise()], optimizer=Adam(noise=LangevinNoise()))
-    with pytest.raises(DWGFError, match="optimiser's noise"):
-        FlowConfig(regularizers=(LangevinNoise(),))
 
 
 def test_diverse_regularizers_add_no_network_call_and_no_decoder_pass(ldm_prior, monkeypatch):

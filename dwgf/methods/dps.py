@@ -61,7 +61,7 @@ def latent_dps(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] =
                callback: Optional[Callable[[SamplerState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior samples ``B x N x C x H x W`` by Latent DPS, and ``failed_at`` ``(B,)`` (the first step at
     which an item's latents were not finite; ``-1``: never). ``settings``: :class:`DPSConfig`'s fields."""
-    return guided_ddim(prior, problem, draw, callback, DPSConfig(**settings))
+    return _guided_ddim(prior, problem, draw, callback, DPSConfig(**settings))
 
 
 def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
@@ -71,10 +71,10 @@ def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None,
     if not problem.operator.linear:
         raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(problem.operator).__name__} is not linear: "
                         "use LatentDPS or DWGF")
-    return guided_ddim(prior, problem, draw, callback, PSLDConfig(**settings))
+    return _guided_ddim(prior, problem, draw, callback, PSLDConfig(**settings))
 
 
-def guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise], callback: Optional[Callable[[SamplerState], None]],
+def _guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise], callback: Optional[Callable[[SamplerState], None]],
                 config: DPSConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent DPS (``config.gluing = 0``) or PSLD: :func:`~dwgf.sampling.ddim_loop` with the guidance loss."""
     b, n = problem.batch, problem.num_particles

@@ -1,4 +1,4 @@
-"""A user's own regularizer, forward operator, step-size schedule, method and prior family for dwgf.
+"""A user's own regularizer, forward operator, step-size schedule, optimiser, method and prior family for dwgf.
 
 Nothing here is part of dwgf: the classes and functions live in this module and ``dwgf predict``
 finds them by ``class_path`` and by name (see ``scanlines.yaml`` and ``latent_map.yaml`` next to this file). From the repository root::
@@ -20,6 +20,7 @@ import torch
 
 from dwgf.errors import DWGFError
 from dwgf.operators import ForwardOperator
+from dwgf.optimizers import FlowOptimizer
 from dwgf.priors import Denoiser, DenoiserAdapter, DiffusersLatentPrior, Folder, ddpm_shapes, unet_call
 from dwgf.problem import SamplerState, first_failures
 from dwgf.regularizers import Regularizer
@@ -181,3 +182,26 @@ class SamplePredictionPrior(DiffusersLatentPrior):
         super().__init__(autoencoder, Denoiser(unet, unet_call), schedule, SampleAdapter(), **ddpm_shapes(unet, autoencoder),
                          channels_last=channels_last, pretrained=pretrained)
 # --8<-- [end:prior]
+
+
+# --8<-- [start:optimizer]
+class HeavyBall(FlowOptimizer):
+    """Polyak's heavy ball on the particles: ``m <- beta m + grad``, ``z <- z - lr_k m``. ``beta = 0`` is gradient
+    descent; the momentum is each particle's own, so items stay independent of their batch.
+
+    Args:
+        beta: the momentum, in ``[0, 1)``. Default 0.9.
+    """
+
+    def __init__(self, beta: float = 0.9):
+        if not 0 <= beta < 1:
+            raise DWGFError(f"HeavyBall: beta must be in [0, 1), got {beta}")
+        self.beta = float(beta)
+
+    def start(self, z, lr, data_gradient, draw):
+        self._momentum = torch.zeros_like(z)  # a new batch: no momentum yet
+
+    def step(self, z, grad, lr, state):
+        self._momentum.mul_(self.beta).add_(grad)
+        z.sub_(lr * self._momentum)
+# --8<-- [end:optimizer]
