@@ -1,0 +1,188 @@
+"""Sequential Monte Carlo posterior sampling in the prior's latent space: twisted proposals, importance weights, resampling.
+
+The algorithm is twisted diffusion sampling (TDS; Wu, Trippe, Naesseth, Blei and Cunningham 2023), in a latent
+diffusion model, as MCGdiff and DDSMC do for linear problems (Cardoso et al. 2024). ``N`` particles per
+measurement start from ``z_K ~ N(0, I)`` and go down the DDPM chain (DDIM with ``eta = 1``, the prior's
+ancestral transition ``p(z' | z) = N(mu(z), s^2 I)``, on :func:`~dwgf.sampling.ddim_timesteps`).
+
+At each step, for a particle ``z`` at time ``t``, the network gives ``z0_hat(z)``. The *twist* is the data
+term at that Tweedie estimate, ``log ptilde_t(y | z) = -l(D(z0_hat); y, abar_t)``, with ``l`` the problem's
+data term (a log-likelihood: :class:`~dwgf.likelihoods.GaussianLikelihood` or
+:class:`~dwgf.likelihoods.PoissonLikelihood`; an annealed Gaussian term inflates its variance at high noise,
+a softer twist). Its gradient ``g`` (one backward through the decoder and the network) drifts the
+proposal:
+
+    ``q(z' | z) = N(mu(z) + guidance * s^2 g, s^2 I)``,
+
+and the particle's weight is multiplied by
+
+    ``ptilde_t'(y | z') p(z' | z) / (ptilde_t(y | z) q(z' | z))``,
+
+where ``log p / q = -guidance^2 s^2 |g|^2 / 2 - guidance * s * e . g`` for the proposal's noise ``e``. At the
+end the twist is replaced by the exact data term at ``z_0`` (no annealing). The initial weights are
+``ptilde_K(y | z_K)``. Whenever an item's effective sample size ``1 / sum w^2`` (weights normalised over its
+``N`` particles) falls below ``ess_threshold * N``, its particles are resampled systematically, with one
+uniform drawn from the item's own generator at every step whether it is used or not; at the end they
+are always resampled, so the ``N`` particles returned are equally weighted. As ``N`` grows the particles
+become samples of the posterior of the chain's prior (the weights correct whatever the twist gets wrong);
+with ``weights = False`` the same proposal runs without weights or resampling (the guided chain alone).
+
+Every draw and every weight is per item: an item's particles do not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from dwgf.errors import DWGFError
+from dwgf.noise import ItemNoise, item_generators
+from dwgf.precision import float32_but_the_unet, unet_precision
+from dwgf.priors.base import LatentPrior
+from dwgf.problem import Problem, SamplerState, first_failures
+from dwgf.sampling import ddim_timesteps
+
+
+@dataclass(frozen=True)
+class SMCConfig:
+    """The SMC sampler's settings.
+
+    Attributes:
+        num_steps: DDPM steps ``K`` (one network forward and backward each). Default 200.
+        guidance: the drift's scale (1: TDS's proposal, ``s^2 grad log ptilde``; 0: the prior's transition).
+            Default 1.
+        ess_threshold: resample an item when its effective sample size falls below this share of ``N``.
+            Default 0.5.
+        weights: ``False``: the same proposal with no weights and no resampling. Default ``True``.
+    """
+
+    num_steps: int = 200
+    guidance: float = 1.0
+    ess_threshold: float = 0.5
+    weights: bool = True
+
+    def __post_init__(self):
+        if self.num_steps < 1:
+            raise DWGFError(f"SMCConfig: num_steps must be >= 1, got {self.num_steps}")
+        if not self.guidance >= 0:
+            raise DWGFError(f"SMCConfig: guidance must be >= 0, got {self.guidance}")
+        if not 0 <= self.ess_threshold <= 1:
+            raise DWGFError(f"SMCConfig: ess_threshold must be in [0, 1], got {self.ess_threshold}")
+
+
+@dataclass
+class SMCState(SamplerState):
+    """A step of the SMC sampler: :class:`~dwgf.problem.SamplerState` plus each item's effective sample size
+    after the step's weighting (``ess``, ``(B,)``, in particles) and whether it was resampled (``resampled``)."""
+
+    ess: Optional[torch.Tensor] = None
+    resampled: Optional[torch.Tensor] = None
+
+
+def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+        callback: Optional[Callable[[SMCState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior samples ``B x N x C x H x W`` by SMC (equally weighted) and ``failed_at`` ``(B,)``.
+    ``settings``: :class:`SMCConfig`'s fields. See the module docstring for the algorithm."""
+    config = SMCConfig(**settings)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("smc needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
+    device = problem.y.device
+    draw = draw if draw is not None else ItemNoise(item_generators(range(problem.batch), "cpu"), device)
+    with float32_but_the_unet(device.type) as unet_dtype:
+        return _smc(prior, problem, draw, callback, config, unet_dtype)
+
+
+def _smc(prior: LatentPrior, problem: Problem, draw: ItemNoise, callback: Optional[Callable[[SMCState], None]], config: SMCConfig,
+         unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    b, n = problem.batch, problem.num_particles
+    device = problem.y.device
+    shape = prior.latent_shape_at(problem.size)
+    ts = ddim_timesteps(config.num_steps, prior.num_train_timesteps).to(device)
+    z = draw((n, *shape)).flatten(0, 1)  # B*N, item-major
+    log_w = torch.zeros(b, n, device=device, dtype=torch.float64)
+    previous_twist = previous_ratio = None
+    failed_at = torch.full((b,), -1, dtype=torch.long, device=device)
+    try:
+        for i, t in enumerate(ts):
+            tt = t.repeat(b * n)
+            abar = prior.abar(tt, z)
+            twist, grad, eps, z0 = _twist(prior, problem, z, tt, abar, unet_dtype)
+            if config.weights:  # the incremental weight of the step that made z (the first: the initial twist)
+                log_w = log_w + twist.double().view(b, n)
+                if previous_twist is not None:
+                    log_w = log_w - previous_twist.view(b, n) + previous_ratio.view(b, n)
+            u = torch.special.ndtr(draw((1,)).view(b)).double()  # one uniform per item per step, used or not
+            ess = _ess(log_w)
+            resample = (ess < config.ess_threshold * n) if config.weights else torch.zeros(b, dtype=torch.bool, device=device)
+            if bool(resample.any()):
+                index = _systematic(log_w, u, resample)
+                z, twist, grad, eps, z0 = (v.view(b, n, *v.shape[1:]).gather(1, _expand(index, v.view(b, n, *v.shape[1:])))
+                                            .flatten(0, 1) for v in (z, twist, grad, eps, z0))
+                log_w = torch.where(resample.view(b, 1), torch.zeros_like(log_w), log_w)
+            # the proposal: the prior's ancestral step, drifted by the twist's gradient
+            abar_prev = prior.abar(ts[i + 1].repeat(b * n), z) if i + 1 < len(ts) else torch.ones_like(abar)
+            a, a_prev = abar.view(-1, *([1] * (z.dim() - 1))), abar_prev.view(-1, *([1] * (z.dim() - 1)))
+            s = torch.where(a < 1, (1 - a_prev) / (1 - a) * (1 - a / a_prev), 0.0).clamp_min(0).sqrt()
+            mean = a_prev.sqrt() * z0 + (1 - a_prev - s**2).clamp_min(0).sqrt() * eps
+            e = draw((n, *shape)).flatten(0, 1)
+            drift = config.guidance * s**2 * grad
+            with torch.no_grad():
+                z = (mean + drift + s * e).detach()
+            previous_twist = twist.double()
+            previous_ratio = (-(config.guidance**2) * (s**2 * grad.square()).flatten(1).sum(1) / 2
+                              - config.guidance * (s * e * grad).flatten(1).sum(1)).double()
+            failed_at = first_failures(failed_at, z.view(b, n, -1), i)
+            draw.next_iteration(more=i + 1 < len(ts))
+            if callback is not None:
+                callback(SMCState(z.view(b, n, *shape), tt.view(b, n)[:, 0], i, len(ts), ess=ess.float(), resampled=resample))
+        with torch.no_grad():
+            x = prior.decode(z)
+            if config.weights:  # the exact data term at z_0 replaces the last twist
+                exact = -problem.likelihood.loss(problem.operator, x, problem.y_n, problem.params_n).double()
+                log_w = log_w + exact.view(b, n) - previous_twist.view(b, n) + previous_ratio.view(b, n)
+                u = torch.special.ndtr(draw((1,)).view(b)).double()
+                index = _systematic(log_w, u, torch.ones(b, dtype=torch.bool, device=device))
+                x = x.view(b, n, *x.shape[1:]).gather(1, _expand(index, x.view(b, n, *x.shape[1:])))
+    finally:
+        draw.close()
+    return x.reshape(b, n, *x.shape[-3:]), failed_at
+
+
+def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
+           unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
+    """``(log ptilde, its gradient in z, eps_hat, z0_hat)`` at particles ``z`` (``B*N`` rows): one network
+    forward and backward, one decoder forward and backward."""
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(True)
+        with unet_precision(z.device.type, unet_dtype):
+            eps, z0 = prior.predict(leaf, t, problem.prompt_n)
+        x0 = prior.flow_decode(z0)
+        twist = -problem.likelihood.loss(problem.operator, x0, problem.y_n, problem.params_n, abar)
+        (grad,) = torch.autograd.grad(twist.sum(), leaf)
+    return twist.detach(), grad.detach(), eps.detach(), z0.detach()
+
+
+def _ess(log_w: torch.Tensor) -> torch.Tensor:
+    """Each item's effective sample size ``1 / sum w^2`` of its normalised weights, ``(B,)``."""
+    w = torch.softmax(log_w, dim=1)
+    return 1.0 / w.square().sum(1)
+
+
+def _systematic(log_w: torch.Tensor, u: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Systematic resampling of each item's ``N`` particles, ``(B, N)`` indices: particle ``k`` of the new set is
+    the first whose cumulative weight exceeds (strictly) ``(u + k) / N``; items not in ``which`` keep theirs (``0 .. N-1``)."""
+    b, n = log_w.shape
+    w = torch.softmax(log_w, dim=1)
+    cumulative = w.cumsum(1)
+    cumulative[:, -1] = 1.0  # rounding never leaves a position past the last particle
+    positions = (u.view(b, 1) + torch.arange(n, device=log_w.device, dtype=log_w.dtype).view(1, n)) / n
+    index = torch.searchsorted(cumulative, positions, right=True).clamp_max(n - 1)
+    keep = torch.arange(n, device=log_w.device).view(1, n).expand(b, n)
+    return torch.where(which.view(b, 1), index, keep)
+
+
+def _expand(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return index.view(*index.shape, *([1] * (like.dim() - 2))).expand_as(like)
+
