@@ -154,8 +154,9 @@ class InverseSolver(LightningModule):
         Scalars, under ``predict/batch_<i>/``, at step ``k``: ``t``, and for a flow's state
         (:class:`~dwgf.problem.FlowState`) ``data_term`` (mean over items and particles),
         ``<Regularizer>_force`` (the norm of each regularizer's force on one particle, averaged over
-        items and particles) and ``step_size``. Every ``images_every`` iterations (and at the last), with a TensorBoard logger,
-        the particle mean of the batch's first 8 items as ``predict/batch_<i>/particle_mean``.
+        items and particles) and ``step_size``; for a weighted sampler's state
+        (:class:`~dwgf.methods.SMCState`) ``ess``. Every ``images_every`` iterations (and at the last),
+        with a TensorBoard logger, the particle mean of the batch's first 8 items as ``predict/batch_<i>/particle_mean``.
         Only the first process logs.
         """
         if self._trainer is None or self.logger is None:
@@ -163,9 +164,11 @@ class InverseSolver(LightningModule):
         k, tag = state.iteration, f"predict/batch_{self._batch_idx:04d}"
         # the tensor-valued scalars go to the host together: one device sync per iteration, not one each
         values = {"t": state.t.float().mean()}
-        data_loss, forces, step_size = (getattr(state, name, None) for name in ("data_loss", "forces", "step_size"))
+        data_loss, forces, step_size, ess = (getattr(state, name, None) for name in ("data_loss", "forces", "step_size", "ess"))
         if data_loss is not None:
             values["data_term"] = data_loss.detach().float().mean()
+        if ess is not None:  # a weighted sampler's effective sample size, averaged over items
+            values["ess"] = ess.detach().float().mean()
         for name, force in (forces or {}).items():  # the norm of the force on one particle, averaged
             values[f"{name}_force"] = force.detach().float().flatten(2).norm(dim=-1).mean()
         host = torch.stack([v.to(state.t.device) for v in values.values()]).tolist()

@@ -91,3 +91,26 @@ def test_bad_settings_are_one_line():
         SMCConfig(ess_threshold=2.0)
     with pytest.raises(DWGFError, match="guidance"):
         SMCConfig(guidance=-1.0)
+
+
+@pytest.mark.parametrize("config", ["configs/mnist/box_inpaint_smc.yaml", "configs/mnist/sr4_smc.yaml", "configs/mnist/gaussian_deblur_smc.yaml",
+                                    "configs/mnist/box_inpaint.yaml+configs/methods/smc.yaml"])
+def test_the_smc_configs_run_through_dwgf_predict(config, ldm_path, tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from dwgf.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    images = tmp_path / "digits"
+    images.mkdir()
+    for name in ("digit0_mnist_0475.png", "digit1_mnist_0975.png"):
+        shutil.copy(root / "examples/mnist" / name, images / name)
+    configs = sum((["--config", str(root / c)] for c in config.split("+")), [])
+    out = tmp_path / "o"
+    main(["predict", *configs, "--model.prior.pretrained", str(ldm_path), "--model.settings", '{"num_steps": 2, "guidance": 1.0}',
+          "--model.num_particles", "2", "--data.images", str(images), "--output", str(out), "--trainer.logger", "false"])
+    assert "dwgf.methods.smc.smc" in (out / "config.yaml").read_text()
+    for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
+        assert json.loads((out / name / ".dwgf-item.json").read_text())["state"] == "complete"

@@ -1,0 +1,120 @@
+"""The SMC sampler on the exact-posterior bed: what the importance weights buy, against the number of particles.
+
+    python benchmarks/smc.py study [--dims 80] [--dys 1 2 4] [--ns 8 32 128 512 1024] [--guidance 0.3 1 3]
+
+``study`` runs :func:`dwgf.methods.smc` on ``benchmarks/posterior.py``'s bed (the same problems, seeds and sample
+counts as ``posterior.md``: 3 problems per ``(d, d_y)``, 1000 samples each, 200 steps), with ``N`` particles per
+measurement (``ceil(1000 / N)`` independent measurements' worth of particles make the 1000 samples) and each
+guidance strength, with the weights and without them (the same proposal, no weights, no resampling). It
+reports sliced W1 to exact posterior samples, mode coverage, and the mean effective sample size before
+resampling. The data term is the bed's own Gaussian likelihood (``GaussianLikelihood``, the operator's
+``sigma_y``). No tuning: every variant is in the table. Writes ``benchmarks/results/smc_study.json`` and
+``benchmarks/results/smc_study.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import shlex
+import sys
+import time
+
+if __package__ in (None, ""):  # run as ``python benchmarks/smc.py``: the repository becomes importable
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.harness import RESULTS, save_json
+from benchmarks.posterior import STEPS, directions, evaluate, exact_samples, problem, stats
+
+
+def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list):
+    from dwgf.likelihoods import GaussianLikelihood
+    from dwgf.methods import smc
+    from dwgf.solver import InverseSolver
+
+    solver = InverseSolver(prior, method=smc, settings={"num_steps": STEPS, "guidance": guidance, "weights": weights}, num_particles=n,
+                           likelihood=GaussianLikelihood())
+    solver.on_iteration = lambda state: ess.append(float(state.ess.mean()) / n)  # the share of N, before resampling
+    return solver
+
+
+def samples(solver, prob, count: int, seed: int) -> tuple[torch.Tensor, float]:
+    from dwgf.operators import MatrixOperator
+
+    op = MatrixOperator(prob.matrix.float(), image_shape=[prob.matrix.shape[1], 1, 1], sigma_y=prob.sigma_y)
+    solver.set_operator(op)
+    b = math.ceil(count / solver.num_particles)
+    y = prob.y.float().reshape(1, -1, 1, 1).expand(b, -1, -1, -1).contiguous()
+    start = time.perf_counter()
+    out = solver.solve(y, {}, [seed * 100_003 + i for i in range(b)])
+    return out.reshape(-1, prob.matrix.shape[1]).double()[:count], time.perf_counter() - start
+
+
+def study(args, command: str) -> None:
+    rows = []
+    for d in args.dims:
+        dirs = directions(d)
+        for dy in args.dys:
+            probs = [problem(d, dy, i) for i in range(args.problems)]
+            exact = [exact_samples(p, args.samples, 7) for p in probs]
+            floor = [evaluate(exact_samples(p, args.samples, 8), p, e, dirs)["sw"] for p, e in zip(probs, exact)]
+            for n in args.ns:
+                for guidance in args.guidance:
+                    for weights in (True, False):
+                        results, ess = [], []
+                        for i, (prob, ex) in enumerate(zip(probs, exact)):
+                            s, seconds = samples(smc_solver(prob.prior, n, guidance, weights, ess), prob, args.samples, 2 + i)
+                            results.append({**evaluate(s, prob, ex, dirs), "seconds": seconds})
+                        row = {"d": d, "dy": dy, "n": n, "guidance": guidance, "weights": weights,
+                               "sw": stats([r["sw"] for r in results]), "coverage": stats([r["coverage"] for r in results]),
+                               "mean_error": stats([r["mean_error"] for r in results]), "seconds": stats([r["seconds"] for r in results]),
+                               "ess": f"{sum(ess) / len(ess):.3f}" if weights else "-", "floor": stats(floor)}
+                        rows.append(row)
+                        print("SMC", row, flush=True)
+    data = {"command": command, "date": str(datetime.date.today()), "threads": torch.get_num_threads(), "problems": args.problems,
+            "samples": args.samples, "steps": STEPS, "rows": rows}
+    save_json(RESULTS / "smc_study.json", data)
+    write_markdown(data)
+
+
+def write_markdown(data: dict) -> None:
+    lines = [
+        "# SMC on the exact-posterior bed: particles, guidance, and what the weights buy",
+        "",
+        f"Produced by `{data['command']}` on {data['date']} ({data['threads']} CPU threads); the bed and its measures are",
+        f"`posterior.md`'s: {data['problems']} problems per cell (mean ± sd), {data['samples']} samples, {data['steps']} steps.",
+        "*weights: no* is the same proposal without importance weights or resampling. *ESS*: the mean effective sample",
+        "size before resampling, as a share of N. *floor*: a second set of exact samples. No setting was tuned: every run is here.",
+        "",
+        "| d | d_y | N | guidance | weights | sliced W1 to exact | floor | mode coverage | mean error / sqrt(d) | ESS / N | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(f"| {r['d']} | {r['dy']} | {r['n']} | {r['guidance']:g} | {'yes' if r['weights'] else 'no'} | {r['sw']} | {r['floor']} | "
+          f"{r['coverage']} | {r['mean_error']} | {r['ess']} | {r['seconds']} |" for r in data["rows"]),
+        "",
+    ]
+    path = RESULTS / "smc_study.md"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["study"])
+    parser.add_argument("--dims", nargs="+", type=int, default=[80])
+    parser.add_argument("--dys", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--ns", nargs="+", type=int, default=[8, 32, 128, 512, 1024])
+    parser.add_argument("--guidance", nargs="+", type=float, default=[0.3, 1.0, 3.0])
+    parser.add_argument("--problems", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    command = ("python benchmarks/smc.py " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()
+    study(args, command)
+
+
+if __name__ == "__main__":
+    main()
