@@ -51,12 +51,14 @@ class LatentDPS(InverseSolver):
         num_particles: independent samples per measurement. Default 4.
         guidance: ``zeta``, the step on the measurement norm. Default 1.0.
         eta: DDIM stochasticity, in ``[0, 1]``. Default 1.0.
-        likelihood, generator, tf32: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood, generator, tf32, calibration: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None):
-        super().__init__(prior, latent_dps, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32)
+                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None,
+                 calibration: Optional[str] = None):
+        super().__init__(prior, latent_dps, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32,
+                         calibration=calibration)
         if num_steps < 1:
             raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
         if num_steps > prior.num_train_timesteps:
@@ -91,14 +93,15 @@ class PSLD(LatentDPS):
         guidance: as :class:`LatentDPS`.
         eta: as :class:`LatentDPS`.
         gluing: ``gamma``, the weight of the gluing term. Default 0.1.
-        likelihood, generator, tf32: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood, generator, tf32, calibration: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(
         self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
         gluing: float = 0.1, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None,
+        calibration: Optional[str] = None,
     ):
-        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32, likelihood)
+        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32, likelihood, calibration)
         if not gluing >= 0:
             raise argument_error(self, "gluing", f" must be >= 0, got {gluing}")
         self.gluing = float(gluing)
@@ -126,7 +129,7 @@ class DecoderInversion(DWGF):
         step_size: Adam's learning rate per iteration. Default ``ConstantStepSize(lr=1.0)``.
         betas: Adam's betas. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` (see :class:`~dwgf.solver.DWGF`). Default 0.01.
-        float32_autoencoder, decoder_chunk, generator, tf32, likelihood: see :class:`~dwgf.solver.DWGF`.
+        float32_autoencoder, decoder_chunk, generator, tf32, likelihood, calibration: see :class:`~dwgf.solver.DWGF`.
     """
 
     def __init__(
@@ -142,10 +145,11 @@ class DecoderInversion(DWGF):
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
         likelihood: Optional[DataTerm] = None,
+        calibration: Optional[str] = None,
     ):
         super().__init__(prior, num_steps, num_particles, regularizers=[], step_size=step_size, betas=betas, decoder_noise=decoder_noise,
                          float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk, generator=generator, tf32=tf32,
-                         likelihood=likelihood)
+                         likelihood=likelihood, calibration=calibration)
         self.method = decoder_inversion
 
     def settings(self) -> dict:

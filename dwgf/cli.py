@@ -93,6 +93,7 @@ class DWGFCLI(LightningCLI):
         if init_args is not None and "seed" in init_args and init_args.get("seed") is None:
             init_args["seed"] = int(config["seed_everything"] or 0)
         if self.subcommand == "predict":
+            self._check_calibration(config)  # before anything is written
             config["trainer"]["inference_mode"] = False  # the flow needs autograd
             config["trainer"]["use_distributed_sampler"] = False  # the data module shards whole batches itself
             config["return_predictions"] = False  # results go to disk, not into memory
@@ -136,6 +137,29 @@ class DWGFCLI(LightningCLI):
                             raise option_message(err, config.as_dict()) from None
         elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
             config["trainer"]["default_root_dir"] = config["output"]
+
+    def _check_calibration(self, config) -> None:
+        """A ``--model.calibration`` file must have been made for this configuration (its fingerprint, without the file)."""
+        model = config.get("model")
+        init = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        path = init.get("calibration") if init is not None and hasattr(init, "get") else None
+        if not path:
+            return
+        from dwgf.calibration import Calibration
+
+        try:
+            calibration = Calibration.load(path)
+        except DWGFError as err:
+            raise DWGFError(f"--model.calibration {str(path)!r}: {str(err).split(': ', 1)[-1]}") from None
+        init["calibration"] = None
+        try:
+            key = fingerprint(yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False)))
+        finally:
+            init["calibration"] = path
+        if key != calibration.config:
+            raise DWGFError(f"--model.calibration {str(path)!r} was made for another configuration ({calibration.method} on "
+                            f"{calibration.task}, fingerprint {calibration.config}; this one is {key}): run dwgf calibrate with this "
+                            "configuration")
 
     def _config_dict(self) -> dict:
         config = self._sub()
@@ -194,7 +218,7 @@ class DWGFCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-_SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32"}
+_SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32", "calibration": None}
 
 
 # options that some solvers gained later (the others had them all along, so their keys keep them): at None they give what
@@ -524,6 +548,8 @@ def main(args: Any = None) -> None:
             sys.argv[1:] = argv
         else:
             args = argv
+    if argv and argv[0] == "calibrate":
+        return calibrate(argv[1:])
     warnings.formatwarning = _format_warning
     _quiet_lightning()
     predicting = "predict" in argv
@@ -566,11 +592,86 @@ def main(args: Any = None) -> None:
         if threads is None:  # main() may run in a caller's process (tests, benchmarks): leave its environment as it was
             os.environ.pop("OMP_NUM_THREADS", None)
     writer = getattr(cli, "writer", None)  # the predict run's writer (None for fit, validate, test)
+    _LAST_RUN["output"] = None if writer is None else writer.output
     failures = writer.num_failures if writer is not None else 0
     if failures:
         output = writer.output
         print(f"dwgf: error: {failures} item(s) failed and were skipped; see {output / 'failures.csv'}", file=sys.stderr)
         raise SystemExit(1)
+
+
+_LAST_RUN: dict[str, Any] = {}
+
+
+def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to bottom
+    """``dwgf calibrate --config CONFIG --data.images DIR --output DIR [--level 0.9]``: the predict run on images with
+    ground truth, then ``<output>/calibration.json`` (:mod:`dwgf.calibration`) for ``--model.calibration``."""
+    import torch
+
+    from dwgf.calibration import Calibration, conformal_scale, scores
+    from dwgf.outputs import OutputFolder, OutputLock
+
+    argv = list(argv)
+    level = 0.9
+    if "--level" in argv:
+        i = argv.index("--level")
+        try:
+            level = float(argv[i + 1])
+        except (IndexError, ValueError):
+            print("dwgf: error: --level needs a number in (0, 1), e.g. --level 0.9", file=sys.stderr)
+            raise SystemExit(2) from None
+        del argv[i : i + 2]
+    if not 0 < level < 1:
+        print(f"dwgf: error: --level must be in (0, 1), got {level}", file=sys.stderr)
+        raise SystemExit(2)
+    if any(a.startswith("--model.calibration") for a in argv):
+        print("dwgf: error: --model.calibration is for dwgf predict; dwgf calibrate makes the file", file=sys.stderr)
+        raise SystemExit(2)
+    main(["predict", *argv])
+    output = _LAST_RUN.get("output")
+    try:
+        if output is None:
+            raise DWGFError("dwgf calibrate: the run wrote no output folder")
+        config = yaml.safe_load((output / "config.yaml").read_text())
+        names = [row.split(",", 1)[0] for row in (output / "metrics.csv").read_text().splitlines()[1:] if row]
+        per_image = []
+        for name in names:
+            folder = output / name
+            if not (folder / "ground_truth.png").is_file():
+                raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images (not --data.measurements)")
+            particles = torch.stack([_read_unit(p) for p in sorted(folder.glob("particle_*.png"))])
+            per_image.append(scores(particles, _read_unit(folder / "ground_truth.png")))
+        scale = conformal_scale(per_image, level)
+        miss = float(sum(float((s > scale).double().mean()) for s in per_image) / len(per_image))
+        model, data = config.get("model") or {}, config.get("data") or {}
+        method = str(model.get("class_path", ""))
+        if (model.get("init_args") or {}).get("method"):
+            method += f" ({model['init_args']['method']})"
+        operator = ((data.get("init_args") or {}).get("operator") or {})
+        task = f"{operator.get('class_path', '')} {json.dumps(operator.get('init_args') or {}, sort_keys=True)}"
+        result = Calibration(method=method, task=task, level=level, scale=scale, images=len(per_image), config=fingerprint(config),
+                             miss_rate=miss)
+        lock = OutputLock(output)
+        lock.acquire()
+        try:
+            OutputFolder(output).write_run_file("calibration.json", result.save(output / "calibration.json"))
+        finally:
+            lock.release()
+    except DWGFError as err:
+        print(f"dwgf: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"dwgf: calibrated at level {level:g} on {len(per_image)} images: interval = mean +- {scale:.4g} (std + 1/255), "
+          f"coverage on them {1 - miss:.4f}; {output / 'calibration.json'} (use it with --model.calibration)", file=sys.stderr)
+
+
+def _read_unit(path: Path) -> "torch.Tensor":  # noqa: F821 - torch is imported where it is used
+    """A PNG dwgf wrote, as ``C x H x W`` in ``[0, 1]``."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path), dtype=np.float64) / 255
+    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
 
 
 def signal_name(signum: int) -> str:

@@ -40,11 +40,12 @@ ITEM_MANIFEST = ".dwgf-item.json"
 RUN_MANIFEST = ".dwgf-run.json"
 LOCK_FILE = ".dwgf.lock"
 TMP_TAG = ".dwgf-tmp"
-RUN_FILES = ("config.yaml", "metrics.csv", "failures.csv", "summary.png")
+RUN_FILES = ("config.yaml", "metrics.csv", "failures.csv", "summary.png", "calibration.json")
 # names an item folder may not take: the run-level files and TensorBoard's folder
 RESERVED = frozenset(n.casefold() for n in (*RUN_FILES, "tensorboard"))
 # the file names dwgf writes in an item folder (whatever the number of particles)
-ITEM_FILE = re.compile(r"^(particle_\d+\.png|mean\.png|std\.png|measurement\.png|ground_truth\.png|summary\.png|metrics\.json|failure\.json)$")
+ITEM_FILE = re.compile(r"^(particle_\d+\.png|mean\.png|std\.png|lower\.png|upper\.png|measurement\.png|ground_truth\.png|summary\.png|"
+                       r"metrics\.json|failure\.json)$")
 _TMP = re.compile(r"^\.(.+)" + re.escape(TMP_TAG) + r"\d+$")
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')  # path separators, control characters, and what Windows forbids
 MAX_NAME_BYTES = 120

@@ -122,7 +122,7 @@ def std_map(particles01: torch.Tensor) -> torch.Tensor:
 
 def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
                 file: str = "", align: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                ) -> tuple[dict[str, bytes], dict[str, Any]]:
+                calibration: Optional[float] = None) -> tuple[dict[str, bytes], dict[str, Any]]:
     """An item's files (``{file name: bytes}``) and its metrics record.
 
     ``particles`` is ``N x C x H x W`` in ``[-1, 1]``; ``measurement`` the measurement as an image;
@@ -130,6 +130,8 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     ``measurement.png``, ``ground_truth.png`` (with a truth), ``summary.png`` and ``metrics.json``.
     ``align(particles, image)``, where given (the operator's :meth:`~dwgf.operators.ForwardOperator.align`),
     moves the particles by the measurement's symmetries before the metrics; the images are saved as found.
+    ``calibration``: a calibrated interval's scale (:mod:`dwgf.calibration`): the item also gets ``lower.png`` and
+    ``upper.png``, and with a truth ``calibrated_width`` and ``calibrated_coverage``.
     """
     files: dict[str, bytes] = {}
     p01 = to_unit(particles)
@@ -141,7 +143,12 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     files["std.png"] = png_bytes(std)
     files["measurement.png"] = png_bytes(to_unit(measurement))
     record: dict[str, Any] = {"name": name, "file": file, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None,
-                              "spread": None, "crps": None, "coverage90": None}
+                              "spread": None, "crps": None, "coverage90": None, "calibrated_width": None, "calibrated_coverage": None}
+    if calibration is not None:  # from the particles as their PNGs hold them, as dwgf calibrate read them
+        from dwgf.calibration import interval, quantize
+
+        lower, upper = interval(quantize(p01), calibration)
+        files["lower.png"], files["upper.png"] = png_bytes(lower), png_bytes(upper)
     tiles = [to_unit(measurement), *p01, mean, std]
     labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
     if image is not None:
@@ -150,6 +157,10 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
         q01 = p01 if align is None else to_unit(align(particles, image))
         record.update(image_metrics(q01, truth[None]))
         record.update(uncertainty_metrics(q01, truth))
+        if calibration is not None:
+            from dwgf.calibration import interval_metrics, quantize
+
+            record.update(interval_metrics(quantize(q01), truth, calibration))
         tiles.append(truth)
         labels.append("truth")
     record["seconds"] = float(seconds)

@@ -85,11 +85,15 @@ class InverseSolver(LightningModule):
         tf32: on CUDA, float32 matrix products and convolutions use TensorFloat-32 during the run
             (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``;
             ``--model.tf32 false`` turns it off). Default ``True``. No effect on the CPU.
+        calibration: a ``calibration.json`` made by ``dwgf calibrate`` for this configuration
+            (``--model.calibration``): each item also gets ``lower.png`` and ``upper.png``, the calibrated
+            per-pixel interval, and ``metrics.csv`` its width and coverage (:mod:`dwgf.calibration`).
+            Default ``None``.
     """
 
     def __init__(self, prior: LatentPrior, method: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = None,
                  settings: Optional[dict[str, Any]] = None, num_particles: int = 4, likelihood: Optional[DataTerm] = None,
-                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True):
+                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, calibration: Optional[str] = None):
         super().__init__()
         if num_particles < 1:
             raise argument_error(self, "num_particles", f" must be >= 1, got {num_particles}")
@@ -105,6 +109,15 @@ class InverseSolver(LightningModule):
         self.prior.freeze()
         self.num_particles = int(num_particles)
         self.likelihood = likelihood if likelihood is not None else MeanSquaredError()
+        self.calibration_file = None if calibration is None else str(calibration)
+        self.calibration = None
+        if calibration is not None:
+            from dwgf.calibration import Calibration
+
+            try:
+                self.calibration = Calibration.load(calibration)
+            except DWGFError as err:
+                raise argument_error(self, "calibration", f" {str(calibration)!r}: {str(err).split(': ', 1)[-1]}") from None
         self.operator: Optional[ForwardOperator] = None
         self.failed_iterations: Optional[torch.Tensor] = None
         self._batch_idx = 0
@@ -340,8 +353,7 @@ class DWGF(InverseSolver):
             smaller chunk bounds the memory at one more decoder forward per iteration
             (:class:`dwgf.flow.DecoderPass`). ``None`` (default): all at once on the CPU; on a GPU as
             many as fit in its free memory.
-        generator: see :class:`InverseSolver`.
-        tf32: see :class:`InverseSolver`.
+        generator, tf32, calibration: see :class:`InverseSolver`.
     """
 
     def __init__(
@@ -363,8 +375,10 @@ class DWGF(InverseSolver):
         decoder_chunk: Optional[int] = None,
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
+        calibration: Optional[str] = None,
     ):
-        super().__init__(prior, dwgf, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32)
+        super().__init__(prior, dwgf, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32,
+                         calibration=calibration)
         if decoder_chunk is not None and decoder_chunk < 1:
             raise argument_error(self, "decoder_chunk", f" must be >= 1 (or null: automatic), got {decoder_chunk}")
         self.decoder_chunk = None if decoder_chunk is None else int(decoder_chunk)

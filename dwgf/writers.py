@@ -21,7 +21,8 @@ from dwgf.errors import DWGFError
 from dwgf.outputs import OutputFolder, Resume
 from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
-METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90")
+METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90", "calibrated_width",
+                  "calibrated_coverage")
 FAILURES_HEADER = ("name", "file", "reason")
 FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
 
@@ -49,8 +50,9 @@ class PredictionWriter(BasePredictionWriter):
     deviation across particles of the ``[0, 1]`` images, shown as ``min(1, 4 std)``, averaged over
     channels), ``measurement.png``, ``ground_truth.png`` (when known), ``summary.png`` (all of them
     side by side, labelled) and ``metrics.json``; ``<output>/summary.png`` stacks the summaries of the
-    first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds,spread,crps,coverage90``;
-    see :func:`dwgf.rendering.uncertainty_metrics`) is assembled from
+    first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds,spread,crps,coverage90,calibrated_width,
+    calibrated_coverage``; see :func:`dwgf.rendering.uncertainty_metrics`, and :mod:`dwgf.calibration` for the last two,
+    empty without ``--model.calibration``) is assembled from
     the items' ``metrics.json`` at the end of every run (a resumed one too), on the first process;
     metrics are empty in measurement-only mode.
 
@@ -143,10 +145,12 @@ class PredictionWriter(BasePredictionWriter):
         return self._identities[index] if index < len(self._identities) else ""
 
     def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
-                   index: int = -1, file: str = "", align=None) -> dict[str, Any]:
+                   index: int = -1, file: str = "", align=None, calibration: Optional[float] = None) -> dict[str, Any]:
         """Writes one item's files (:func:`dwgf.rendering.render_item`); ``particles`` is ``N x C x H x W`` in ``[-1, 1]``;
-        ``align``: the operator's, for the metrics (:meth:`dwgf.operators.ForwardOperator.align`)."""
-        files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name, align=align)
+        ``align``: the operator's, for the metrics (:meth:`dwgf.operators.ForwardOperator.align`); ``calibration``: the
+        calibrated interval's scale, if any."""
+        files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name, align=align,
+                                    calibration=calibration)
         self.folder.write_item(name, self._identity(index), files)
         return record
 
@@ -160,13 +164,15 @@ class PredictionWriter(BasePredictionWriter):
         images = prediction.get("image")
         files = prediction.get("files") or [""] * len(prediction["names"])
         operator = getattr(pl_module, "operator", None)
+        calibration = getattr(pl_module, "calibration", None)
+        scale = None if calibration is None else float(calibration.scale)
         for i, name in enumerate(prediction["names"]):
             index = int(prediction["indices"][i])
             if index in self.complete:
                 continue  # recomputed only because its batch was incomplete: already written
             self.write_item(name, prediction["particles"][i], prediction["measurement"][i],
                             None if images is None else images[i], prediction["seconds"], index=index, file=files[i],
-                            align=None if operator is None else operator.align)
+                            align=None if operator is None else operator.align, calibration=scale)
         for failure in prediction.get("failed", []):
             if int(failure.get("index", -1)) not in self.complete:
                 self.write_failure(failure)

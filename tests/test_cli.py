@@ -37,15 +37,17 @@ def check_outputs(out: Path, names, particles, with_truth=True):
         assert not any(f.startswith(".") for f in files - {".dwgf-item.json"})  # no temporary files left
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90"]
+    assert rows[0] == ["name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90", "calibrated_width",
+                       "calibrated_coverage"]
     assert [r[0] for r in rows[1:]] == list(names)
     for r in rows[1:]:
         assert float(r[5]) > 0
         if with_truth:
-            assert all(float(v) == float(v) for v in r[1:5] + r[6:])  # not NaN
+            assert all(float(v) == float(v) for v in r[1:5] + r[6:9])  # not NaN
             assert 0 <= float(r[8]) <= 1 and float(r[6]) >= 0 and float(r[7]) >= 0
         else:
-            assert r[1:5] + r[6:] == ["", "", "", "", "", "", ""]
+            assert r[1:5] + r[6:9] == ["", "", "", "", "", "", ""]
+        assert r[9:] == ["", ""]  # no --model.calibration: the calibrated interval's columns are empty
     assert (out / "config.yaml").is_file()
     sheet = Image.open(out / "summary.png")
     item = Image.open(out / names[0] / "summary.png")

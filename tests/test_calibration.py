@@ -1,0 +1,85 @@
+"""Calibrated intervals (dwgf.calibration, dwgf calibrate, --model.calibration)."""
+
+import json
+
+import pytest
+import torch
+
+from dwgf.calibration import Calibration, conformal_scale, interval, interval_metrics, scores
+from dwgf.cli import main
+from dwgf.errors import DWGFError
+from dwgf.testing import make_images
+from tests.runs import LDM_CONFIG
+
+
+def _brute_force(per_image, level):
+    """The smallest candidate scale whose corrected empirical miss rate is at most 1 - level, by trying every score."""
+    n = len(per_image)
+    for scale in sorted(torch.cat(per_image).unique().tolist()):
+        miss = sum(float((s > scale).double().mean()) for s in per_image) / n
+        if n / (n + 1) * miss + 1 / (n + 1) <= 1 - level + 1e-12:
+            return scale
+    raise AssertionError("no scale")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("level", [0.8, 0.9])
+def test_the_conformal_scale_is_the_brute_force_one(seed, level):
+    g = torch.Generator().manual_seed(seed)
+    per_image = [torch.randn(int(torch.randint(5, 40, (1,), generator=g)), generator=g).abs() for _ in range(12)]
+    per_image[3] = torch.tensor([0.5, 0.5, 0.5, 1.0])  # ties
+    assert conformal_scale(per_image, level) == pytest.approx(_brute_force(per_image, level))
+
+
+def test_too_few_images_for_the_level_is_one_line():
+    with pytest.raises(DWGFError, match="needs at least 9 images"):
+        conformal_scale([torch.ones(3)] * 5, 0.9)
+
+
+def test_the_interval_is_the_mean_plus_minus_scale_std_and_its_metrics():
+    p = torch.tensor([[[[0.2, 0.5]]], [[[0.4, 0.5]]]])  # 2 particles, 1 x 1 x 2
+    lo, hi = interval(p, 2.0)
+    half = 2.0 * (0.1 + 1 / 255)
+    assert torch.allclose(lo[0, 0], torch.tensor([0.3 - half, 0.5 - 2 / 255]), atol=1e-6)
+    assert torch.allclose(hi[0, 0], torch.tensor([0.3 + half, 0.5 + 2 / 255]), atol=1e-6)
+    m = interval_metrics(p, torch.tensor([[[0.3, 0.6]]]), 2.0)
+    assert m["calibrated_coverage"] == 0.5 and m["calibrated_width"] == pytest.approx(float((hi - lo).mean()))
+    assert torch.allclose(scores(p, torch.tensor([[[0.3, 0.6]]])), torch.tensor([0.0, 0.1 / (1 / 255)], dtype=torch.float64), atol=1e-5)
+
+
+def test_calibrate_then_predict_and_a_file_for_another_config_is_refused(ldm_path, tmp_path, capsys):
+    """dwgf calibrate writes calibration.json (the scale meets its own risk bound on its images); dwgf predict with it
+    writes lower.png / upper.png and the two metrics columns; a file made for another configuration is one line,
+    exit 2, and nothing is written."""
+    cal = make_images(tmp_path / "cal", count=10, sizes=((32, 32),), mode="L")
+    test = make_images(tmp_path / "test", count=2, sizes=((32, 32),), mode="L", seed=5)
+    base = ["--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--trainer.logger", "false"]
+    main(["calibrate", *base, "--data.images", str(cal), "--output", str(tmp_path / "c"), "--level", "0.8"])
+    record = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    assert record["level"] == 0.8 and record["images"] == 10 and record["scale"] > 0
+    assert 10 / 11 * record["miss_rate"] + 1 / 11 <= 0.2 + 1e-9
+    assert "calibration.json" in (tmp_path / "c" / ".dwgf-run.json").read_text()  # a run file dwgf owns
+    main(["predict", *base, "--data.images", str(test), "--output", str(tmp_path / "p"), "--model.calibration",
+          str(tmp_path / "c" / "calibration.json")])
+    header, *rows = (tmp_path / "p" / "metrics.csv").read_text().splitlines()
+    assert header.endswith(",coverage90,calibrated_width,calibrated_coverage") and all(r.split(",")[-1] for r in rows)
+    item = next(p for p in (tmp_path / "p").iterdir() if (p / "lower.png").is_file())
+    assert (item / "upper.png").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", *base, "--model.num_steps", "4", "--data.images", str(test), "--output", str(tmp_path / "q"),
+              "--model.calibration", str(tmp_path / "c" / "calibration.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("dwgf: error")]) == 1 and "made for another configuration" in err[-1]
+    assert not (tmp_path / "q").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["predict", *base, "--data.images", str(test), "--output", str(tmp_path / "r"), "--model.calibration", str(tmp_path / "bad.json")])
+    assert "not a dwgf calibration file" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_calibration_file_round_trips(tmp_path):
+    c = Calibration(method="m", task="t", level=0.9, scale=1.5, images=20, config="abc", miss_rate=0.05)
+    (tmp_path / "c.json").write_bytes(c.save(tmp_path / "c.json"))
+    assert Calibration.load(tmp_path / "c.json") == c
