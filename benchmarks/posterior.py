@@ -126,6 +126,15 @@ def dps_solver(prior, guidance: float):
     return LatentDPS(prior, num_steps=STEPS, num_particles=4, guidance=guidance, eta=1.0)
 
 
+def smc_solver(prior, n: int, guidance: float):
+    from dwgf.likelihoods import GaussianLikelihood
+    from dwgf.methods import smc
+    from dwgf.solver import InverseSolver
+
+    return InverseSolver(prior, method=smc, settings={"num_steps": STEPS, "guidance": guidance}, num_particles=n,
+                         likelihood=GaussianLikelihood())
+
+
 def psld_solver(prior, guidance: float, gluing: float):
     from dwgf.baselines import PSLD
 
@@ -141,8 +150,11 @@ GRIDS: dict[str, dict[str, Callable]] = {
     "Latent DPS": {f"zeta={g}": (lambda p, g=g: dps_solver(p, g)) for g in (0.1, 0.3, 1.0, 3.0)},
     "PSLD": {f"zeta={g},gamma={c}": (lambda p, g=g, c=c: psld_solver(p, g, c)) for g in (0.1, 0.3, 1.0) for c in (0.1, 1.0)},
     "decoder inversion": {f"lr={lr}": (lambda p, lr=lr: inversion_solver(p, lr)) for lr in (0.1, 0.3)},
+    # the SMC sampler (dwgf.methods.smc): N particles per measurement (1000 samples in all, as every method), the
+    # twisted proposal's strength; the data term is the bed's own Gaussian likelihood
+    "SMC": {f"N={n},g={g}": (lambda p, n=n, g=g: smc_solver(p, n, g)) for n in (8, 64) for g in (0.3, 1.0)},
 }
-METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion"]
+METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC"]
 
 
 def build(method: str, label: str, prior):
@@ -219,13 +231,15 @@ def prior_check(dims: list[int], count: int = 500) -> list[dict]:
     return rows
 
 
-def tune(d: int, dy: int, problems: int, count: int) -> dict[str, str]:
+def tune(d: int, dy: int, problems: int, count: int, methods: list[str] = METHODS) -> dict[str, str]:
     """Each method's setting with the lowest mean SW over ``problems`` tuning problems (seeds 1000+)."""
     dirs = directions(d)
     probs = [problem(d, dy, 1000 + i) for i in range(problems)]
     exact = [exact_samples(p, count, 7) for p in probs]
     chosen = {}
     for method, grid in GRIDS.items():
+        if method not in methods:
+            continue
         scores = {}
         for label in grid:
             scores[label] = sum(evaluate(samples_of(build(method, label, p.prior), p, count, 1)[0], p, e, dirs)["sw"]
@@ -233,13 +247,15 @@ def tune(d: int, dy: int, problems: int, count: int) -> dict[str, str]:
         chosen[method] = min(scores, key=scores.get)
         print(f"TUNE d={d} dy={dy} {method}: {chosen[method]} (SW {scores[chosen[method]]:.3f}; "
               + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + ")", flush=True)
-    chosen["DWGF N=1"] = chosen["DWGF"]
+    if "DWGF" in chosen:
+        chosen["DWGF N=1"] = chosen["DWGF"]
     return chosen
 
 
-def run(d: int, dy: int, problems: int, count: int, chosen: dict[str, str], plot_data: dict) -> dict[str, dict]:
+def run(d: int, dy: int, problems: int, count: int, chosen: dict[str, str], plot_data: dict,
+        methods: list[str] = METHODS) -> dict[str, dict]:
     dirs = directions(d)
-    rows: dict[str, list[dict]] = {m: [] for m in ["exact", *METHODS]}
+    rows: dict[str, list[dict]] = {m: [] for m in ["exact", *methods]}
     for i in range(problems):
         prob = problem(d, dy, i)
         exact = exact_samples(prob, count, 7)
@@ -247,7 +263,7 @@ def run(d: int, dy: int, problems: int, count: int, chosen: dict[str, str], plot
         rows["exact"].append({**evaluate(second, prob, exact, dirs), "seconds": 0.0})
         if dy == 1 and i == 0:
             plot_data[d] = {"exact": exact[:, :2]}
-        for method in METHODS:
+        for method in methods:
             samples, seconds = samples_of(build(method, chosen[method], prob.prior), prob, count, 2 + i)
             rows[method].append({**evaluate(samples, prob, exact, dirs), "seconds": seconds})
             if dy == 1 and i == 0:
@@ -354,12 +370,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="samples per method and problem")
     parser.add_argument("--tune-samples", type=int, default=400)
     parser.add_argument("--output", default=str(RESULTS / "posterior.md"))
+    parser.add_argument("--methods", nargs="+", choices=list(GRIDS), default=None,
+                        help="only tune and run these methods, on the given dims, into posterior.json (its other rows kept)")
     parser.add_argument("--reach", action="store_true",
                         help="only measure how much DWGF's particle term mixes particles (benchmarks/results/posterior_reach.md)")
     args = parser.parse_args(argv)
     command = ("python benchmarks/posterior.py " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()
     if args.reach:
         reach_table(args.dims, command, RESULTS / "posterior_reach.md")
+        return
+    if args.methods:
+        add_methods(args, command)
         return
     start = time.perf_counter()
     checks = prior_check(args.dims)
@@ -383,6 +404,32 @@ def main(argv: list[str] | None = None) -> None:
     write_markdown(output)
 
 
+def add_methods(args, command: str) -> None:
+    """Tunes and runs ``args.methods`` on the bed's cells of ``args.dims`` x ``args.dys`` (the same problems, seeds
+    and sample counts) and puts their rows and settings into ``posterior.json`` (replacing earlier ones of the same
+    methods, keeping every other row), then writes ``posterior.md`` again."""
+    output = Path(args.output)
+    data = load_json(output.with_suffix(".json"))
+    if not data:
+        raise SystemExit("posterior.py: no posterior.json to add to: run `python benchmarks/posterior.py` first")
+    for d in args.dims:
+        for dy in args.dys:
+            chosen = tune(d, dy, args.tune_problems, args.tune_samples, args.methods)
+            rows = run(d, dy, args.problems, args.samples, chosen, {}, args.methods)
+            new = [{"d": d, "dy": dy, "method": method, "sw": stats([v["sw"] for v in vals]), "coverage": stats([v["coverage"] for v in vals]),
+                    "mean_error": stats([v["mean_error"] for v in vals]), "seconds": stats([v["seconds"] for v in vals])}
+                   for method, vals in rows.items() if method != "exact"]
+            kept = [r for r in data["rows"] if not (r["d"] == d and r["dy"] == dy and r["method"] in args.methods)]
+            last = max((i for i, r in enumerate(kept) if (r["d"], r["dy"]) == (d, dy)), default=len(kept) - 1)
+            data["rows"] = kept[: last + 1] + new + kept[last + 1 :]
+            for cell in data["settings"]:
+                if (cell["d"], cell["dy"]) == (d, dy):
+                    cell.update({m: chosen[m] for m in args.methods})
+    data.setdefault("added", []).append({"command": command, "date": str(datetime.date.today()), "methods": args.methods})
+    save_json(output.with_suffix(".json"), data)
+    write_markdown(output)
+
+
 def write_markdown(output: Path = RESULTS / "posterior.md") -> None:
     """``posterior.md`` from ``posterior.json`` and, when ``sampler.py rows`` has run, ``sampler_rows.json``
     (the DWGF sampler's row in each cell and its settings)."""
@@ -395,7 +442,7 @@ def write_markdown(output: Path = RESULTS / "posterior.md") -> None:
         last_of_cell = i + 1 == len(data["rows"]) or (data["rows"][i + 1]["d"], data["rows"][i + 1]["dy"]) != (row["d"], row["dy"])
         if last_of_cell and (row["d"], row["dy"]) in extra:
             table.append(_row(extra[(row["d"], row["dy"])]))
-    methods = [m for m in METHODS if m != "DWGF N=1"]
+    methods = [m for m in METHODS if m != "DWGF N=1" and any(m in c for c in data["settings"])]
     lines = [
         "# Is it a posterior? Methods against exact posterior samples (Gaussian-mixture priors)",
         "",
@@ -403,6 +450,8 @@ def write_markdown(output: Path = RESULTS / "posterior.md") -> None:
         f"{data['threads']} CPU threads); the setting and the measures are in the script's docstring.",
         f"Each cell: mean ± standard deviation over {data['problems']} problems; {data['samples']} samples per method and problem; "
         f"{data['steps']} iterations or DDIM steps per method.",
+        *(f"Rows of {', '.join(a['methods'])} added by `{a['command']}` on {a['date']} (tuned and run as the others)."
+          for a in data.get("added", [])),
         "",
         "## The bed: can DDIM reach the prior from N(0, I)?",
         "",
@@ -424,7 +473,7 @@ def write_markdown(output: Path = RESULTS / "posterior.md") -> None:
         "",
         "| d | d_y | " + " | ".join(methods) + " |",
         "|---|---|" + "---|" * len(methods),
-        *(f"| {c['d']} | {c['dy']} | " + " | ".join(c[m] for m in methods) + " |" for c in data["settings"]),
+        *(f"| {c['d']} | {c['dy']} | " + " | ".join(c.get(m, "-") for m in methods) + " |" for c in data["settings"]),
         "",
     ]
     if sampler:

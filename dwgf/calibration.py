@@ -26,6 +26,7 @@ compute the same scores.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -75,10 +76,10 @@ def conformal_scale(per_image_scores: Sequence[torch.Tensor], level: float) -> f
     alpha = 1 - float(level)
     target = ((n + 1) * alpha - 1) / n if n else -1.0
     if target < 0:
-        need = int(torch.ceil(torch.tensor(1 / alpha - 1)).item())
+        need = math.ceil(1 / alpha - 1 - 1e-9)
         raise DWGFError(f"calibration at level {level} needs at least {need} images with ground truth, got {n}")
     values = torch.cat([s.double() for s in per_image_scores])
-    weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s)), dtype=torch.float64) for s in per_image_scores])
+    weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s)), dtype=torch.float64, device=s.device) for s in per_image_scores])
     order = torch.argsort(values, descending=True)
     values, weights = values[order], weights[order]
     # the miss rate at scale values[k] is the weight of the scores strictly above it

@@ -247,3 +247,34 @@ def test_flow_speed_grid_writes_the_table_and_the_picture(tmp_path, monkeypatch,
     assert text.count("| tiny SD | 32 |") == 4 and "| tiny SD | 64 | 8 | - | out of memory |" in text
     assert "`python benchmarks/flow_speed.py --grid tiny:32`" in text
     assert Image.open(tmp_path / "grid.png").size == (900, 600)
+
+
+def test_posterior_methods_are_added_to_the_json_in_their_cells_and_the_rest_is_kept(tmp_path, monkeypatch):
+    """``posterior.py --methods SMC`` tunes and runs only SMC and puts its rows after each cell's rows (replacing
+    an earlier SMC row), its setting in the cell's settings, every other row kept."""
+    import argparse
+    import shutil
+
+    import benchmarks.posterior as bp
+    from benchmarks.harness import RESULTS, load_json
+
+    for name in ("posterior.json", "sampler_rows.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    monkeypatch.setattr(bp, "tune", lambda d, dy, problems, count, methods: {"SMC": f"N=8,g={d}"})
+    monkeypatch.setattr(bp, "run", lambda d, dy, problems, count, chosen, plot, methods: {
+        "exact": [{"sw": 0.0, "coverage": 1.0, "mean_error": 0.0, "seconds": 0.0}],
+        "SMC": [{"sw": 0.5, "coverage": 0.9, "mean_error": 0.1, "seconds": 1.0}]})
+    args = argparse.Namespace(output=str(tmp_path / "posterior.md"), methods=["SMC"], dims=[8], dys=[1, 2], tune_problems=1,
+                              tune_samples=10, problems=1, samples=10)
+    before = load_json(tmp_path / "posterior.json")
+    bp.add_methods(args, "cmd")
+    bp.add_methods(args, "cmd")  # a second run replaces its rows
+    after = load_json(tmp_path / "posterior.json")
+    assert [r for r in after["rows"] if r["method"] != "SMC"] == before["rows"]
+    smc = [(r["d"], r["dy"]) for r in after["rows"] if r["method"] == "SMC"]
+    assert smc == [(8, 1), (8, 2)]
+    methods_of_cell = [r["method"] for r in after["rows"] if (r["d"], r["dy"]) == (8, 1)]
+    assert methods_of_cell[-1] == "SMC"
+    assert {c["SMC"] for c in after["settings"] if c["d"] == 8 and c["dy"] in (1, 2)} == {"N=8,g=8"}
+    text = (tmp_path / "posterior.md").read_text()
+    assert "| 8 | 1 | SMC | 0.500 |" in text and "| SMC |" in text.split("Tuned settings")[1]
