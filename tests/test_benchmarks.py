@@ -270,9 +270,9 @@ def test_posterior_methods_are_added_to_the_json_in_their_cells_and_the_rest_is_
     bp.add_methods(args, "cmd")
     bp.add_methods(args, "cmd")  # a second run replaces its rows
     after = load_json(tmp_path / "posterior.json")
-    assert [r for r in after["rows"] if r["method"] != "SMC"] == before["rows"]
-    smc = [(r["d"], r["dy"]) for r in after["rows"] if r["method"] == "SMC"]
-    assert smc == [(8, 1), (8, 2)]
+    assert [r for r in after["rows"] if r["method"] != "SMC"] == [r for r in before["rows"] if r["method"] != "SMC"]
+    smc = [(r["d"], r["dy"], r["sw"]) for r in after["rows"] if r["method"] == "SMC" and r["d"] == 8 and r["dy"] in (1, 2)]
+    assert smc == [(8, 1, "0.500"), (8, 2, "0.500")]  # one row per cell, replaced
     methods_of_cell = [r["method"] for r in after["rows"] if (r["d"], r["dy"]) == (8, 1)]
     assert methods_of_cell[-1] == "SMC"
     assert {c["SMC"] for c in after["settings"] if c["d"] == 8 and c["dy"] in (1, 2)} == {"N=8,g=8"}
