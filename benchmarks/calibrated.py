@@ -72,7 +72,8 @@ def write_table(command: str) -> None:
     lines = [
         "# Calibrated intervals on MNIST (split conformal: calibrated on 50 tune digits, measured on 100 report digits)",
         "",
-        f"Produced by `{command}`; each row gives its date. N = 8 particles; *cov90*: the share of pixels inside the particles'",
+        f"Produced by `python benchmarks/calibrated.py run` (the last run: `{command}`); each row gives its date. N = 8 particles;",
+        "*cov90*: the share of pixels inside the particles'",
         "own 5-95% interval; *calibrated*: inside the calibrated interval (mean +- q (std + 1/255), `dwgf.calibration`),",
         "whose target is the level; *width*: its mean width in [0, 1] units; CRPS per pixel of [0, 1] images; s/image:",
         "solver time per digit, 2-core CPU.",
