@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import shlex
 import sys
-import time
 
 if __package__ in (None, ""):  # run as ``python benchmarks/smc.py``: the repository becomes importable
     from pathlib import Path
@@ -29,7 +27,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/smc.py``: the reposi
 import torch
 
 from benchmarks.harness import RESULTS, save_json
-from benchmarks.posterior import STEPS, directions, evaluate, exact_samples, problem, stats
+from benchmarks.posterior import STEPS, directions, evaluate, exact_samples, problem, samples_of, stats
 
 
 def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list):
@@ -41,18 +39,6 @@ def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list):
                            likelihood=GaussianLikelihood())
     solver.on_iteration = lambda state: ess.append(float(state.ess.mean()) / n)  # the share of N, before resampling
     return solver
-
-
-def samples(solver, prob, count: int, seed: int) -> tuple[torch.Tensor, float]:
-    from dwgf.operators import MatrixOperator
-
-    op = MatrixOperator(prob.matrix.float(), image_shape=[prob.matrix.shape[1], 1, 1], sigma_y=prob.sigma_y)
-    solver.set_operator(op)
-    b = math.ceil(count / solver.num_particles)
-    y = prob.y.float().reshape(1, -1, 1, 1).expand(b, -1, -1, -1).contiguous()
-    start = time.perf_counter()
-    out = solver.solve(y, {}, [seed * 100_003 + i for i in range(b)])
-    return out.reshape(-1, prob.matrix.shape[1]).double()[:count], time.perf_counter() - start
 
 
 def study(args, command: str) -> None:
@@ -68,7 +54,7 @@ def study(args, command: str) -> None:
                     for weights in (True, False):
                         results, ess = [], []
                         for i, (prob, ex) in enumerate(zip(probs, exact)):
-                            s, seconds = samples(smc_solver(prob.prior, n, guidance, weights, ess), prob, args.samples, 2 + i)
+                            s, seconds = samples_of(smc_solver(prob.prior, n, guidance, weights, ess), prob, args.samples, 2 + i)
                             results.append({**evaluate(s, prob, ex, dirs), "seconds": seconds})
                         row = {"d": d, "dy": dy, "n": n, "guidance": guidance, "weights": weights,
                                "sw": stats([r["sw"] for r in results]), "coverage": stats([r["coverage"] for r in results]),
