@@ -2,6 +2,7 @@
 
     python benchmarks/calibrated.py run [--tasks box_inpaint sr4 gaussian_deblur] [--methods DWGF SMC] [--level 0.9]
     python benchmarks/calibrated.py tune [--tasks box_inpaint sr4]
+    python benchmarks/calibrated.py picture [--tasks box_inpaint sr4]
 
 For each task and method (``DWGF``: the task config at N = 8; ``SMC``: ``configs/mnist/<task>_smc.yaml``, N = 8),
 ``dwgf calibrate`` runs on the 50 ``tune50`` digits (5 per class) and writes ``calibration.json``; then
@@ -154,14 +155,28 @@ def write_table(command: str) -> None:
     print(f"wrote {path}")
 
 
+def picture(tasks: list[str]) -> None:
+    """SMC's particles beside plain DWGF's on the same six report digits per task (``diverse.py``'s: plain DWGF's worst
+    in each of the classes 4, 9, 3, 8, 1, 7), same seeds: ``benchmarks/results/smc_digits_<task>.png``."""
+    from benchmarks.diverse import same_digits_picture
+
+    for task in tasks:
+        runs = {label: [a for c in configs for a in ("--config", str(c))] + overrides
+                for label, (configs, overrides) in ((m, METHODS[m](task)) for m in ("DWGF", "SMC"))}
+        same_digits_picture(task, runs, f"{task}: plain DWGF (N = 8) and SMC ({task}_smc.yaml, N = 8), same digits and seeds",
+                            RESULTS / f"smc_digits_{task}.png", f"smc_picture_{task}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["run", "tune"])
+    parser.add_argument("mode", choices=["run", "tune", "picture"])
     parser.add_argument("--tasks", nargs="+", default=["box_inpaint", "sr4", "gaussian_deblur"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--level", type=float, default=0.9)
     args = parser.parse_args(argv)
     command = ("python benchmarks/calibrated.py " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()
+    if args.mode == "picture":
+        return picture(args.tasks)
     for task in args.tasks:
         if args.mode == "tune":
             for label in SMC_GRID:

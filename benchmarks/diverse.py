@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/diverse.py``: the re
 
 import torch
 
-from benchmarks.harness import RESULTS, UNCERTAINTY, RunCache, RunKey, cached_run, load_json, save_json, task_config
+from benchmarks.harness import OUTPUTS, RESULTS, UNCERTAINTY, RunCache, RunKey, cached_run, digits_folder, load_json, save_json, task_config
 
 CACHE = RunCache(RESULTS / "diverse_runs.json")
 TUNED = RESULTS / "diverse_tuned.json"
@@ -422,6 +422,29 @@ def draw_particles(names: list[str], folders: dict[str, Path], title: str, path:
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+def same_digits_picture(task: str, runs: dict[str, list[str]], title: str, path: Path, work: str) -> Path:
+    """Each run (label -> ``dwgf predict`` arguments: ``--config`` ... and overrides) on the same six report digits
+    (:func:`ambiguous_digits`), copied into one folder under ``outputs/<work>`` so that every run sees the same
+    names and seeds; then :func:`draw_particles` of them all, titled ``title`` and saved at ``path``."""
+    import shutil
+
+    from dwgf.cli import main as dwgf_main
+
+    names = ambiguous_digits(task)
+    folder = OUTPUTS / work / "digits"
+    shutil.rmtree(folder, ignore_errors=True)  # only ever what this function wrote
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(digits_folder("report100") / f"{name}.png", folder / f"{name}.png")
+    folders = {}
+    for label, arguments in runs.items():
+        out = OUTPUTS / work / label.replace(" ", "_")
+        dwgf_main(["predict", *arguments, "--data.images", str(folder), "--output", str(out), "--overwrite", "true", "--trainer.logger", "false"])
+        folders[label] = out
+    return draw_particles(names, folders, f"{title}; rows: plain DWGF's worst report digit in classes {', '.join(map(str, AMBIGUOUS_CLASSES))}",
+                          path)
 
 
 def picture(task: str = "box_inpaint") -> Path:

@@ -126,13 +126,13 @@ def dps_solver(prior, guidance: float):
     return LatentDPS(prior, num_steps=STEPS, num_particles=4, guidance=guidance, eta=1.0)
 
 
-def smc_solver(prior, n: int, guidance: float):
+def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0):
     from dwgf.likelihoods import GaussianLikelihood
     from dwgf.methods import smc
     from dwgf.solver import InverseSolver
 
     return InverseSolver(prior, method=smc, settings={"num_steps": STEPS, "guidance": guidance}, num_particles=n,
-                         likelihood=GaussianLikelihood())
+                         likelihood=GaussianLikelihood(anneal=anneal))
 
 
 def psld_solver(prior, guidance: float, gluing: float):
@@ -151,8 +151,11 @@ GRIDS: dict[str, dict[str, Callable]] = {
     "PSLD": {f"zeta={g},gamma={c}": (lambda p, g=g, c=c: psld_solver(p, g, c)) for g in (0.1, 0.3, 1.0) for c in (0.1, 1.0)},
     "decoder inversion": {f"lr={lr}": (lambda p, lr=lr: inversion_solver(p, lr)) for lr in (0.1, 0.3)},
     # the SMC sampler (dwgf.methods.smc): N particles per measurement (1000 samples in all, as every method), the
-    # twisted proposal's strength; the data term is the bed's own Gaussian likelihood
-    "SMC": {f"N={n},g={g}": (lambda p, n=n, g=g: smc_solver(p, n, g)) for n in (8, 64) for g in (0.3, 1.0)},
+    # twisted proposal's strength and the twist's annealing (variance sigma_y^2 + a (1 - abar_t); a = 0: the exact
+    # likelihood at the Tweedie estimate); the data term is the bed's own Gaussian likelihood
+    "SMC": {**{f"N={n},g={g}": (lambda p, n=n, g=g: smc_solver(p, n, g)) for n in (8, 64) for g in (0.3, 1.0)},
+            **{f"N={n},g={g},anneal={a}": (lambda p, n=n, g=g, a=a: smc_solver(p, n, g, a)) for n in (8, 64) for g in (0.3, 1.0)
+               for a in (1.0, 10.0)}},
 }
 METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC"]
 

@@ -242,30 +242,13 @@ def plain_rows() -> list[dict]:
 
 
 def picture(task: str = "box_inpaint") -> Path:
-    import shutil
+    from benchmarks.diverse import same_digits_picture
+    from benchmarks.harness import task_config
 
-    from benchmarks.diverse import AMBIGUOUS_CLASSES, ambiguous_digits, draw_particles
-    from benchmarks.harness import OUTPUTS, digits_folder, task_config
-
-    names = ambiguous_digits(task)
-    folder = OUTPUTS / "sampler_picture" / "digits"
-    shutil.rmtree(folder, ignore_errors=True)  # only ever what this function wrote
-    folder.mkdir(parents=True)
-    for name in names:
-        shutil.copy(digits_folder("report100") / f"{name}.png", folder / f"{name}.png")
-    runs = {"DWGF": [str(task_config(task)), "--model.num_particles", "8"],
-            "sampler": [str(ROOT / "configs" / "mnist" / f"{task}_posterior.yaml")]}
-    folders = {}
-    for label, (config, *extra) in runs.items():
-        from dwgf.cli import main as dwgf_main
-
-        out = OUTPUTS / "sampler_picture" / label
-        dwgf_main(["predict", "--config", config, "--data.images", str(folder), "--output", str(out), "--overwrite", "true",
-                   "--trainer.logger", "false", *extra])
-        folders[label] = out
-    return draw_particles(names, folders, f"{task}: plain DWGF (N = 8) and the DWGF sampler ({task}_posterior.yaml), same digits "
-                          f"and seeds; rows: plain DWGF's worst report digit in classes {', '.join(map(str, AMBIGUOUS_CLASSES))}",
-                          RESULTS / "sampler_digits.png")
+    runs = {"DWGF": ["--config", str(task_config(task)), "--model.num_particles", "8"],
+            "sampler": ["--config", str(ROOT / "configs" / "mnist" / f"{task}_posterior.yaml")]}
+    return same_digits_picture(task, runs, f"{task}: plain DWGF (N = 8) and the DWGF sampler ({task}_posterior.yaml), same digits and seeds",
+                               RESULTS / "sampler_digits.png", "sampler_picture")
 
 
 def main(argv: list[str] | None = None) -> None:
