@@ -61,6 +61,9 @@ SMC_GRID = {
     "sigma=0.1,g=1,ess=0.2": smc_setting(0.1, 1.0, ess=0.2),
     "sigma=0.1,g=1,anneal=10": smc_setting(0.1, 1.0, anneal=10.0),
     "sigma=0.1,g=1,no weights": smc_setting(0.1, 1.0, weights=False),
+    "sigma=0.1,g=10": smc_setting(0.1, 10.0),
+    "sigma=0.1,g=1,anneal=0.1": smc_setting(0.1, 1.0, anneal=0.1),
+    "sigma=0.2,g=1,anneal=0.1": smc_setting(0.2, 1.0, anneal=0.1),
 }
 
 

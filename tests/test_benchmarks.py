@@ -278,3 +278,31 @@ def test_posterior_methods_are_added_to_the_json_in_their_cells_and_the_rest_is_
     assert {c["SMC"] for c in after["settings"] if c["d"] == 8 and c["dy"] in (1, 2)} == {"N=8,g=8"}
     text = (tmp_path / "posterior.md").read_text()
     assert "| 8 | 1 | SMC | 0.500 |" in text and "| SMC |" in text.split("Tuned settings")[1]
+
+
+def test_smc_study_keeps_earlier_rows_and_replaces_the_ones_it_repeats(tmp_path, monkeypatch):
+    """``smc.py study --anneal 1`` adds its rows to ``smc_study.json``: rows of the first run (no ``anneal``: 0) stay,
+    a row with the same (d, d_y, anneal, N, guidance, weights) is replaced, and the table shows the anneal column."""
+    import argparse
+    import json
+
+    import torch
+
+    import benchmarks.smc as bs
+
+    monkeypatch.setattr(bs, "RESULTS", tmp_path)
+    earlier = {"d": 8, "dy": 1, "n": 8, "guidance": 1.0, "weights": True, "sw": "9.000", "coverage": "0.500", "mean_error": "1.000",
+               "seconds": "1.000", "ess": "0.500", "floor": "0.100"}
+    (tmp_path / "smc_study.json").write_text(json.dumps({"rows": [earlier]}))
+    monkeypatch.setattr(bs, "samples_of", lambda solver, prob, count, seed: (torch.zeros(count, 8, dtype=torch.float64), 0.5))
+    monkeypatch.setattr(bs, "evaluate", lambda s, prob, ex, dirs: {"sw": 0.25, "coverage": 1.0, "mean_error": 0.0})
+    monkeypatch.setattr(bs, "smc_solver", lambda prior, n, g, w, ess, anneal: ess.extend([0.5, 0.25]) or None)
+    args = argparse.Namespace(dims=[8], dys=[1], ns=[8], guidance=[1.0], anneal=[1.0], problems=2, samples=10)
+    bs.study(args, "python benchmarks/smc.py study --anneal 1")
+    bs.study(args, "python benchmarks/smc.py study --anneal 1")  # a second run replaces its own rows
+    rows = json.loads((tmp_path / "smc_study.json").read_text())["rows"]
+    assert [(r["anneal"], r["weights"], r["sw"]) for r in rows] == [(0.0, True, "9.000"), (1.0, True, "0.250 ± 0.000"),
+                                                                    (1.0, False, "0.250 ± 0.000")]
+    assert rows[1]["min_ess"] == "0.250" and rows[2]["min_ess"] == "-"
+    text = (tmp_path / "smc_study.md").read_text()
+    assert "| 8 | 1 | 0 | 8 | 1 | yes | 9.000 |" in text and "| 8 | 1 | 1 | 8 | 1 | yes | 0.250 ± 0.000 |" in text
