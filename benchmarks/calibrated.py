@@ -67,6 +67,8 @@ SMC_GRID = {
     "sigma=0.1,g=1,anneal=0.01": smc_setting(0.1, 1.0, anneal=0.01),
     "sigma=0.1,g=3,anneal=0.1": smc_setting(0.1, 3.0, anneal=0.1),
     "sigma=0.05,g=1,anneal=0.1": smc_setting(0.05, 1.0, anneal=0.1),
+    "sigma=0.2,g=1,anneal=0.01": smc_setting(0.2, 1.0, anneal=0.01),
+    "sigma=0.4,g=1,anneal=0.1": smc_setting(0.4, 1.0, anneal=0.1),
 }
 
 
