@@ -1,7 +1,7 @@
 """Calibrated intervals on MNIST: each method calibrated on the tune digits, measured on the report digits.
 
     python benchmarks/calibrated.py run [--tasks box_inpaint sr4 gaussian_deblur] [--methods DWGF SMC] [--level 0.9]
-    python benchmarks/calibrated.py tune [--tasks box_inpaint sr4]
+    python benchmarks/calibrated.py tune [--tasks box_inpaint sr4] [--settings LABEL ...]
     python benchmarks/calibrated.py picture [--tasks box_inpaint sr4]
 
 For each task and method (``DWGF``: the task config at N = 8; ``SMC``: ``configs/mnist/<task>_smc.yaml``, N = 8),
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=["box_inpaint", "sr4", "gaussian_deblur"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--level", type=float, default=0.9)
+    parser.add_argument("--settings", nargs="+", default=list(SMC_GRID), choices=list(SMC_GRID), help="tune: only these SMC settings")
     args = parser.parse_args(argv)
     command = ("python benchmarks/calibrated.py " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()
     if args.mode == "picture":
         return picture(args.tasks)
     for task in args.tasks:
         if args.mode == "tune":
-            for label in SMC_GRID:
+            for label in args.settings:
                 tune(task, label)
                 write_table(command)
             continue
