@@ -157,6 +157,8 @@ def write_table(command: str) -> None:
             "*sigma*: the likelihood's noise in the weights and the twist (the measurement's own is 0.01: a larger sigma",
             "tempers the weights); *g*: the drift's scale; *ess*: the resampling threshold (default 0.5); *anneal*: the",
             "twist's variance inflation (default 1); *no weights*: the same proposal, no weights, no resampling.",
+            "The seconds of this section are a rough guide only: some rows (on 2026-12-05, SR x4's `sigma=0.4,g=1` and",
+            "`sigma=0.2,g=3`) ran beside a short diagnostic job.",
             "",
             "| task | setting | mean PSNR | particle PSNR | spread | CRPS | cov90 | s/image | date |",
             "|---|---|---|---|---|---|---|---|---|",
