@@ -46,3 +46,14 @@ def test_layered_config_resolves_to_the_tuned_guidance(capsys):
     assert model["class_path"] == "dwgf.baselines.LatentDPS"
     assert model["init_args"]["guidance"] == float(TUNED["Latent DPS"]["box_inpaint"]["winner"].split("=")[1])
     assert model["init_args"]["prior"]["init_args"]["pretrained"] == "dwgf:mnist-ldm"  # the task's prior stays
+
+
+@pytest.mark.parametrize("variant", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs/mnist").glob("*_*.yaml")
+                                            if p.stem.rsplit("_", 1)[-1] in ("smc", "posterior")))
+def test_a_method_variant_of_a_task_measures_the_same_thing_as_the_task(variant):
+    """``configs/mnist/<task>_smc.yaml`` and ``<task>_posterior.yaml`` change the method, never the measurement: their
+    ``data`` section (operator, noise, batch) is the task config's, so their results compare with the task's."""
+    folder = Path(__file__).resolve().parents[1] / "configs/mnist"
+    task = variant.rsplit("_", 1)[0]
+    own, base = (yaml.safe_load((folder / name).read_text()) for name in (variant, f"{task}.yaml"))
+    assert own["data"] == base["data"], f"{variant}: its data section differs from {task}.yaml's"
