@@ -88,13 +88,18 @@ def tune(task: str, label: str) -> dict:
     return result
 
 
+def arguments(task: str, method: str) -> list[str]:
+    """The method's configs (``--config`` each) and overrides, as ``dwgf`` takes them."""
+    configs, overrides = METHODS[method](task)
+    return [*(a for c in configs for a in ("--config", str(c))), *overrides]
+
+
 def calibrate(task: str, method: str, level: float) -> Path:
     from dwgf.cli import main as dwgf_main
 
-    configs, overrides = METHODS[method](task)
     out = OUTPUTS / "calibrated" / f"{task}-{method}-tune50"
-    dwgf_main(["calibrate", *(a for c in configs for a in ("--config", str(c))), "--data.images", str(digits_folder("tune50")),
-               "--output", str(out), "--overwrite", "true", "--level", str(level), "--trainer.logger", "false", *overrides])
+    dwgf_main(["calibrate", *arguments(task, method), "--data.images", str(digits_folder("tune50")),
+               "--output", str(out), "--overwrite", "true", "--level", str(level), "--trainer.logger", "false"])
     return out / "calibration.json"
 
 
@@ -182,8 +187,7 @@ def picture(tasks: list[str]) -> None:
     from benchmarks.diverse import same_digits_picture
 
     for task in tasks:
-        runs = {label: [a for c in configs for a in ("--config", str(c))] + overrides
-                for label, (configs, overrides) in ((m, METHODS[m](task)) for m in ("DWGF", "SMC"))}
+        runs = {method: arguments(task, method) for method in ("DWGF", "SMC")}
         same_digits_picture(task, runs, f"{task}: plain DWGF (N = 8) and SMC ({task}_smc.yaml, N = 8), same digits and seeds",
                             RESULTS / f"smc_digits_{task}.png", f"smc_picture_{task}")
 

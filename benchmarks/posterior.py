@@ -153,9 +153,8 @@ GRIDS: dict[str, dict[str, Callable]] = {
     # the SMC sampler (dwgf.methods.smc): N particles per measurement (1000 samples in all, as every method), the
     # twisted proposal's strength and the twist's annealing (variance sigma_y^2 + a (1 - abar_t); a = 0: the exact
     # likelihood at the Tweedie estimate); the data term is the bed's own Gaussian likelihood
-    "SMC": {**{f"N={n},g={g}": (lambda p, n=n, g=g: smc_solver(p, n, g)) for n in (8, 64) for g in (0.3, 1.0)},
-            **{f"N={n},g={g},anneal={a}": (lambda p, n=n, g=g, a=a: smc_solver(p, n, g, a)) for n in (8, 64) for g in (0.3, 1.0)
-               for a in (1.0, 10.0)}},
+    "SMC": {f"N={n},g={g}" + (f",anneal={a}" if a else ""): (lambda p, n=n, g=g, a=a: smc_solver(p, n, g, a))
+            for a in (0.0, 1.0, 10.0) for n in (8, 64) for g in (0.3, 1.0)},
 }
 METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC"]
 
