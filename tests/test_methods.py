@@ -260,7 +260,7 @@ def _digits(tmp_path, count):
     return str(folder)
 
 
-@pytest.mark.parametrize("task", ["box_inpaint", "sr4"])
+@pytest.mark.parametrize("task", ["box_inpaint", "sr4", "gaussian_deblur"])
 def test_sampler_configs_run_end_to_end(task, tmp_path):
     from dwgf.cli import main
 
