@@ -69,15 +69,19 @@ def interval_metrics(particles01: torch.Tensor, truth01: torch.Tensor, scale: fl
     return {"calibrated_width": float((hi - lo).mean()), "calibrated_coverage": float(((x >= lo) & (x <= hi)).float().mean())}
 
 
+def images_needed(level: float) -> int:
+    """The fewest calibration images for which a finite scale meets the level: ``(n + 1) (1 - level) >= 1``."""
+    return max(1, math.ceil(1 / (1 - float(level)) - 1 - 1e-9))
+
+
 def conformal_scale(per_image_scores: Sequence[torch.Tensor], level: float) -> float:
     """The smallest ``scale`` with ``n / (n + 1) R(scale) + 1 / (n + 1) <= 1 - level``, ``R`` the miss rate averaged over
     the ``n`` images (a pixel misses when its score exceeds ``scale``)."""
     n = len(per_image_scores)
     alpha = 1 - float(level)
-    target = ((n + 1) * alpha - 1) / n if n else -1.0
-    if target < 0:
-        need = math.ceil(1 / alpha - 1 - 1e-9)
-        raise DWGFError(f"calibration at level {level} needs at least {need} images with ground truth, got {n}")
+    if n < images_needed(level):
+        raise DWGFError(f"calibration at level {level} needs at least {images_needed(level)} images with ground truth, got {n}")
+    target = ((n + 1) * alpha - 1) / n
     values = torch.cat([s.double() for s in per_image_scores])
     weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s)), dtype=torch.float64, device=s.device) for s in per_image_scores])
     order = torch.argsort(values, descending=True)
@@ -111,6 +115,10 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         path = Path(path).expanduser()
+        if path.is_dir():  # the --output folder of dwgf calibrate: its calibration.json
+            if not (path / "calibration.json").is_file():
+                raise DWGFError(f"calibration {str(path)!r} is a folder without calibration.json: give the file dwgf calibrate wrote")
+            path = path / "calibration.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

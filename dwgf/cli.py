@@ -94,6 +94,8 @@ class DWGFCLI(LightningCLI):
             init_args["seed"] = int(config["seed_everything"] or 0)
         if self.subcommand == "predict":
             self._check_calibration(config)  # before anything is written
+            if _CALIBRATING:
+                _check_calibration_inputs(init_args, _CALIBRATING["level"])
             config["trainer"]["inference_mode"] = False  # the flow needs autograd
             config["trainer"]["use_distributed_sampler"] = False  # the data module shards whole batches itself
             config["return_predictions"] = False  # results go to disk, not into memory
@@ -601,6 +603,23 @@ def main(args: Any = None) -> None:
 
 
 _LAST_RUN: dict[str, Any] = {}
+_CALIBRATING: dict[str, float] = {}  # set while dwgf calibrate runs its predict: the level, for the checks before the run
+
+
+def _check_calibration_inputs(init_args: Any, level: float) -> None:
+    """dwgf calibrate's inputs, before anything is written or run: images with ground truth, enough of them for the level."""
+    from dwgf.calibration import images_needed
+    from dwgf.data.images import IMAGE_SUFFIXES, list_images
+
+    if init_args is None or not init_args.get("images") or init_args.get("measurements"):
+        raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images DIR (not --data.measurements)")
+    try:
+        count = sum(path.suffix.lower() in IMAGE_SUFFIXES for path in list_images(init_args["images"], "images"))
+    except DWGFError:
+        return  # a missing or empty folder: reported by predict's own input check, in its words
+    if count < images_needed(level):
+        raise DWGFError(f"--data.images {str(init_args['images'])!r}: calibration at level {level:g} needs at least "
+                        f"{images_needed(level)} images with ground truth, the folder has {count}")
 
 
 def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to bottom
@@ -627,7 +646,11 @@ def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to
     if any(a.startswith("--model.calibration") for a in argv):
         print("dwgf: error: --model.calibration is for dwgf predict; dwgf calibrate makes the file", file=sys.stderr)
         raise SystemExit(2)
-    main(["predict", *argv])
+    _CALIBRATING["level"] = level
+    try:
+        main(["predict", *argv])
+    finally:
+        _CALIBRATING.clear()
     output = _LAST_RUN.get("output")
     try:
         if output is None:

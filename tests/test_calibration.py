@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dwgf.calibration import Calibration, conformal_scale, interval, interval_metrics, scores
+from dwgf.calibration import Calibration, conformal_scale, images_needed, interval, interval_metrics, scores
 from dwgf.cli import main
 from dwgf.errors import DWGFError
 from dwgf.testing import make_images
@@ -79,7 +79,37 @@ def test_calibrate_then_predict_and_a_file_for_another_config_is_refused(ldm_pat
     assert "not a dwgf calibration file" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
-def test_a_calibration_file_round_trips(tmp_path):
+def test_a_calibration_file_round_trips_and_its_folder_stands_for_it(tmp_path):
     c = Calibration(method="m", task="t", level=0.9, scale=1.5, images=20, config="abc", miss_rate=0.05)
-    (tmp_path / "c.json").write_bytes(c.save(tmp_path / "c.json"))
-    assert Calibration.load(tmp_path / "c.json") == c
+    (tmp_path / "calibration.json").write_bytes(c.save(tmp_path / "calibration.json"))
+    assert Calibration.load(tmp_path / "calibration.json") == c
+    assert Calibration.load(tmp_path) == c  # dwgf calibrate's --output folder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DWGFError, match="is a folder without calibration.json"):
+        Calibration.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("level,count,need", [(0.9, 8, 9), (0.8, 3, 4), (0.95, 18, 19)])
+def test_images_needed_is_the_smallest_count_conformal_scale_accepts(level, count, need):
+    assert images_needed(level) == need == count + 1
+    conformal_scale([torch.ones(2)] * need, level)
+    with pytest.raises(DWGFError, match=f"needs at least {need} images"):
+        conformal_scale([torch.ones(2)] * count, level)
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ("few", "calibration at level 0.9 needs at least 9 images with ground truth, the folder has 5"),
+    ("measurements", "dwgf calibrate needs images with ground truth: give --data.images DIR (not --data.measurements)"),
+])
+def test_calibrate_refuses_unusable_inputs_before_it_runs(ldm_path, tmp_path, capsys, inputs, message):
+    """Too few images for the level, or measurements without ground truth: one line, exit 2, before the method runs
+    (no output folder)."""
+    folder = make_images(tmp_path / "cal", count=5, sizes=((32, 32),), mode="L")
+    option = "--data.images" if inputs == "few" else "--data.measurements"
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--trainer.logger", "false",
+              option, str(folder), "--output", str(tmp_path / "c")])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("dwgf: error") and message in err[0], err
+    assert not (tmp_path / "c").exists()
