@@ -41,9 +41,12 @@ METHODS = {"DWGF": lambda task: ([ROOT / "configs/mnist" / f"{task}.yaml"], ["--
            "SMC": lambda task: ([ROOT / "configs/mnist" / f"{task}_smc.yaml"], [])}
 
 
-def smc_setting(sigma: float, guidance: float, ess: float = 0.5, anneal: float = 1.0, weights: bool = True) -> list[str]:
+def smc_setting(sigma: float, guidance: float, ess: float = 0.5, anneal: float = 1.0, weights: bool = True, moves: int = 0,
+                move_size: float = 0.1) -> list[str]:
     """``dwgf predict`` overrides for one SMC setting (200 steps), over ``configs/mnist/<task>_smc.yaml``."""
     settings = {"num_steps": 200, "guidance": guidance, "ess_threshold": ess, "weights": weights}
+    if moves:  # only then: the settings of the rows measured before moves existed stay as they were
+        settings.update(moves=moves, move_size=move_size)
     return ["--model.settings", json.dumps(settings), "--model.likelihood.init_args.sigma", str(sigma),
             "--model.likelihood.init_args.anneal", str(anneal)]
 
@@ -69,6 +72,9 @@ SMC_GRID = {
     "sigma=0.05,g=1,anneal=0.1": smc_setting(0.05, 1.0, anneal=0.1),
     "sigma=0.2,g=1,anneal=0.01": smc_setting(0.2, 1.0, anneal=0.01),
     "sigma=0.4,g=1,anneal=0.1": smc_setting(0.4, 1.0, anneal=0.1),
+    # resample-move: Langevin moves after each resampling, on each task's best setting above
+    **{f"sigma={sigma:g},g=1,anneal={anneal:g},moves={moves},size={size:g}": smc_setting(sigma, 1.0, anneal=anneal, moves=moves, move_size=size)
+       for sigma, anneal in ((0.2, 0.1), (0.1, 0.01), (0.1, 1.0)) for moves, size in ((1, 0.05), (2, 0.05), (1, 0.2))},
 }
 
 

@@ -365,6 +365,7 @@ BATCH_CASES = {  # method -> (its solver for a prior, the prior fixture, the pro
     "dwgf-diverse": (_diverse, "ldm_prior", _box),
     "dwgf-sampler": (_sampler, "gaussian_mixture", _sampler_problem),
     "latent_map": (lambda p: _latent_map(num_steps=3)(p), "ldm_prior", _box),
+    "smc-moves": (lambda p: _generic(method_functions()["smc"], num_steps=4, moves=2)(p), "ldm_prior", _box),
 }
 
 

@@ -65,12 +65,19 @@ class SMCConfig:
         ess_threshold: resample an item when its effective sample size falls below this share of ``N``.
             Default 0.5.
         weights: ``False``: the same proposal with no weights and no resampling. Default ``True``.
+        moves: Langevin moves on the step's target after each resampling, per resampled item (resample-move:
+            the copies of one ancestor spread out again). Each move costs one more network forward and backward.
+            Default 0 (none).
+        move_size: a move's step ``delta = move_size * (1 - abar_t)`` (a share of the noise level's variance).
+            Default 0.1.
     """
 
     num_steps: int = 200
     guidance: float = 1.0
     ess_threshold: float = 0.5
     weights: bool = True
+    moves: int = 0
+    move_size: float = 0.1
 
     def __post_init__(self):
         if self.num_steps < 1:
@@ -79,6 +86,12 @@ class SMCConfig:
             raise DWGFError(f"SMCConfig: guidance must be >= 0, got {self.guidance}")
         if not 0 <= self.ess_threshold <= 1:
             raise DWGFError(f"SMCConfig: ess_threshold must be in [0, 1], got {self.ess_threshold}")
+        if self.moves < 0:
+            raise DWGFError(f"SMCConfig: moves must be >= 0, got {self.moves}")
+        if not 0 < self.move_size <= 1:
+            raise DWGFError(f"SMCConfig: move_size must be in (0, 1], got {self.move_size}")
+        if self.moves and not self.weights:
+            raise DWGFError("SMCConfig: moves follow a resampling, and weights=False never resamples: set moves to 0")
 
 
 @dataclass
@@ -130,6 +143,11 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemNoise, callback: Option
                 z, twist, grad, eps, z0 = (v.view(b, n, *v.shape[1:]).gather(1, _expand(index, v.view(b, n, *v.shape[1:])))
                                             .flatten(0, 1) for v in (z, twist, grad, eps, z0))
                 log_w = torch.where(resample.view(b, 1), torch.zeros_like(log_w), log_w)
+            for _ in range(config.moves):  # resample-move: Langevin on the step's target, resampled items only
+                xi = draw((n, *shape)).flatten(0, 1)  # drawn at every step, used or not: an item's draws are its own
+                if bool(resample.any()):
+                    z, twist, grad, eps, z0 = _move(prior, problem, (z, twist, grad, eps, z0), xi, tt, abar,
+                                                    resample.repeat_interleave(n), config.move_size, unet_dtype)
             # the proposal: the prior's ancestral step, drifted by the twist's gradient
             abar_prev = prior.abar(ts[i + 1].repeat(b * n), z) if i + 1 < len(ts) else torch.ones_like(abar)
             a, a_prev = abar.view(-1, *([1] * (z.dim() - 1))), abar_prev.view(-1, *([1] * (z.dim() - 1)))
@@ -171,6 +189,21 @@ def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tenso
         twist = -problem.likelihood.loss(problem.operator, x0, problem.y_n, problem.params_n, abar)
         (grad,) = torch.autograd.grad(twist.sum(), leaf)
     return twist.detach(), grad.detach(), eps.detach(), z0.detach()
+
+
+def _move(prior: LatentPrior, problem: Problem, state: tuple[torch.Tensor, ...], xi: torch.Tensor, t: torch.Tensor,
+          abar: torch.Tensor, rows: torch.Tensor, move_size: float, unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
+    """One unadjusted Langevin move of the particles in ``rows`` on the step's target ``p_t(z) ptilde_t(y | z)``:
+    ``z + delta (-eps_hat / sqrt(1 - abar) + grad log ptilde) + sqrt(2 delta) xi``, ``delta = move_size (1 - abar)``;
+    then the twist, its gradient and the network's outputs at the moved particles. Other rows keep theirs."""
+    z, twist, grad, eps, z0 = state
+    a = abar.view(-1, *([1] * (z.dim() - 1)))
+    delta = move_size * (1 - a)
+    with torch.no_grad():
+        moved = z + delta * (grad - eps / (1 - a).sqrt()) + (2 * delta).sqrt() * xi
+        moved = torch.where(rows.view(-1, *([1] * (z.dim() - 1))), moved, z).detach()
+    new = _twist(prior, problem, moved, t, abar, unet_dtype)
+    return (moved, *(torch.where(rows.view(-1, *([1] * (v.dim() - 1))), v_new, v) for v, v_new in zip((twist, grad, eps, z0), new)))
 
 
 def _ess(log_w: torch.Tensor) -> torch.Tensor:
