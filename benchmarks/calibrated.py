@@ -38,7 +38,11 @@ METHODS = {"DWGF": lambda task: ([ROOT / "configs/mnist" / f"{task}.yaml"], ["--
            "DWGF sampler": lambda task: ([ROOT / "configs/mnist" / f"{task}_posterior.yaml"], []),
            "PSLD": lambda task: ([ROOT / "configs/mnist" / f"{task}.yaml", ROOT / "configs/methods" / task / "psld.yaml"],
                                  ["--model.num_particles", "8"]),
-           "SMC": lambda task: ([ROOT / "configs/mnist" / f"{task}_smc.yaml"], [])}
+           "SMC": lambda task: ([ROOT / "configs/mnist" / f"{task}_smc.yaml"], []),
+           # resample-move: the task's SMC config with two Langevin moves (move_size 0.05) after each resampling
+           "SMC + moves": lambda task: ([ROOT / "configs/mnist" / f"{task}_smc.yaml"],
+                                        ["--model.settings", json.dumps({"num_steps": 200, "guidance": 1.0, "ess_threshold": 0.5,
+                                                                         "moves": 2, "move_size": 0.05})])}
 
 
 def smc_setting(sigma: float, guidance: float, ess: float = 0.5, anneal: float = 1.0, weights: bool = True, moves: int = 0,
@@ -152,7 +156,8 @@ def write_table(command: str) -> None:
         "own 5-95% interval; *calibrated*: inside the calibrated interval (mean +- q (std + 1/255), `dwgf.calibration`),",
         "whose target is the level; *width*: its mean width in [0, 1] units; CRPS per pixel of [0, 1] images; s/image:",
         "solver time per digit, 2-core CPU. *SMC (first config)*: SMC before its tuning (sigma 0.1, anneal 1 on every task).",
-        "PSLD: its tuned setting (`configs/methods/<task>/psld.yaml`) at N = 8.",
+        "PSLD: its tuned setting (`configs/methods/<task>/psld.yaml`) at N = 8. *SMC + moves*: the task's SMC config with",
+        "two Langevin moves (`move_size` 0.05) after each resampling (`SMCConfig.moves`; chosen on `tune10`, below).",
         "",
         "| task | method | level | mean PSNR | CRPS | cov90 (particles) | calibrated coverage | width | q | s/image | date |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -167,7 +172,8 @@ def write_table(command: str) -> None:
             "",
             "*sigma*: the likelihood's noise in the weights and the twist (the measurement's own is 0.01: a larger sigma",
             "tempers the weights); *g*: the drift's scale; *ess*: the resampling threshold (default 0.5); *anneal*: the",
-            "twist's variance inflation (default 1); *no weights*: the same proposal, no weights, no resampling.",
+            "twist's variance inflation (default 1); *no weights*: the same proposal, no weights, no resampling;",
+            "*moves*: Langevin moves after each resampling, *size*: their `move_size` (`SMCConfig`; default none).",
             "The seconds of this section are a rough guide only: some rows (on 2026-12-05, SR x4's `sigma=0.4,g=1` and",
             "`sigma=0.2,g=3`) ran beside a short diagnostic job.",
             "",
