@@ -27,6 +27,17 @@ are always resampled, so the ``N`` particles returned are equally weighted. As `
 become samples of the posterior of the chain's prior (the weights correct whatever the twist gets wrong);
 with ``weights = False`` the same proposal runs without weights or resampling (the guided chain alone).
 
+**Resample-move** (``moves > 0``; Gilks and Berzuini 2001, as in Doucet and Johansen's SMC tutorial): after an
+item is resampled, its copies of one ancestor are spread out again by ``moves`` unadjusted Langevin steps on the
+step's target ``p_t(z) ptilde_t(y | z)``, whose score is ``-eps_hat / sqrt(1 - abar_t) + grad log ptilde``:
+``z <- z + delta score + sqrt(2 delta) xi``, ``delta = move_size (1 - abar_t)``. The weights stay as they are (the
+move leaves the target nearly invariant); the moved particles' twist, gradient and network outputs are computed
+again, one more network forward and backward per move. The moves are unadjusted (the prior's density is not
+available for a Metropolis test), so a large ``move_size`` biases the result: on the one-dimensional two-mode test
+problem (100 steps, 4096 particles) ``move_size`` 0.05 with two moves keeps the posterior's mean, variance and
+mode weight within Monte Carlo error over 6 runs (``tests/test_smc.py``), while 0.2 gave, in 3 runs, variances 7%
+to 20% above the exact one (plain SMC on the same seeds: 10% below to 5% above).
+
 Every draw and every weight is per item: an item's particles do not depend on its batch.
 
 **Anneal the twist.** With the exact likelihood as the twist (``GaussianLikelihood(anneal=0)``) a sharp
