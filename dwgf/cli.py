@@ -630,16 +630,20 @@ def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to
     from dwgf.calibration import Calibration, conformal_scale, scores
     from dwgf.outputs import OutputFolder, OutputLock
 
-    argv = list(argv)
-    level = 0.9
-    if "--level" in argv:
-        i = argv.index("--level")
-        try:
-            level = float(argv[i + 1])
-        except (IndexError, ValueError):
-            print("dwgf: error: --level needs a number in (0, 1), e.g. --level 0.9", file=sys.stderr)
-            raise SystemExit(2) from None
-        del argv[i : i + 2]
+    argv, given = list(argv), []
+    for i in reversed(range(len(argv))):  # --level X and --level=X; taken out of what predict parses
+        if argv[i] == "--level" or argv[i].startswith("--level="):
+            value = argv[i].partition("=")[2] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i : i + (1 if "=" in argv[i] else 2)]
+            given.append(value)
+    if len(given) > 1:
+        print("dwgf: error: --level is given more than once; give it once, e.g. --level 0.9", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        level = float(given[0]) if given else 0.9
+    except ValueError:
+        print(f"dwgf: error: --level needs a number in (0, 1), e.g. --level 0.9; got {given[0]!r}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not 0 < level < 1:
         print(f"dwgf: error: --level must be in (0, 1), got {level}", file=sys.stderr)
         raise SystemExit(2)

@@ -113,3 +113,20 @@ def test_calibrate_refuses_unusable_inputs_before_it_runs(ldm_path, tmp_path, ca
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("dwgf: error") and message in err[0], err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("level_args,message", [
+    (["--level", "0.9", "--level", "0.8"], "--level is given more than once"),
+    (["--level", "abc"], "--level needs a number in (0, 1), e.g. --level 0.9; got 'abc'"),
+    (["--level=1.5"], "--level must be in (0, 1), got 1.5"),
+    (["--level=0.8"], "calibration at level 0.8 needs at least 4 images with ground truth, the folder has 3"),  # = form read
+])
+def test_calibrate_reads_its_level_or_says_what_is_wrong(ldm_path, tmp_path, capsys, level_args, message):
+    folder = make_images(tmp_path / "cal", count=3, sizes=((32, 32),), mode="L")
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--trainer.logger", "false",
+              "--data.images", str(folder), "--output", str(tmp_path / "c"), *level_args])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "c").exists()
