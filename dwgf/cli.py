@@ -57,7 +57,7 @@ class DWGFCLI(LightningCLI):
             auto_configure_optimizers=False,
             # parser errors are raised (not printed with the usage) so that main() can make them one line
             parser_kwargs={
-                "exit_on_error": False, "formatter_class": _HelpFormatter,
+                "exit_on_error": False, "formatter_class": _HelpFormatter, "description": TOP_DESCRIPTION, "epilog": TOP_EPILOG,
                 **{c: {"exit_on_error": False, "formatter_class": _HelpFormatter} for c in ("fit", "validate", "test", "predict")},
             },
             args=args,
@@ -448,6 +448,26 @@ class _HelpFormatter(LightningArgumentParser().formatter_class):  # jsonargparse
         return "\n".join(indent + line for line in text.splitlines())
 
 
+TOP_DESCRIPTION = "dwgf: imaging inverse problems solved with a frozen latent diffusion prior (DWGF and the methods beside it)."
+CALIBRATE_USAGE = "dwgf calibrate --config CONFIG --data.images CALIBRATION_DIR --output DIR [--level 0.9]"
+TOP_EPILOG = (f"One more subcommand, not listed above:\n  {CALIBRATE_USAGE}\n"
+              "      calibrated intervals for any method (split conformal): see dwgf calibrate --help")
+CALIBRATE_HELP = f"""usage: {CALIBRATE_USAGE}
+
+Runs the configuration as dwgf predict does, on images with ground truth (into --output), then writes
+<output>/calibration.json: the scale q of the interval mean +- q (std + 1/255) whose pixel coverage, averaged over
+these images, meets the level with split conformal's correction. Use it with
+  dwgf predict --config CONFIG ... --model.calibration DIR/calibration.json
+which writes lower.png and upper.png per item and calibrated_width, calibrated_coverage in metrics.csv; a file made
+for another configuration is refused.
+
+options:
+  --level LEVEL   the coverage to reach, in (0, 1) (default 0.9); level 0.9 needs at least 9 images
+  every option of dwgf predict (dwgf predict --help), except --model.calibration and --data.measurements
+
+What it guarantees and what it does not: docs/running.md, "Calibrated intervals"."""
+
+
 TOP_OPTIONS = ["--config", "--print_config", "--output", "--overwrite", "--seed_everything", "--model", "--data", "--trainer",
                "--ckpt_path", "--help"]
 
@@ -630,6 +650,9 @@ def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to
     from dwgf.calibration import Calibration, conformal_scale, scores
     from dwgf.outputs import OutputFolder, OutputLock
 
+    if any(a in ("-h", "--help") for a in argv):
+        print(CALIBRATE_HELP)
+        raise SystemExit(0)
     argv, given = list(argv), []
     for i in reversed(range(len(argv))):  # --level X and --level=X; taken out of what predict parses
         if argv[i] == "--level" or argv[i].startswith("--level="):

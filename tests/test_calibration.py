@@ -130,3 +130,15 @@ def test_calibrate_reads_its_level_or_says_what_is_wrong(ldm_path, tmp_path, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "c").exists()
+
+
+def test_calibrate_has_its_own_help_and_the_top_help_names_it(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--config", "whatever.yaml", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dwgf calibrate --config CONFIG --data.images CALIBRATION_DIR --output DIR [--level 0.9]")
+    assert "--model.calibration DIR/calibration.json" in out and "--level LEVEL" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "dwgf calibrate --config CONFIG" in capsys.readouterr().out
