@@ -211,7 +211,7 @@ def _move(prior: LatentPrior, problem: Problem, state: tuple[torch.Tensor, ...],
     a = abar.view(-1, *([1] * (z.dim() - 1)))
     delta = move_size * (1 - a)
     with torch.no_grad():
-        moved = z + delta * (grad - eps / (1 - a).sqrt()) + (2 * delta).sqrt() * xi
+        moved = z + delta * grad - move_size * (1 - a).sqrt() * eps + (2 * delta).sqrt() * xi  # delta eps / sqrt(1 - a), no 0 / 0
         moved = torch.where(rows.view(-1, *([1] * (z.dim() - 1))), moved, z).detach()
     new = _twist(prior, problem, moved, t, abar, unet_dtype)
     return (moved, *(torch.where(rows.view(-1, *([1] * (v.dim() - 1))), v_new, v) for v, v_new in zip((twist, grad, eps, z0), new)))
