@@ -126,13 +126,15 @@ def dps_solver(prior, guidance: float):
     return LatentDPS(prior, num_steps=STEPS, num_particles=4, guidance=guidance, eta=1.0)
 
 
-def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0):
+def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1):
     from dwgf.likelihoods import GaussianLikelihood
     from dwgf.methods import smc
     from dwgf.solver import InverseSolver
 
-    return InverseSolver(prior, method=smc, settings={"num_steps": STEPS, "guidance": guidance}, num_particles=n,
-                         likelihood=GaussianLikelihood(anneal=anneal))
+    settings = {"num_steps": STEPS, "guidance": guidance}
+    if moves:
+        settings.update(moves=moves, move_size=move_size)
+    return InverseSolver(prior, method=smc, settings=settings, num_particles=n, likelihood=GaussianLikelihood(anneal=anneal))
 
 
 def psld_solver(prior, guidance: float, gluing: float):
@@ -155,8 +157,11 @@ GRIDS: dict[str, dict[str, Callable]] = {
     # likelihood at the Tweedie estimate); the data term is the bed's own Gaussian likelihood
     "SMC": {f"N={n},g={g}" + (f",anneal={a}" if a else ""): (lambda p, n=n, g=g, a=a: smc_solver(p, n, g, a))
             for a in (0.0, 1.0, 10.0) for n in (8, 64) for g in (0.3, 1.0)},
+    # SMC with resample-move: two Langevin moves of step move_size (1 - abar_t) after each resampling
+    "SMC + moves": {f"N={n},g=1,anneal={a},size={size}": (lambda p, n=n, a=a, size=size: smc_solver(p, n, 1.0, a, 2, size))
+                    for a in (1.0, 10.0) for n in (8, 64) for size in (0.05, 0.2)},
 }
-METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC"]
+METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC", "SMC + moves"]
 
 
 def build(method: str, label: str, prior):
