@@ -103,6 +103,17 @@ class InverseSolver(LightningModule):
             raise argument_error(self, "method", f" must be a function (prior, problem, draw, *, callback, **settings), got {method!r}")
         self.method = method
         self.method_settings = dict(settings or {})
+        settings_class = getattr(method, "settings_class", None)  # a method may name its settings' class: checked now
+        if settings_class is not None:
+            known = list(settings_class.__dataclass_fields__)
+            unknown = [k for k in self.method_settings if k not in known]
+            if unknown:
+                raise argument_error(self, "settings", f": unknown setting {unknown[0]!r} of {getattr(method, '__name__', 'the method')} "
+                                     f"(its settings: {', '.join(known)})")
+            try:
+                settings_class(**self.method_settings)
+            except DWGFError as err:
+                raise argument_error(self, "settings", f": {str(err).split(': ', 1)[-1]}") from None
         self.generator = str(generator)
         self.tf32 = bool(tf32)
         self.prior = prior

@@ -136,3 +136,17 @@ def test_the_smc_configs_run_through_dwgf_predict(config, ldm_path, tmp_path):
     assert "dwgf.methods.smc.smc" in (out / "config.yaml").read_text()
     for name in ("digit0_mnist_0475", "digit1_mnist_0975"):
         assert json.loads((out / name / ".dwgf-item.json").read_text())["state"] == "complete"
+
+
+def test_the_solver_checks_smc_settings_when_it_is_built():
+    """``--model.settings`` of the SMC method is checked when the solver is built, before any run: a bad value or an
+    unknown setting is one error that names the setting."""
+    from dwgf.errors import DWGFError
+    from dwgf.solver import InverseSolver
+
+    prior = GaussianMixturePrior(grid_mixture(2), latent_shape=(2, 1, 1), schedule="linear")
+    with pytest.raises(DWGFError, match="settings: moves must be >= 0, got -1"):
+        InverseSolver(prior, method=smc, settings={"moves": -1})
+    with pytest.raises(DWGFError, match="unknown setting 'movess' of smc .its settings: num_steps, guidance"):
+        InverseSolver(prior, method=smc, settings={"movess": 2})
+    InverseSolver(prior, method=smc, settings={"moves": 2, "move_size": 0.05})  # good settings build

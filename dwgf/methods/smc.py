@@ -127,6 +127,9 @@ def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, 
         return _smc(prior, problem, draw, callback, config, unet_dtype)
 
 
+smc.settings_class = SMCConfig  # type: ignore[attr-defined] - the solver checks --model.settings before a run
+
+
 def _smc(prior: LatentPrior, problem: Problem, draw: ItemNoise, callback: Optional[Callable[[SMCState], None]], config: SMCConfig,
          unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
     b, n = problem.batch, problem.num_particles
