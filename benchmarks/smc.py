@@ -31,18 +31,12 @@ if __package__ in (None, ""):  # run as ``python benchmarks/smc.py``: the reposi
 import torch
 
 from benchmarks.harness import RESULTS, save_json
+from benchmarks import posterior
 from benchmarks.posterior import STEPS, directions, evaluate, exact_samples, problem, samples_of, stats
 
 
 def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1):
-    from dwgf.likelihoods import GaussianLikelihood
-    from dwgf.methods import smc
-    from dwgf.solver import InverseSolver
-
-    settings = {"num_steps": STEPS, "guidance": guidance, "weights": weights}
-    if moves:
-        settings.update(moves=moves, move_size=move_size)
-    solver = InverseSolver(prior, method=smc, settings=settings, num_particles=n, likelihood=GaussianLikelihood(anneal=anneal))
+    solver = posterior.smc_solver(prior, n, guidance, anneal, moves, move_size, weights)
     solver.on_iteration = lambda state: ess.append(float(state.ess.mean()) / n)  # the share of N, before resampling
     return solver
 

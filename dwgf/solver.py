@@ -104,7 +104,7 @@ class InverseSolver(LightningModule):
         self.method = method
         self.method_settings = dict(settings or {})
         settings_class = getattr(method, "settings_class", None)  # a method may name its settings' class: checked now
-        if settings_class is not None:
+        if settings_class is not None and self.method_settings:
             known = list(settings_class.__dataclass_fields__)
             unknown = [k for k in self.method_settings if k not in known]
             if unknown:

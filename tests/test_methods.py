@@ -388,3 +388,17 @@ def test_an_item_alone_equals_the_same_item_in_a_batch(name, request):
     torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-4)
     other = solver.solve(y[1:2], {k: v[1:2] for k, v in params.items()}, [99])
     assert (other[0] - batch[1]).abs().max() > 1e-3  # another seed: other particles
+
+
+@pytest.mark.parametrize("name,settings,message", [
+    ("latent_dps", {"guidance": -1.0}, "settings: guidance and gluing must be >= 0"),
+    ("psld", {"num_stepz": 3}, "unknown setting 'num_stepz' of psld"),
+    ("dwgf", {"regularizers": [{"class_path": "dwgf.regularizers.KLPrior"}]}, "settings: regularizers has a dict"),
+])
+def test_methods_that_name_their_settings_class_are_checked_when_the_solver_is_built(name, settings, message):
+    from dwgf.errors import DWGFError
+    from dwgf.solver import InverseSolver
+
+    prior = GaussianMixturePrior(grid_mixture(2), latent_shape=(2, 1, 1), schedule="linear")
+    with pytest.raises(DWGFError, match=message):
+        InverseSolver(prior, method=method_functions()[name], settings=settings)

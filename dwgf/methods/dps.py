@@ -74,6 +74,10 @@ def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None,
     return _guided_ddim(prior, problem, draw, callback, PSLDConfig(**settings))
 
 
+latent_dps.settings_class = DPSConfig  # type: ignore[attr-defined] - the solver checks --model.settings before a run
+psld.settings_class = PSLDConfig  # type: ignore[attr-defined]
+
+
 def _guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise], callback: Optional[Callable[[SamplerState], None]],
                 config: DPSConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent DPS (``config.gluing = 0``) or PSLD: :func:`~dwgf.sampling.ddim_loop` with the guidance loss."""

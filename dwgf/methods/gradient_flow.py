@@ -21,3 +21,6 @@ def dwgf(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None,
     """
     particles, _, failed_at = dwgf_flow(prior, problem, FlowConfig(**settings), draw, callback)
     return particles, failed_at
+
+
+dwgf.settings_class = FlowConfig  # type: ignore[attr-defined] - the solver checks --model.settings before a run
