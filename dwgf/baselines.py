@@ -51,7 +51,10 @@ class LatentDPS(InverseSolver):
         num_particles: independent samples per measurement. Default 4.
         guidance: ``zeta``, the step on the measurement norm. Default 1.0.
         eta: DDIM stochasticity, in ``[0, 1]``. Default 1.0.
-        likelihood, generator, tf32, calibration: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood: see :class:`~dwgf.solver.InverseSolver`.
+        generator: see :class:`~dwgf.solver.InverseSolver`.
+        tf32: see :class:`~dwgf.solver.InverseSolver`.
+        calibration: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
@@ -93,7 +96,10 @@ class PSLD(LatentDPS):
         guidance: as :class:`LatentDPS`.
         eta: as :class:`LatentDPS`.
         gluing: ``gamma``, the weight of the gluing term. Default 0.1.
-        likelihood, generator, tf32, calibration: see :class:`~dwgf.solver.InverseSolver`.
+        likelihood: see :class:`~dwgf.solver.InverseSolver`.
+        generator: see :class:`~dwgf.solver.InverseSolver`.
+        tf32: see :class:`~dwgf.solver.InverseSolver`.
+        calibration: see :class:`~dwgf.solver.InverseSolver`.
     """
 
     def __init__(
@@ -129,7 +135,12 @@ class DecoderInversion(DWGF):
         step_size: Adam's learning rate per iteration. Default ``ConstantStepSize(lr=1.0)``.
         betas: Adam's betas. Default ``(0.9, 0.999)``.
         decoder_noise: ``sigma_dec`` (see :class:`~dwgf.solver.DWGF`). Default 0.01.
-        float32_autoencoder, decoder_chunk, generator, tf32, likelihood, calibration: see :class:`~dwgf.solver.DWGF`.
+        float32_autoencoder: see :class:`~dwgf.solver.DWGF`.
+        decoder_chunk: see :class:`~dwgf.solver.DWGF`.
+        generator: see :class:`~dwgf.solver.DWGF`.
+        tf32: see :class:`~dwgf.solver.DWGF`.
+        likelihood: see :class:`~dwgf.solver.DWGF`.
+        calibration: see :class:`~dwgf.solver.DWGF`.
     """
 
     def __init__(

@@ -84,7 +84,8 @@ class FlowState(SamplerState):
     Attributes:
         z: particles, ``B x N x c x h x w``.
         t: integer timesteps, ``(B,)``.
-        iteration, num_iterations: ``k`` in ``0 .. K-1`` and ``K``.
+        iteration: ``k``, in ``0 .. K-1``.
+        num_iterations: ``K``.
         x: decoded particles ``D(z)``, ``B x N x C x H x W``.
         x_noise: the iteration's decoder noise ``n`` (already scaled by ``decoder_noise``).
         abar: ``abar_t``, ``(B,)`` float32.

@@ -364,7 +364,9 @@ class DWGF(InverseSolver):
             smaller chunk bounds the memory at one more decoder forward per iteration
             (:class:`dwgf.flow.DecoderPass`). ``None`` (default): all at once on the CPU; on a GPU as
             many as fit in its free memory.
-        generator, tf32, calibration: see :class:`InverseSolver`.
+        generator: see :class:`InverseSolver`.
+        tf32: see :class:`InverseSolver`.
+        calibration: see :class:`InverseSolver`.
     """
 
     def __init__(

@@ -146,3 +146,38 @@ def test_no_reference_to_a_document_the_repository_lacks():
     for path in texts:
         for name in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text(encoding="utf-8")):
             assert (ROOT / name).is_file() or (path.parent / name).is_file(), f"{path} cites {name}, which is not in the repository"
+
+
+def _build_docs(config: Path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, DWGF_MKDOCS_CONFIG=str(config))
+    return subprocess.run(["bash", str(ROOT / "scripts/build_docs.sh"), str(config.parent / "site")], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_docs_build_fails_on_a_planted_warning(tmp_path):
+    """CI's docs step (scripts/build_docs.sh) fails on a single warning: here a link to a page that does not exist,
+    planted in a copy of the site; the same copy without it builds."""
+    import shutil
+
+    import yaml
+
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS, docs)
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    config["docs_dir"] = str(docs)
+    config["hooks"] = [str(ROOT / h) for h in config["hooks"]]
+    config["plugins"][1]["mkdocstrings"]["handlers"]["python"]["paths"] = [str(ROOT)]
+    for extension in config["markdown_extensions"]:
+        if isinstance(extension, dict) and "pymdownx.snippets" in extension:
+            extension["pymdownx.snippets"]["base_path"] = [str(ROOT)]
+    path = tmp_path / "mkdocs.yml"
+    path.write_text(yaml.safe_dump(config))
+    clean = _build_docs(path)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    (docs / "getting-started.md").write_text((docs / "getting-started.md").read_text() + "\n[a page](no-such-page.md)\n")
+    planted = _build_docs(path)
+    assert planted.returncode != 0
+    assert "no-such-page.md" in planted.stderr and "WARNING" in planted.stderr

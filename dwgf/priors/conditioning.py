@@ -84,7 +84,8 @@ class PromptConditioner(nn.Module):
     Args:
         encoding: the family's :class:`TextEncoding`; ``None``: a table given as tensors (no encoder:
             no new prompts).
-        prompt, negative_prompt: the prior's own prompt (row 0) and the one guidance steers away from.
+        prompt: the prior's own prompt (row 0).
+        negative_prompt: the prompt guidance steers away from.
         guidance_scale: ``g`` (1: no guidance, one network row).
         folder: the prior's :class:`~dwgf.priors.folders.Folder` (text encoders are loaded from it).
         cfg_option: the option that sets ``g`` (``"guidance_scale"``; FLUX: ``"true_cfg_scale"``), for messages.

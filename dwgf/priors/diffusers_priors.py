@@ -57,13 +57,15 @@ class DiffusersLatentPrior(LatentPrior):
         schedule: :class:`~dwgf.priors.components.DDPMSchedule` or :class:`~dwgf.priors.components.FlowMatchingSchedule`.
         adapter: what the network predicts (:class:`~dwgf.priors.components.DenoiserAdapter`).
         conditioner: the prompt table and guidance (``None``: an unconditional model).
-        latent_channels, native_latent_size: ``c`` and the side of the native latent.
+        latent_channels: ``c``, the latent's channels.
+        native_latent_size: the side of the native latent.
         size_multiple: image sides the prior takes are multiples of it.
         patch_size: the transformer's patch side in latent pixels (rectified-flow models; image tokens
-            select a resolution-dependent schedule). max_latent_side: the largest latent side the
-            network takes (SD3's position grid), or ``None``.
+            select a resolution-dependent schedule).
+        max_latent_side: the largest latent side the network takes (SD3's position grid), or ``None``.
         channels_last: store the autoencoder's weights channels-last (results equal to float rounding).
-        pretrained, torch_dtype: where the parts came from and their dtype (for display and checks).
+        pretrained: where the parts came from (for display and checks).
+        torch_dtype: the parts' dtype (for display and checks).
     """
 
     family: ClassVar[str] = "latent diffusion"

@@ -176,10 +176,13 @@ class StableDiffusion3Prior(DiffusersLatentPrior):
     Args:
         pretrained: a local diffusers folder or a hub id (``stabilityai/stable-diffusion-3.5-medium``,
             ``stabilityai/stable-diffusion-3-medium-diffusers``; only if reachable or already cached).
-        prompt, negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
         guidance_scale: classifier-free guidance ``g`` on the velocity (default 1: none, one row).
         max_sequence_length: T5 tokens (default 256, the pipeline's).
-        channels_last, flow_decoder, torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        channels_last: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        flow_decoder: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
     """
 
     family = "Stable Diffusion 3"
@@ -243,12 +246,15 @@ class FluxPrior(DiffusersLatentPrior):
     Args:
         pretrained: a local diffusers folder or a hub id (``black-forest-labs/FLUX.1-dev``,
             ``black-forest-labs/FLUX.1-schnell``; only if reachable or already cached).
-        prompt, negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
+        negative_prompt: as :class:`~dwgf.priors.StableDiffusionPrior`.
         guidance_scale: FLUX.1-dev's embedded guidance (default ``None``: 3.5, the pipeline's); a
             model without a guidance embedding (schnell) takes none, and giving one is an error.
         true_cfg_scale: classifier-free guidance on the velocity (default 1: none, one row).
         max_sequence_length: T5 tokens (default 512, the pipeline's).
-        channels_last, flow_decoder, torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        channels_last: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        flow_decoder: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
     """
 
     family = "FLUX.1"

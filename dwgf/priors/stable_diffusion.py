@@ -108,7 +108,9 @@ class StableDiffusionPrior(DiffusersLatentPrior):
         negative_prompt: the condition guidance steers away from; ``None`` (default) is the empty
             prompt, as in diffusers.
         guidance_scale: classifier-free guidance ``g`` (default 1: no guidance, one network row).
-        channels_last, flow_decoder, torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        channels_last: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        flow_decoder: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
+        torch_dtype: see :class:`~dwgf.priors.UnconditionalLatentPrior`.
 
     Example:
         >>> prior = StableDiffusionPrior("path/to/stable-diffusion-2-1-base")  # doctest: +SKIP
@@ -190,8 +192,12 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
     Args:
         pretrained: a local diffusers folder, or ``stabilityai/stable-diffusion-xl-base-1.0`` (only if
             reachable or already cached).
-        prompt, negative_prompt, guidance_scale, channels_last, flow_decoder, torch_dtype: as
-            :class:`StableDiffusionPrior`.
+        prompt: as :class:`StableDiffusionPrior`.
+        negative_prompt: as :class:`StableDiffusionPrior`.
+        guidance_scale: as :class:`StableDiffusionPrior`.
+        channels_last: as :class:`StableDiffusionPrior`.
+        flow_decoder: as :class:`StableDiffusionPrior`.
+        torch_dtype: as :class:`StableDiffusionPrior`.
     """
 
     family = "Stable Diffusion XL"
