@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -97,7 +98,8 @@ def test_family_configs_state_their_mode_and_the_papers_settings():
 
 
 def test_same_size_batches_give_what_items_alone_give(layouts, tmp_path):
-    """Items of different sizes are batched by size; each item's result does not depend on its batch."""
+    """Items of different sizes are batched by size; an item's result does not depend on its batch beyond float rounding
+    (docs/running.md, "What is reproducible"): the PNGs of a batch of 3 and of the item alone agree to one 8-bit level."""
     images = make_images(tmp_path / "mixed", count=5, sizes=((32, 48), (36, 36), (32, 48), (36, 36), (32, 48)))
     base = ["predict", "--config", ROOT / "configs/sd15/box_inpaint.yaml", "--model.prior.pretrained", layouts["sd15"],
             "--model.num_steps", 2, "--model.num_particles", 2, "--data.fit", "keep", "--data.images", images, "--trainer.logger", "false"]
@@ -105,7 +107,8 @@ def test_same_size_batches_give_what_items_alone_give(layouts, tmp_path):
     run(*base, "--data.batch_size", 1, "--output", tmp_path / "b1")
     for i in range(5):
         for f in ["particle_0.png", "particle_1.png", "measurement.png"]:
-            assert (tmp_path / "b3" / f"img{i}" / f).read_bytes() == (tmp_path / "b1" / f"img{i}" / f).read_bytes(), (i, f)
+            a, b = (np.asarray(Image.open(tmp_path / run_dir / f"img{i}" / f), dtype=np.int16) for run_dir in ("b3", "b1"))
+            assert np.abs(a - b).max() <= 1, (i, f)
     assert batches_by_group(5, 2, [(32, 48), (36, 36), (32, 48), (36, 36), (32, 48)]) == [[0, 2], [4], [1, 3]]
     assert batches_by_group(5, 2) == [[0, 1], [2, 3], [4]]
 
