@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from dwgf.errors import DWGFError, argument_error
 from dwgf.likelihoods.base import DataTerm
-from dwgf.methods.dps import latent_dps, psld
-from dwgf.methods.inversion import decoder_inversion
-from dwgf.operators.base import ForwardOperator
+from dwgf.methods.dps import DPSConfig, PSLDConfig, latent_dps, psld
+from dwgf.methods.inversion import InversionConfig, decoder_inversion
+from dwgf.optimizers.base import Adam
 from dwgf.priors.base import LatentPrior
 from dwgf.schedules.step_size import StepSizeSchedule
-from dwgf.solver import DWGF, InverseSolver
+from dwgf.solver import DWGF, NUM_PARTICLES, InverseSolver
 
 
 class LatentDPS(InverseSolver):
@@ -57,25 +56,12 @@ class LatentDPS(InverseSolver):
         calibration: see :class:`~dwgf.solver.InverseSolver`.
     """
 
-    def __init__(self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-                 generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None,
-                 calibration: Optional[str] = None):
+    def __init__(self, prior: LatentPrior, num_steps: int = DPSConfig.num_steps, num_particles: int = NUM_PARTICLES,
+                 guidance: float = DPSConfig.guidance, eta: float = DPSConfig.eta, generator: Literal["cpu", "device"] = "cpu",
+                 tf32: bool = True, likelihood: Optional[DataTerm] = None, calibration: Optional[str] = None):
         super().__init__(prior, latent_dps, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32,
                          calibration=calibration)
-        if num_steps < 1:
-            raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
-        if num_steps > prior.num_train_timesteps:
-            raise argument_error(self, "num_steps", f" must be <= the prior's {prior.num_train_timesteps} timesteps, got {num_steps}")
-        if not guidance >= 0:
-            raise argument_error(self, "guidance", f" must be >= 0, got {guidance}")
-        if not 0 <= eta <= 1:
-            raise argument_error(self, "eta", f" must be in [0, 1], got {eta}")
-        self.num_steps = int(num_steps)
-        self.guidance = float(guidance)
-        self.eta = float(eta)
-
-    def settings(self) -> dict:
-        return dict(num_steps=self.num_steps, guidance=self.guidance, eta=self.eta)
+        self.config = DPSConfig.of(self, dict(num_steps=num_steps, guidance=guidance, eta=eta), prior=prior)
 
 
 class PSLD(LatentDPS):
@@ -103,23 +89,13 @@ class PSLD(LatentDPS):
     """
 
     def __init__(
-        self, prior: LatentPrior, num_steps: int = 200, num_particles: int = 4, guidance: float = 1.0, eta: float = 1.0,
-        gluing: float = 0.1, generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None,
-        calibration: Optional[str] = None,
+        self, prior: LatentPrior, num_steps: int = PSLDConfig.num_steps, num_particles: int = NUM_PARTICLES,
+        guidance: float = PSLDConfig.guidance, eta: float = PSLDConfig.eta, gluing: float = PSLDConfig.gluing,
+        generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, likelihood: Optional[DataTerm] = None, calibration: Optional[str] = None,
     ):
-        super().__init__(prior, num_steps, num_particles, guidance, eta, generator, tf32, likelihood, calibration)
-        if not gluing >= 0:
-            raise argument_error(self, "gluing", f" must be >= 0, got {gluing}")
-        self.gluing = float(gluing)
-        self.method = psld
-
-    def settings(self) -> dict:
-        return dict(super().settings(), gluing=self.gluing)
-
-    def check_operator(self, operator: ForwardOperator) -> None:
-        if not operator.linear:
-            raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(operator).__name__} is not linear: use LatentDPS or DWGF")
-        super().check_operator(operator)
+        InverseSolver.__init__(self, prior, psld, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32,
+                               calibration=calibration)
+        self.config = PSLDConfig.of(self, dict(num_steps=num_steps, guidance=guidance, eta=eta, gluing=gluing), prior=prior)
 
 
 class DecoderInversion(DWGF):
@@ -146,24 +122,21 @@ class DecoderInversion(DWGF):
     def __init__(
         self,
         prior: LatentPrior,
-        num_steps: int = 200,
-        num_particles: int = 4,
+        num_steps: int = InversionConfig.num_steps,
+        num_particles: int = NUM_PARTICLES,
         step_size: Optional[StepSizeSchedule] = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        decoder_noise: float = 0.01,
-        float32_autoencoder: bool = False,
-        decoder_chunk: Optional[int] = None,
+        betas: tuple[float, float] = Adam.DEFAULT_BETAS,
+        decoder_noise: float = InversionConfig.decoder_noise,
+        float32_autoencoder: bool = InversionConfig.float32_autoencoder,
+        decoder_chunk: Optional[int] = InversionConfig.decoder_chunk,
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
         likelihood: Optional[DataTerm] = None,
         calibration: Optional[str] = None,
     ):
-        super().__init__(prior, num_steps, num_particles, regularizers=[], step_size=step_size, betas=betas, decoder_noise=decoder_noise,
-                         float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk, generator=generator, tf32=tf32,
-                         likelihood=likelihood, calibration=calibration)
-        self.method = decoder_inversion
-
-    def settings(self) -> dict:
-        out = super().settings()
-        del out["regularizers"]
-        return out
+        InverseSolver.__init__(self, prior, decoder_inversion, num_particles=num_particles, likelihood=likelihood, generator=generator,
+                               tf32=tf32, calibration=calibration)
+        options = dict(num_steps=num_steps, step_size=step_size, optimizer=self._optimizer(None, betas), decoder_noise=decoder_noise,
+                       float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk)
+        self.config = InversionConfig.of(self, {k: v for k, v in options.items() if v is not None or k == "decoder_chunk"}, prior=prior)
+        self.log_images_every, self.compile_networks = None, False

@@ -31,12 +31,13 @@ import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
 from dwgf import stopping
 from dwgf.errors import DWGFError, DWGFWarning
-from dwgf.outputs import OutputLock, Resume
+from dwgf.outputs import OutputGuard, OutputLock, Resume
 from dwgf.progress import FlowProgressBar
 from dwgf.registry import builtin_classes, find_dwgf_error, option_message, option_text, summarize_parser_error
 from dwgf.writers import PredictionWriter
 
 _LOCKS: list[OutputLock] = []  # output folders locked by this call of main(), released when it returns
+_GUARDS: list[OutputGuard] = []  # what this call of main() made in its output folder, taken back if the run is refused
 _RUN_CONFIG: dict = {}  # the running command's config, for wording warnings about arguments as options
 
 
@@ -102,12 +103,7 @@ class DWGFCLI(LightningCLI):
             if not config.get("output"):
                 raise DWGFError("--output is required: the folder where results are written")
             output = Path(config["output"]).expanduser()
-            try:
-                output.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
-            if not os.access(output, os.W_OK):
-                raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
+            # every check that needs no model comes before the output folder is touched
             _check_finite(config)
             _check_trainer(config["trainer"])
             _same_threads_in_every_process(config["trainer"])
@@ -115,6 +111,25 @@ class DWGFCLI(LightningCLI):
                 folder = init_args.get(key) if init_args is not None else None
                 if folder and Path(folder).expanduser().resolve() == output.resolve():
                     raise DWGFError(f"--output {str(config['output'])!r} is also an input folder (--data.{key}); choose another --output")
+            if init_args is not None:  # input folders are checked before any model is loaded
+                from dwgf.data.images import IMAGE_SUFFIXES, list_images
+
+                for key, suffixes in (("images", IMAGE_SUFFIXES), ("measurements", (*IMAGE_SUFFIXES, ".npy"))):
+                    if init_args.get(key):
+                        try:
+                            list_images(init_args[key], key, suffixes, owner=str(data.get("class_path", "")).rsplit(".", 1)[-1])
+                        except DWGFError as err:
+                            raise option_message(err, config.as_dict()) from None
+            if output.exists() and not output.is_dir():
+                raise DWGFError(f"--output {str(output)!r}: a file, not a folder; choose a folder")
+            if not _is_secondary_process():  # what a refused run made in the folder is taken back (main())
+                _GUARDS.append(OutputGuard(output))
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DWGFError(f"--output {str(output)!r}: cannot create the folder ({err.strerror})") from None
+            if not os.access(output, os.W_OK):
+                raise DWGFError(f"--output {str(output)!r}: the folder is not writable")
             if not _is_secondary_process():  # lock before the prior is loaded: a second run stops at once
                 lock = OutputLock(output)
                 try:
@@ -127,16 +142,6 @@ class DWGFCLI(LightningCLI):
                     class_path="lightning.pytorch.loggers.TensorBoardLogger",
                     init_args=Namespace(save_dir=str(output), name="tensorboard", default_hp_metric=False),
                 )
-            # input folders are checked before any model is loaded (the operator is: the data module is built first)
-            if init_args is not None:
-                from dwgf.data.images import IMAGE_SUFFIXES, list_images
-
-                for key, suffixes in (("images", IMAGE_SUFFIXES), ("measurements", (*IMAGE_SUFFIXES, ".npy"))):
-                    if init_args.get(key):
-                        try:
-                            list_images(init_args[key], key, suffixes, owner=str(data.get("class_path", "")).rsplit(".", 1)[-1])
-                        except DWGFError as err:
-                            raise option_message(err, config.as_dict()) from None
         elif self.subcommand == "fit" and config.get("output") and not config["trainer"].get("default_root_dir"):
             config["trainer"]["default_root_dir"] = config["output"]
 
@@ -267,6 +272,8 @@ class _StopOnSignal(Callback):
     handler when a run starts) and forwards the signals to the processes this one launched."""
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        for preamble in _PREAMBLE:  # the run starts: Lightning's start-up lines, held until now, are printed
+            preamble.release()
         stopping.reinstall()
         launcher = getattr(trainer.strategy, "launcher", None)
         stopping.add_children(list(getattr(launcher, "procs", None) or []))
@@ -491,6 +498,49 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage().lower()
 
 
+class _HeldPreamble:
+    """Holds Lightning's start-up lines (the seed, the devices) until the run starts (:meth:`release`), so that a run
+    refused before it starts prints its one error line alone (:meth:`drop`)."""
+
+    class _Filter(logging.Filter):
+        def __init__(self, owner: "_HeldPreamble", handler: logging.Handler):
+            super().__init__()
+            self.owner, self.handler = owner, handler
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            if self.owner.holding:
+                self.owner.held.append((self.handler, record))
+                return False
+            return True
+
+    def __init__(self) -> None:
+        self.holding, self.held, self.filters = True, [], []
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            for handler in logging.getLogger(name).handlers:
+                f = self._Filter(self, handler)
+                handler.addFilter(f)
+                self.filters.append(f)
+
+    def release(self) -> None:
+        """The run starts: the held lines are printed, later ones pass."""
+        if self.holding:
+            self.holding = False
+            for handler, record in self.held:
+                handler.handle(record)
+            self.held = []
+
+    def drop(self) -> None:
+        self.holding, self.held = False, []
+
+    def remove(self) -> None:
+        for f in self.filters:
+            f.handler.removeFilter(f)
+        self.filters = []
+
+
+_PREAMBLE: list[_HeldPreamble] = []  # the predict run's held start-up lines
+
+
 def _quiet_lightning() -> None:
     """Keeps the terminal for what matters: no cloud-logging tip, no deprecation noise from Lightning's internals."""
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -577,13 +627,16 @@ def main(args: Any = None) -> None:
     predicting = "predict" in argv
     if predicting:  # fit/validate/test keep Python's and Lightning's own Ctrl-C handling
         stopping.install()
+        _PREAMBLE.append(_HeldPreamble())
     threads = os.environ.get("OMP_NUM_THREADS")
+    refused = True  # until the command returns: what the run made in its output folder before writing is taken back
     try:
         _check_config_files([str(a) for a in argv])
         with warnings.catch_warnings():
             if args is not None:  # main(args) from Python (a benchmark, a test): the caller's own argv is not ours
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
             cli = DWGFCLI(args=args)
+        refused = False
     except argparse.ArgumentError as err:
         found = find_dwgf_error(err)
         line = str(found) if found is not None else summarize_parser_error(str(err), TOP_OPTIONS, _precisions())
@@ -606,6 +659,14 @@ def main(args: Any = None) -> None:
         raise SystemExit(2) from None
     finally:
         _RUN_CONFIG.clear()
+        for preamble in _PREAMBLE:
+            preamble.drop()
+            preamble.remove()
+        _PREAMBLE.clear()
+        if refused:
+            for guard in _GUARDS:
+                guard.undo()
+        _GUARDS.clear()
         for lock in _LOCKS:
             lock.release()
         _LOCKS.clear()

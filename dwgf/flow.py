@@ -23,32 +23,29 @@ from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kl_prior import KLPrior
 from dwgf.schedules.step_size import ConstantStepSize, StepSizeSchedule
 from dwgf.schedules.timesteps import DescendingTimesteps, TimestepSchedule
+from dwgf.settings import Settings, at_least_zero, positive, within
 
 
-@dataclass(frozen=True)
-class FlowConfig:
-    """How DWGF moves the particles: every setting of the flow but the problem, in one place, with the
-    paper's defaults (Stable Diffusion 2.1-base: 998 iterations, Adam with step 1.0, ``KLPrior(0.15)`` and
-    ``EncoderConsistency(0.1)``, decoder noise 0.01, the diffusion time walking 999 -> 2).
+@dataclass(frozen=True, kw_only=True)
+class FlowSteps(Settings):
+    """How a flow moves its particles, all but the forces: the settings that DWGF, RED-diff and decoder inversion share.
 
     Attributes:
-        num_steps: ``K``, flow iterations.
-        regularizers: latent- and image-space forces (:class:`~dwgf.regularizers.Regularizer`).
-        step_size: the optimiser's step size per iteration.
-        timesteps: the diffusion time per iteration.
-        optimizer: how the particles move (:class:`~dwgf.optimizers.FlowOptimizer`; default ``Adam()``).
-        decoder_noise: ``sigma_dec``, std of the noise added to decoded images in the data and
-            encoder terms, in ``[-1, 1]`` units.
-        query_noise: the network is asked at ``z_t = sqrt(abar) z + query_noise sqrt(1 - abar) eps``
-            (1: the paper's diffused particles; 0: at ``sqrt(abar) z``, for a Langevin sampler).
+        num_steps: ``K``, flow iterations (>= 1). Default 998 (the paper's).
+        step_size: the optimiser's step size per iteration. Default ``ConstantStepSize(1.0)``.
+        timesteps: the diffusion time per iteration. Default ``DescendingTimesteps()`` (999 -> 2).
+        optimizer: how the particles move (:class:`~dwgf.optimizers.FlowOptimizer`). Default ``Adam()``.
+        decoder_noise: ``sigma_dec`` (>= 0), std of the noise added to decoded images in the data and
+            encoder terms, in ``[-1, 1]`` units. Default 0.01.
+        query_noise: in ``[0, 1]``: the network is asked at ``z_t = sqrt(abar) z + query_noise sqrt(1 - abar) eps``
+            (1, the default: the paper's diffused particles; 0: at ``sqrt(abar) z``, for a Langevin sampler).
         float32_autoencoder: under mixed precision, keep the decoder pass and the encoder term in
-            float32 (:func:`dwgf.precision.autoencoder_dtype`); default: the network's low precision.
-        decoder_chunk: particles decoded and differentiated at once (:class:`DecoderPass`); ``None``:
+            float32 (:func:`dwgf.precision.autoencoder_dtype`). Default ``False``: the network's low precision.
+        decoder_chunk: particles decoded and differentiated at once (>= 1; :class:`DecoderPass`). ``None`` (default):
             all on the CPU, as many as fit on a GPU (decided once, at the start of a run).
     """
 
     num_steps: int = 998
-    regularizers: tuple[Regularizer, ...] = field(default_factory=lambda: (KLPrior(), EncoderConsistency()))
     step_size: StepSizeSchedule = field(default_factory=lambda: ConstantStepSize(1.0))
     timesteps: TimestepSchedule = field(default_factory=DescendingTimesteps)
     optimizer: FlowOptimizer = field(default_factory=Adam)
@@ -57,13 +54,43 @@ class FlowConfig:
     float32_autoencoder: bool = False
     decoder_chunk: Optional[int] = None
 
-    def __post_init__(self):
-        object.__setattr__(self, "regularizers", tuple(self.regularizers))
-        for reg in self.regularizers:
-            if not isinstance(reg, Regularizer):
-                hint = (": injected noise is the optimiser's noise, e.g. Adam(noise=LangevinNoise(...))"
-                        if isinstance(reg, LangevinNoise) else ": expected a dwgf.regularizers.Regularizer")
-                raise DWGFError(f"FlowConfig: regularizers has a {type(reg).__name__}{hint}")
+    def check(self) -> None:
+        positive(self, "num_steps")
+        at_least_zero(self, "decoder_noise")
+        within(self, "query_noise", 0, 1)
+        if self.decoder_chunk is not None:
+            positive(self, "decoder_chunk")
+
+    def flow_config(self) -> "FlowConfig":
+        """The :class:`FlowConfig` that :func:`dwgf_flow` runs (a method's forces added to these settings)."""
+        raise NotImplementedError
+
+    def steps(self) -> dict:
+        """The :class:`FlowSteps` fields of these settings, as keywords."""
+        return {name: getattr(self, name) for name in FlowSteps.names()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig(FlowSteps):
+    """DWGF's settings: every setting of the flow but the problem, in one place, with the paper's defaults (Stable
+    Diffusion 2.1-base: 998 iterations, Adam with step 1.0, ``KLPrior(0.15)`` and ``EncoderConsistency(0.1)``, decoder
+    noise 0.01, the diffusion time walking 999 -> 2). :class:`dwgf.solver.DWGF`'s options are these settings.
+
+    Attributes:
+        regularizers: latent- and image-space forces (:class:`~dwgf.regularizers.Regularizer`). Default
+            ``(KLPrior(), EncoderConsistency())``.
+        num_steps: see :class:`FlowSteps` (likewise the other settings).
+    """
+
+    regularizers: tuple[Regularizer, ...] = field(default_factory=lambda: (KLPrior(), EncoderConsistency()))
+
+    def type_hint(self, name: str, value: object) -> str:
+        if name == "regularizers" and isinstance(value, LangevinNoise):
+            return ": injected noise is the optimiser's noise, e.g. Adam(noise=LangevinNoise(...))"
+        return ""
+
+    def flow_config(self) -> "FlowConfig":
+        return self
 
     def start(self, prior: LatentPrior, problem: Problem, draw: ItemNoise) -> None:
         """Gives the regularizers what they work on for one batch (:meth:`~dwgf.regularizers.Regularizer.start`);

@@ -238,6 +238,56 @@ class OutputLock:
             self._fd = None
 
 
+# -- a refused run -----------------------------------------------------------------------------------
+TENSORBOARD = "tensorboard"
+
+
+class OutputGuard:
+    """What a run made in its output folder before it wrote any result, taken back when the run is refused.
+
+    Made before the folder is created and locked; :meth:`undo` (called when the run ends in an error) removes what
+    appeared since (the lock file, TensorBoard's new version folders and its ``tensorboard`` folder, the output
+    folder itself and the parents it needed) as long as the run wrote nothing else: a refused run leaves the folder
+    as it was (absent stays absent). A run that wrote an item or a run file keeps everything.
+    """
+
+    def __init__(self, output: Path):
+        self.output = Path(output).expanduser()
+        self.created = [a for a in (self.output, *self.output.parents) if not os.path.lexists(a)]  # deepest first
+        self.before = self._names(self.output)
+        self.tensorboard_before = self._names(self.output / TENSORBOARD)
+
+    @staticmethod
+    def _names(folder: Path) -> set[str]:
+        try:
+            return set(os.listdir(folder)) if folder.is_dir() and not folder.is_symlink() else set()
+        except OSError:
+            return set()
+
+    def undo(self) -> None:
+        new = self._names(self.output) - self.before
+        if new - {LOCK_FILE, TENSORBOARD}:
+            return  # the run wrote: not a refusal
+        try:
+            board = self.output / TENSORBOARD
+            for version in sorted(self._names(board) - self.tensorboard_before):
+                folder = board / version
+                if folder.is_dir() and not folder.is_symlink() and all(
+                        f.is_file() and f.name.startswith(("events.out.tfevents.", "hparams.yaml")) for f in folder.iterdir()):
+                    for f in folder.iterdir():
+                        f.unlink()
+                    folder.rmdir()
+            if TENSORBOARD in new and board.is_dir() and not board.is_symlink() and not any(board.iterdir()):
+                board.rmdir()
+            if LOCK_FILE in new:
+                (self.output / LOCK_FILE).unlink(missing_ok=True)
+            for folder in self.created:  # the output folder, then the parents made for it, while empty
+                if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                    folder.rmdir()
+        except OSError:
+            pass  # best effort: a folder that cannot be cleaned keeps what it has
+
+
 # -- the run ---------------------------------------------------------------------------------------
 @dataclass
 class Resume:

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 
 from dwgf.errors import DWGFError, argument_error
 from dwgf.stopping import check_stop
-from dwgf.flow import FlowConfig
+from dwgf.flow import FlowConfig, FlowSteps
 from dwgf.methods.gradient_flow import dwgf
 from dwgf.problem import FlowState, Problem, SamplerState
 from dwgf.noise import GENERATOR_PLACES, ItemNoise, generator_device, item_generators
@@ -22,6 +22,9 @@ from dwgf.priors.base import LatentPrior
 from dwgf.regularizers.base import Regularizer
 from dwgf.schedules.step_size import StepSizeSchedule
 from dwgf.schedules.timesteps import TimestepSchedule
+from dwgf.settings import Settings
+
+NUM_PARTICLES = 4  # N, the particles per measurement, unless a solver is given its own
 
 
 def crop_each(images: torch.Tensor, sizes: Sequence[tuple[int, int]], full: Sequence[int]) -> list[torch.Tensor]:
@@ -92,7 +95,7 @@ class InverseSolver(LightningModule):
     """
 
     def __init__(self, prior: LatentPrior, method: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = None,
-                 settings: Optional[dict[str, Any]] = None, num_particles: int = 4, likelihood: Optional[DataTerm] = None,
+                 settings: Optional[dict[str, Any]] = None, num_particles: int = NUM_PARTICLES, likelihood: Optional[DataTerm] = None,
                  generator: Literal["cpu", "device"] = "cpu", tf32: bool = True, calibration: Optional[str] = None):
         super().__init__()
         if num_particles < 1:
@@ -103,17 +106,7 @@ class InverseSolver(LightningModule):
             raise argument_error(self, "method", f" must be a function (prior, problem, draw, *, callback, **settings), got {method!r}")
         self.method = method
         self.method_settings = dict(settings or {})
-        settings_class = getattr(method, "settings_class", None)  # a method may name its settings' class: checked now
-        if settings_class is not None and self.method_settings:
-            known = list(settings_class.__dataclass_fields__)
-            unknown = [k for k in self.method_settings if k not in known]
-            if unknown:
-                raise argument_error(self, "settings", f": unknown setting {unknown[0]!r} of {getattr(method, '__name__', 'the method')} "
-                                     f"(its settings: {', '.join(known)})")
-            try:
-                settings_class(**self.method_settings)
-            except DWGFError as err:
-                raise argument_error(self, "settings", f": {str(err).split(': ', 1)[-1]}") from None
+        self.config = self.method_config(prior)
         self.generator = str(generator)
         self.tf32 = bool(tf32)
         self.prior = prior
@@ -135,9 +128,23 @@ class InverseSolver(LightningModule):
         # more processes than batches is normal: an idle process gets an empty batch and waits
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
+    def method_config(self, prior: LatentPrior) -> Optional[Settings]:
+        """The method's settings (``--model.settings``) as its settings class (:class:`~dwgf.settings.Settings`), checked
+        now: an unknown or bad setting is one line naming it. ``None`` when the method names no settings class."""
+        settings_class = getattr(self.method, "settings_class", None)
+        if settings_class is None:
+            return None
+        known = settings_class.names()
+        unknown = [k for k in self.method_settings if k not in known]
+        if unknown:
+            raise argument_error(self, "settings", f": unknown setting {unknown[0]!r} of {getattr(self.method, '__name__', 'the method')} "
+                                 f"(its settings: {', '.join(known)})")
+        return settings_class.of(self, self.method_settings, option=lambda name: f"settings.{name}", prior=prior)
+
     def settings(self) -> dict[str, Any]:
-        """The method's keyword settings for this run (the built-in classes build them from their options)."""
-        return dict(self.method_settings)
+        """The method's keyword settings for this run: its settings class's fields (every one, defaults included), or
+        ``--model.settings`` as given for a method without one."""
+        return self.config.as_dict() if self.config is not None else dict(self.method_settings)
 
     def item_noise(self, seeds: torch.Tensor | list[int], device: torch.device) -> ItemNoise:
         """Each item's random draws for a solve on ``device``, from generators seeded with ``seeds`` (see ``generator``)."""
@@ -208,9 +215,11 @@ class InverseSolver(LightningModule):
                 experiment.add_images(f"{tag}/particle_mean", mean.float().cpu(), global_step=k)
 
     def check_operator(self, operator: ForwardOperator) -> None:
-        """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up); the
-        default asks the data term (:meth:`~dwgf.likelihoods.DataTerm.check_operator`)."""
+        """Raises :class:`DWGFError` if this method cannot serve ``operator`` (checked at start-up): asks the data term
+        (:meth:`~dwgf.likelihoods.DataTerm.check_operator`) and the method's settings (:meth:`~dwgf.settings.Settings.check_operator`)."""
         self.likelihood.check_operator(operator)
+        if self.config is not None:
+            self.config.check_operator(operator)
 
     def problem(self, y: torch.Tensor, params: Params, size: Optional[Sequence[int]] = None,
                 prompts: Optional[Sequence[Optional[str]]] = None) -> Problem:
@@ -372,49 +381,30 @@ class DWGF(InverseSolver):
     def __init__(
         self,
         prior: LatentPrior,
-        num_steps: int = 998,
-        num_particles: int = 4,
+        num_steps: int = FlowConfig.num_steps,
+        num_particles: int = NUM_PARTICLES,
         regularizers: Optional[list[Union[Regularizer, LangevinNoise]]] = None,
         step_size: Optional[StepSizeSchedule] = None,
         timesteps: Optional[TimestepSchedule] = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        decoder_noise: float = 0.01,
+        betas: tuple[float, float] = Adam.DEFAULT_BETAS,
+        decoder_noise: float = FlowConfig.decoder_noise,
         compile: bool = False,
         log_images_every: Optional[int] = None,
         optimizer: Optional[FlowOptimizer] = None,
         likelihood: Optional[DataTerm] = None,
-        query_noise: float = 1.0,
-        float32_autoencoder: bool = False,
-        decoder_chunk: Optional[int] = None,
+        query_noise: float = FlowConfig.query_noise,
+        float32_autoencoder: bool = FlowConfig.float32_autoencoder,
+        decoder_chunk: Optional[int] = FlowConfig.decoder_chunk,
         generator: Literal["cpu", "device"] = "cpu",
         tf32: bool = True,
         calibration: Optional[str] = None,
     ):
         super().__init__(prior, dwgf, num_particles=num_particles, likelihood=likelihood, generator=generator, tf32=tf32,
                          calibration=calibration)
-        if decoder_chunk is not None and decoder_chunk < 1:
-            raise argument_error(self, "decoder_chunk", f" must be >= 1 (or null: automatic), got {decoder_chunk}")
-        self.decoder_chunk = None if decoder_chunk is None else int(decoder_chunk)
-        self.float32_autoencoder = bool(float32_autoencoder)
-        if num_steps < 1:
-            raise argument_error(self, "num_steps", f" must be >= 1, got {num_steps}")
-        if decoder_noise < 0:
-            raise argument_error(self, "decoder_noise", f" must be >= 0, got {decoder_noise}")
-        self.num_steps = int(num_steps)
-        paper = FlowConfig()  # the defaults, kept in one place
-        self.regularizers = list(regularizers) if regularizers is not None else list(paper.regularizers)
-        self.step_size = step_size if step_size is not None else paper.step_size
-        self.timesteps = timesteps if timesteps is not None else paper.timesteps
-        self.betas = (float(betas[0]), float(betas[1]))
-        if optimizer is not None and self.betas != (0.9, 0.999):
-            raise argument_error(self, "betas", " apply to the default optimizer only; with <optimizer> give them to Adam: "
-                                 "optimizer: {class_path: Adam, init_args: {betas: [...]}}", also=("optimizer",))
-        self.optimizer = optimizer if optimizer is not None else Adam(self.betas)
-        self._noise_to_optimizer()
-        if not 0 <= query_noise <= 1:
-            raise argument_error(self, "query_noise", f" must be in [0, 1], got {query_noise}")
-        self.query_noise = float(query_noise)
-        self.decoder_noise = float(decoder_noise)
+        options = dict(num_steps=num_steps, step_size=step_size, timesteps=timesteps, optimizer=self._optimizer(optimizer, betas),
+                       decoder_noise=decoder_noise, query_noise=query_noise, float32_autoencoder=float32_autoencoder,
+                       decoder_chunk=decoder_chunk, regularizers=regularizers)
+        self.config = self.flow_options(options, prior)
         if log_images_every is not None and log_images_every < 0:
             raise argument_error(self, "log_images_every", f" must be >= 0 (0: never), got {log_images_every}")
         self.log_images_every = log_images_every
@@ -422,39 +412,40 @@ class DWGF(InverseSolver):
         if self.compile_networks:
             self.prior.compile_networks()
 
-    def _noise_to_optimizer(self) -> None:
-        """Injected noise listed among the regularizers (earlier versions' spelling) moves to the optimiser."""
-        noises = [r for r in self.regularizers if isinstance(r, LangevinNoise)]
+    def flow_options(self, options: dict[str, Any], prior: LatentPrior) -> FlowSteps:
+        """The options as the flow's settings (:class:`~dwgf.flow.FlowConfig`; ``None``: the setting's default), errors
+        named by option. Injected noise listed among the regularizers (earlier versions' spelling) moves to the optimiser."""
+        options = {k: v for k, v in options.items() if v is not None or k == "decoder_chunk"}
+        if options.get("regularizers") is not None:
+            options["regularizers"] = self._noise_to_optimizer(list(options["regularizers"]), options["optimizer"])
+        return FlowConfig.of(self, options, prior=prior)
+
+    def _optimizer(self, optimizer: Optional[FlowOptimizer], betas: tuple[float, float]) -> FlowOptimizer:
+        """``optimizer``, or Adam with ``betas`` (an option of the default optimizer only)."""
+        if optimizer is not None:
+            if tuple(betas) != Adam.DEFAULT_BETAS:
+                raise argument_error(self, "betas", " apply to the default optimizer only; with <optimizer> give them to Adam: "
+                                     "optimizer: {class_path: Adam, init_args: {betas: [...]}}", also=("optimizer",))
+            return optimizer
+        try:
+            return Adam(betas)
+        except DWGFError as err:
+            raise argument_error(self, "betas", getattr(err, "detail", f": {err}")) from None
+
+    def _noise_to_optimizer(self, regularizers: list, optimizer: FlowOptimizer) -> list:
+        noises = [r for r in regularizers if isinstance(r, LangevinNoise)]
         if not noises:
-            return
+            return regularizers
         if len(noises) > 1:
             raise argument_error(self, "regularizers", f" list {len(noises)} LangevinNoise; give one, as the optimizer's noise")
-        if getattr(self.optimizer, "needs_curvature", False):
+        if getattr(optimizer, "needs_curvature", False):
             raise argument_error(self, "regularizers", f": LangevinNoise adds noise after Adam's or GradientDescent's step; the "
-                                 f"<optimizer> {type(self.optimizer).__name__} has its own noise: drop LangevinNoise", also=("optimizer",))
-        if getattr(self.optimizer, "noise", None) is not None:
+                                 f"<optimizer> {type(optimizer).__name__} has its own noise: drop LangevinNoise", also=("optimizer",))
+        if getattr(optimizer, "noise", None) is not None:
             raise argument_error(self, "regularizers", ": LangevinNoise is given twice, here and as the <optimizer>'s noise; keep one",
                                  also=("optimizer",))
-        self.optimizer.noise = noises[0]
-        self.regularizers = [r for r in self.regularizers if not isinstance(r, LangevinNoise)]
-
-    def settings(self) -> dict[str, Any]:
-        """This solver's options as the flow's settings (:class:`~dwgf.flow.FlowConfig`'s fields)."""
-        return dict(num_steps=self.num_steps, regularizers=tuple(self.regularizers), step_size=self.step_size, timesteps=self.timesteps,
-                    optimizer=self.optimizer, decoder_noise=self.decoder_noise, query_noise=self.query_noise,
-                    float32_autoencoder=self.float32_autoencoder, decoder_chunk=self.decoder_chunk)
-
-    @property
-    def flow_config(self) -> FlowConfig:
-        """This solver's settings as the flow reads them (:class:`~dwgf.flow.FlowConfig`)."""
-        return FlowConfig(**self.settings())
-
-    def on_flow_iteration(self, state: FlowState) -> None:
-        """Called after every flow iteration (:meth:`InverseSolver.on_iteration`; kept for subclasses that override it)."""
-        InverseSolver.on_iteration(self, state)
-
-    def on_iteration(self, state: SamplerState) -> None:
-        self.on_flow_iteration(state)
+        optimizer.noise = noises[0]
+        return [r for r in regularizers if not isinstance(r, LangevinNoise)]
 
     def _images_every(self, num_iterations: int) -> int:
         if self.log_images_every is not None:

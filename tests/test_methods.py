@@ -391,9 +391,9 @@ def test_an_item_alone_equals_the_same_item_in_a_batch(name, request):
 
 
 @pytest.mark.parametrize("name,settings,message", [
-    ("latent_dps", {"guidance": -1.0}, "settings: guidance and gluing must be >= 0"),
+    ("latent_dps", {"guidance": -1.0}, r"InverseSolver: settings.guidance must be >= 0, got -1.0"),
     ("psld", {"num_stepz": 3}, "unknown setting 'num_stepz' of psld"),
-    ("dwgf", {"regularizers": [{"class_path": "dwgf.regularizers.KLPrior"}]}, "settings: regularizers has a dict"),
+    ("dwgf", {"regularizers": [{"class_path": "dwgf.regularizers.KLPrior"}]}, r"settings.regularizers must be a Regularizer .*got a dict"),
 ])
 def test_methods_that_name_their_settings_class_are_checked_when_the_solver_is_built(name, settings, message):
     from dwgf.errors import DWGFError

@@ -154,7 +154,7 @@ def test_langevin_noise_at_scale_zero_changes_nothing_and_otherwise_moves_the_pa
     noisy_particles = noisy.solve(y, params, [0, 1])
     assert not torch.allclose(noisy_particles, plain, atol=1e-3)
     # listed under the regularizers or given to the optimiser: the same particles
-    assert noisy.regularizers == [noisy.regularizers[0]] and isinstance(noisy.optimizer.noise, LangevinNoise)
+    assert len(noisy.config.regularizers) == 1 and isinstance(noisy.config.optimizer.noise, LangevinNoise)
     direct = DWGF(ldm_prior, num_steps=3, num_particles=2, regularizers=[KLPrior()], optimizer=Adam(noise=LangevinNoise(scale=0.5)))
     assert torch.equal(direct.set_operator(op).solve(y, params, [0, 1]), noisy_particles)
 

@@ -14,9 +14,9 @@ my_module.my_method, settings: {...}}}``.
 
 from dwgf.methods.dps import DPSConfig, PSLDConfig, latent_dps, psld
 from dwgf.methods.gradient_flow import dwgf
-from dwgf.methods.inversion import decoder_inversion, inversion_config
-from dwgf.methods.red_diff import red_diff, red_diff_config
+from dwgf.methods.inversion import InversionConfig, decoder_inversion
+from dwgf.methods.red_diff import RedDiffConfig, red_diff
 from dwgf.methods.smc import SMCConfig, SMCState, smc
 
 __all__ = ["dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion", "smc", "DPSConfig", "PSLDConfig", "SMCConfig", "SMCState",
-           "red_diff_config", "inversion_config"]
+           "RedDiffConfig", "InversionConfig"]

@@ -23,17 +23,19 @@ from dwgf.precision import float32_but_the_unet
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import Problem, SamplerState, first_failures
 from dwgf.sampling import ddim_loop
+from dwgf.settings import Settings, at_least_zero, check_ddim_steps, positive, within
 
 
-@dataclass(frozen=True)
-class DPSConfig:
+@dataclass(frozen=True, kw_only=True)
+class DPSConfig(Settings):
     """Latent DPS's settings.
 
     Attributes:
-        num_steps: DDIM steps (one network call, forward and backward, each). Default 200.
-        guidance: ``zeta``, the data term's weight; 0 with ``gluing = 0`` is plain DDIM sampling. Default 1.
-        eta: DDIM's stochasticity (1: DDPM-like, the DPS default; 0: deterministic). Default 1.
-        gluing: PSLD's weight ``gamma``; 0 (the default) is Latent DPS.
+        num_steps: DDIM steps (one network call, forward and backward, each; >= 1 and at most the prior's
+            training timesteps). Default 200.
+        guidance: ``zeta`` (>= 0), the data term's weight; 0 with ``gluing = 0`` is plain DDIM sampling. Default 1.
+        eta: DDIM's stochasticity, in ``[0, 1]`` (1: DDPM-like, the DPS default; 0: deterministic). Default 1.
+        gluing: PSLD's weight ``gamma`` (>= 0); 0 (the default) is Latent DPS.
     """
 
     num_steps: int = 200
@@ -41,20 +43,25 @@ class DPSConfig:
     eta: float = 1.0
     gluing: float = 0.0
 
-    def __post_init__(self):
-        if self.num_steps < 1:
-            raise DWGFError(f"{type(self).__name__}: num_steps must be >= 1, got {self.num_steps}")
-        if not self.guidance >= 0 or not self.gluing >= 0:
-            raise DWGFError(f"{type(self).__name__}: guidance and gluing must be >= 0, got {self.guidance}, {self.gluing}")
-        if not 0 <= self.eta <= 1:
-            raise DWGFError(f"{type(self).__name__}: eta must be in [0, 1], got {self.eta}")
+    def check(self) -> None:
+        positive(self, "num_steps")
+        at_least_zero(self, "guidance", "gluing")
+        within(self, "eta", 0, 1)
+
+    def check_prior(self, prior) -> None:
+        check_ddim_steps(self, prior)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PSLDConfig(DPSConfig):
-    """PSLD's settings: :class:`DPSConfig` with ``gluing`` 0.1 by default."""
+    """PSLD's settings: :class:`DPSConfig` with ``gluing`` 0.1 by default, for a linear operator (an adjoint)."""
 
     gluing: float = 0.1
+
+    def check_operator(self, operator) -> None:
+        if not operator.linear:
+            raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(operator).__name__} is not linear: "
+                            "use LatentDPS or DWGF")
 
 
 def latent_dps(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
@@ -68,9 +75,6 @@ def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None,
          callback: Optional[Callable[[SamplerState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior samples by PSLD (Latent DPS plus gluing; a linear operator), and ``failed_at``.
     ``settings``: :class:`PSLDConfig`'s fields."""
-    if not problem.operator.linear:
-        raise DWGFError(f"PSLD needs a linear operator with an adjoint (A^T); {type(problem.operator).__name__} is not linear: "
-                        "use LatentDPS or DWGF")
     return _guided_ddim(prior, problem, draw, callback, PSLDConfig(**settings))
 
 
@@ -81,6 +85,8 @@ psld.settings_class = PSLDConfig  # type: ignore[attr-defined]
 def _guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise], callback: Optional[Callable[[SamplerState], None]],
                 config: DPSConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent DPS (``config.gluing = 0``) or PSLD: :func:`~dwgf.sampling.ddim_loop` with the guidance loss."""
+    config.check_prior(prior)
+    config.check_operator(problem.operator)
     b, n = problem.batch, problem.num_particles
     device = problem.y.device
     draw = draw if draw is not None else ItemNoise(item_generators(range(b), "cpu"), device)

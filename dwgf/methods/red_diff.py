@@ -8,28 +8,46 @@ term. ``configs/methods/reddiff.yaml`` is the same method in ``dwgf predict`` (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from dwgf.flow import FlowConfig, dwgf_flow
+from dwgf.flow import FlowConfig, FlowSteps, dwgf_flow
 from dwgf.noise import ItemNoise
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import FlowState, Problem
 from dwgf.regularizers.kl_prior import KLPrior
 from dwgf.regularizers.weighting import DWGFWeighting
+from dwgf.settings import at_least_zero
 
 
-def red_diff_config(weight: float = 0.25, **settings) -> FlowConfig:
-    """RED-diff's settings: a :class:`~dwgf.flow.FlowConfig` whose only regularizer is ``KLPrior(weight, DWGFWeighting)``
-    (the untuned starting point of ``configs/methods/reddiff.yaml``); other ``settings`` as :class:`~dwgf.flow.FlowConfig`'s."""
-    if "regularizers" in settings:
-        raise TypeError("red_diff: the regularizer is RED-diff's own; give its weight, or use dwgf() for other regularizers")
-    return FlowConfig(regularizers=(KLPrior(weight, weighting=DWGFWeighting()),), **settings)
+@dataclass(frozen=True, kw_only=True)
+class RedDiffConfig(FlowSteps):
+    """RED-diff's settings: :class:`~dwgf.flow.FlowSteps`' (the iterations, step size, optimiser, ...) and the weight
+    of its one regularizer, ``KLPrior(weight, weighting=DWGFWeighting())``.
+
+    Attributes:
+        weight: the score-distillation term's weight ``w`` (>= 0). Default 0.25 (the untuned starting point of
+            ``configs/methods/reddiff.yaml``).
+        num_steps: see :class:`~dwgf.flow.FlowSteps` (likewise the other settings).
+    """
+
+    weight: float = 0.25
+
+    def check(self) -> None:
+        super().check()
+        at_least_zero(self, "weight")
+
+    def flow_config(self) -> FlowConfig:
+        return FlowConfig(regularizers=(KLPrior(self.weight, weighting=DWGFWeighting()),), **self.steps())
 
 
 def red_diff(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
              callback: Optional[Callable[[FlowState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """RED-diff's estimates ``B x N x C x H x W`` and ``failed_at`` ``(B,)``. ``settings``: :func:`red_diff_config`'s."""
-    particles, _, failed_at = dwgf_flow(prior, problem, red_diff_config(**settings), draw, callback)
+    """RED-diff's estimates ``B x N x C x H x W`` and ``failed_at`` ``(B,)``. ``settings``: :class:`RedDiffConfig`'s."""
+    particles, _, failed_at = dwgf_flow(prior, problem, RedDiffConfig(**settings).flow_config(), draw, callback)
     return particles, failed_at
+
+
+red_diff.settings_class = RedDiffConfig  # type: ignore[attr-defined] - the solver checks --model.settings before a run

@@ -57,16 +57,16 @@ from typing import Callable, Optional
 
 import torch
 
-from dwgf.errors import DWGFError
 from dwgf.noise import ItemNoise, item_generators
 from dwgf.precision import float32_but_the_unet, unet_precision
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import Problem, SamplerState, first_failures
 from dwgf.sampling import ddim_timesteps
+from dwgf.settings import Settings, at_least_zero, check_ddim_steps, positive, within
 
 
-@dataclass(frozen=True)
-class SMCConfig:
+@dataclass(frozen=True, kw_only=True)
+class SMCConfig(Settings):
     """The SMC sampler's settings.
 
     Attributes:
@@ -90,19 +90,16 @@ class SMCConfig:
     moves: int = 0
     move_size: float = 0.1
 
-    def __post_init__(self):
-        if self.num_steps < 1:
-            raise DWGFError(f"SMCConfig: num_steps must be >= 1, got {self.num_steps}")
-        if not self.guidance >= 0:
-            raise DWGFError(f"SMCConfig: guidance must be >= 0, got {self.guidance}")
-        if not 0 <= self.ess_threshold <= 1:
-            raise DWGFError(f"SMCConfig: ess_threshold must be in [0, 1], got {self.ess_threshold}")
-        if self.moves < 0:
-            raise DWGFError(f"SMCConfig: moves must be >= 0, got {self.moves}")
-        if not 0 < self.move_size <= 1:
-            raise DWGFError(f"SMCConfig: move_size must be in (0, 1], got {self.move_size}")
+    def check(self) -> None:
+        positive(self, "num_steps")
+        at_least_zero(self, "guidance", "moves")
+        within(self, "ess_threshold", 0, 1)
+        within(self, "move_size", 0, 1, open_low=True)
         if self.moves and not self.weights:
-            raise DWGFError("SMCConfig: moves follow a resampling, and weights=False never resamples: set moves to 0")
+            raise self.error("moves", ": moves follow a resampling, and weights=False never resamples: set moves to 0")
+
+    def check_prior(self, prior) -> None:
+        check_ddim_steps(self, prior)
 
 
 @dataclass
@@ -119,6 +116,7 @@ def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, 
     """Posterior samples ``B x N x C x H x W`` by SMC (equally weighted) and ``failed_at`` ``(B,)``.
     ``settings``: :class:`SMCConfig`'s fields. See the module docstring for the algorithm."""
     config = SMCConfig(**settings)
+    config.check_prior(prior)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("smc needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
     device = problem.y.device

@@ -65,7 +65,9 @@ class Adam(FlowOptimizer):
         noise: injected noise after every step (:class:`~dwgf.optimizers.LangevinNoise`); default none.
     """
 
-    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), noise: Optional[LangevinNoise] = None):
+    DEFAULT_BETAS = (0.9, 0.999)
+
+    def __init__(self, betas: tuple[float, float] = DEFAULT_BETAS, noise: Optional[LangevinNoise] = None):
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise argument_error(self, "betas", f" must be two numbers in [0, 1), got {list(betas)}")
         self.betas = (float(betas[0]), float(betas[1]))
