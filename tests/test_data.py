@@ -135,3 +135,42 @@ def test_inputs_far_from_the_prior_get_one_warning_line(ldm_path, tmp_path, caps
     assert lines == [f"dwgf: warning: --data.images {str(images)!r}: 2 of 4 images are far from what the prior models: 2 colour images converted "
                      "to grayscale for the grayscale prior; 1 image at least 4x the prior's 32x32 resolution shrunk to it; "
                      "expect poor results (is this the right prior?)"]
+
+
+def test_own_masks_with_images_give_the_mask_and_metrics_against_the_images(ldm_path, tmp_path):
+    """--data.images with --data.masks (box inpainting): each image's own mask (white = observed) is its mask, brought
+    to the working size by the images' rule (cover and crop, nearest), and metrics.csv has PSNR against the images."""
+    import csv
+
+    images = make_images(tmp_path / "photos", count=2, sizes=((48, 40),), mode="L")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(2):  # at the photos' own size (48 x 40): the left half missing
+        mask = np.full((48, 40), 255, np.uint8)
+        mask[:, : 20 + 4 * i] = 0
+        Image.fromarray(mask).save(masks / f"img{i}.png")
+    dm = _dm(BoxInpainting(size=[8, 8]), images=str(images), masks=str(masks), channels=1, batch_size=2)
+    batch = next(iter(dm.predict_dataloader()))
+    expected = [load_image(masks / f"img{i}.png", 1, (32, 32), Image.NEAREST) > 0 for i in range(2)]
+    assert torch.equal(batch["params"]["mask"], torch.stack(expected).float())
+    assert set(batch["params"]["mask"].unique().tolist()) == {0.0, 1.0} and batch["image"].shape == (2, 1, 32, 32)
+    out = tmp_path / "out"
+    main([*base(ldm_path, out), "--data.images", str(images), "--data.masks", str(masks), "--data.operator", "BoxInpainting"])
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["img0", "img1"] and all(float(r["psnr"]) > 0 for r in rows)
+    assert (out / "img0" / "ground_truth.png").is_file()
+
+
+def test_a_mask_is_brought_to_the_working_size_with_its_measurement(tmp_path):
+    """A 50 x 37 measurement is resized to the working size (cover and crop): its 50 x 37 mask follows it."""
+    meas, masks = tmp_path / "meas", tmp_path / "masks"
+    meas.mkdir(), masks.mkdir()
+    Image.fromarray(np.full((37, 50, 3), 128, np.uint8)).save(meas / "a.png")
+    mask = np.full((37, 50), 255, np.uint8)
+    mask[10:20, 10:30] = 0
+    Image.fromarray(mask).save(masks / "a.png")
+    dm = _dm(BoxInpainting(size=[2, 2]), measurements=str(meas), masks=str(masks))
+    got = next(iter(dm.predict_dataloader()))["params"]["mask"][0]
+    assert got.shape == (1, 32, 32) and torch.equal(got, (load_image(masks / "a.png", 1, (32, 32), Image.NEAREST) > 0).float())
+    assert 0 < float(got.mean()) < 1

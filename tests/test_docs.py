@@ -65,17 +65,14 @@ def test_the_docs_commands_are_found():
 
 def _two_steps(argv: list[str]) -> list[str]:
     """The option that cuts a command to two iterations: ``--model.num_steps 2``, or for the generic solver
-    (``InverseSolver`` with a method of one's own) its settings with ``num_steps: 2``."""
-    import json
-
+    (``InverseSolver`` with a method of one's own) ``--model.settings.num_steps 2``, which keeps its other settings."""
     import yaml
 
     for i, arg in enumerate(argv[:-1]):
         if arg == "--config":
             model = (yaml.safe_load((ROOT / argv[i + 1]).read_text()) or {}).get("model") or {}
             if str(model.get("class_path", "")).endswith("InverseSolver"):
-                settings = dict((model.get("init_args") or {}).get("settings") or {}, num_steps=2)
-                return ["--model.settings", json.dumps(settings)]
+                return ["--model.settings.num_steps", "2"]
     return ["--model.num_steps", "2"]
 
 

@@ -45,7 +45,7 @@ def takes_mask(operator: ForwardOperator) -> bool:
 
 
 def check_masks(operator: ForwardOperator, measurements: Optional[str], masks: Optional[str]) -> None:
-    """Masks go with measurements and an inpainting operator, and measured inpainting needs them."""
+    """Masks go with an inpainting operator, and measured inpainting needs them."""
     if masks is not None and not takes_mask(operator):
         raise argument_error("MeasurementDataModule", "masks", f": {type(operator).__name__} takes no mask; give no masks or an inpainting operator")
     if measurements is not None and masks is None and takes_mask(operator):
@@ -98,10 +98,11 @@ class _Items(Dataset):
     """
 
     def __init__(self, files: list[Path], operator: ForwardOperator, channels: int, size: tuple[int, int], seed: int,
-                 sizes: Optional[list[Optional[tuple[tuple[int, int], tuple[int, int]]]]] = None, prompts: Optional[dict[str, str]] = None):
+                 sizes: Optional[list[Optional[tuple[tuple[int, int], tuple[int, int]]]]] = None, prompts: Optional[dict[str, str]] = None,
+                 masks: Optional[Path] = None):
         self.files, self.names = files, item_folder_names([f.name for f in files])
         self.operator, self.channels, self.size, self.seed = operator, channels, tuple(size), seed
-        self.sizes, self.prompt_of = sizes, dict(prompts or {})
+        self.sizes, self.prompt_of, self.masks = sizes, dict(prompts or {}), masks
         self._identities: list[Optional[str]] = [None] * len(files)
 
     def working_size(self, index: int) -> tuple[int, int]:
@@ -128,7 +129,45 @@ class _Items(Dataset):
 
     def identity_files(self, index: int) -> list[Path]:
         """The files whose names and contents determine item ``index`` (the input, and its mask)."""
-        return [self.files[index]]
+        mask = self._mask_file(index) if self.masks is not None else None
+        return [self.files[index]] + ([mask] if mask is not None else [])
+
+    def _mask_file(self, index: int) -> Optional[Path]:
+        stem = self.files[index].stem
+        found = [self.masks / f"{stem}{s}" for s in (".png", ".jpg", ".jpeg")]
+        found = [p for p in found if p.is_file()]
+        return found[0] if found else None
+
+    def _mask(self, index: int, exact: bool = False) -> Optional[torch.Tensor]:
+        """Item ``index``'s mask from ``masks`` (white = observed: 1, black = missing: 0) at the item's working size, brought
+        there by the rule its image or measurement follows (cover and crop, or its own size padded by reflection with
+        ``fit: keep``; ``exact``: none, the mask must have that size), with nearest-neighbour resampling so that it stays
+        black and white; ``None`` without ``masks``."""
+        if self.masks is None:
+            return None
+        path = self._mask_file(index)
+        if path is None:
+            stem = self.files[index].stem
+            raise argument_error("MeasurementDataModule", "masks",
+                                 f" {str(self.masks)!r}: no mask for {self.files[index].name} (expected {stem}.png)")
+        if exact:
+            mask = load_image(path, 1)
+            if tuple(mask.shape[1:]) != tuple(self.size):
+                raise DWGFError(f"{path}: mask is {mask.shape[2]}x{mask.shape[1]} (width x height), expected {self.size[1]}x{self.size[0]} "
+                                "(the images' size)")
+        elif self.sizes is None or self.sizes[index] is None:
+            mask = load_image(path, 1, self.size, Image.NEAREST)
+        else:
+            own, full = self.sizes[index]
+            mask = load_image(path, 1)
+            if tuple(mask.shape[1:]) != tuple(own):
+                raise DWGFError(f"{path}: mask is {mask.shape[2]}x{mask.shape[1]} (width x height), expected {own[1]}x{own[0]} "
+                                f"(the size of {self.files[index].name}, fit: keep)")
+            mask = pad_to(mask, full)
+        if not bool(((mask == -1) | (mask == 1)).all()):
+            warnings.warn(f"{path}: the mask is not black and white; pixels brighter than mid-gray are taken as observed, "
+                          "the others as missing", DWGFWarning, stacklevel=2)
+        return (mask > 0).float()  # white (observed) -> 1, black (missing) -> 0
 
     def identity(self, index: int) -> str:
         """The item's identity (:func:`~dwgf.data.images.file_identity`), computed once."""
@@ -170,7 +209,8 @@ class _Items(Dataset):
 
 
 class SimulatedMeasurements(_Items):
-    """Ground-truth images, degraded on the fly with the item's own generator."""
+    """Ground-truth images, degraded on the fly with the item's own generator (with ``masks``, an inpainting
+    operator's mask is the item's mask file instead of one the operator draws)."""
 
     def _load(self, index: int) -> dict[str, Any]:
         if self.sizes is None:
@@ -188,7 +228,8 @@ class SimulatedMeasurements(_Items):
         data_seed, _ = item_seeds(self.seed, self.identity(index))
         # on the CPU: measurements are simulated in the data loader, so they are the same on every machine
         gen = torch.Generator().manual_seed(data_seed)
-        params = self.operator.sample_params(tuple(x.shape), gen)
+        mask = self._mask(index)
+        params = self.operator.params_from_mask(mask) if mask is not None else self.operator.sample_params(tuple(x.shape), gen)
         y = self.operator.simulate(x[None], {k: v[None] for k, v in params.items()}, gen)[0]
         return self._item(index, image=x, measurement=y, params=params)
 
@@ -197,36 +238,8 @@ class GivenMeasurements(_Items):
     """Measurements as images (what ``measurement.png`` holds), with optional mask files."""
 
     def __init__(self, files, operator, channels, size, seed, masks: Optional[Path], prompts: Optional[dict[str, str]] = None):
-        super().__init__(files, operator, channels, size, seed, prompts=prompts)
-        self.masks = masks
+        super().__init__(files, operator, channels, size, seed, prompts=prompts, masks=masks)
         self.shape = operator.measurement_shape((channels, *self.size))
-
-    def _mask_file(self, index: int) -> Optional[Path]:
-        stem = self.files[index].stem
-        found = [self.masks / f"{stem}{s}" for s in (".png", ".jpg", ".jpeg")]
-        found = [p for p in found if p.is_file()]
-        return found[0] if found else None
-
-    def identity_files(self, index: int) -> list[Path]:
-        mask = self._mask_file(index) if self.masks is not None else None
-        return [self.files[index]] + ([mask] if mask is not None else [])
-
-    def _mask(self, index: int) -> Optional[torch.Tensor]:
-        if self.masks is None:
-            return None
-        path = self._mask_file(index)
-        if path is None:
-            stem = self.files[index].stem
-            raise argument_error("MeasurementDataModule", "masks",
-                                 f" {str(self.masks)!r}: no mask for {self.files[index].name} (expected {stem}.png)")
-        mask = load_image(path, 1, None)
-        if tuple(mask.shape[1:]) != tuple(self.size):
-            raise DWGFError(f"{path}: mask is {mask.shape[2]}x{mask.shape[1]} (width x height), expected {self.size[1]}x{self.size[0]} "
-                            "(the images' size)")
-        if not bool(((mask == -1) | (mask == 1)).all()):
-            warnings.warn(f"{path}: the mask is not black and white; pixels brighter than mid-gray are taken as observed, "
-                          "the others as missing", DWGFWarning, stacklevel=2)
-        return (mask > 0).float()  # white (observed) -> 1, black (missing) -> 0
 
     def _measurement_image(self, index: int) -> torch.Tensor:
         path = self.files[index]
@@ -250,7 +263,7 @@ class GivenMeasurements(_Items):
         img = self._measurement_image(index)
         if not torch.isfinite(img).all():
             raise DWGFError(f"{self.files[index]}: measurement contains NaN or Inf")
-        mask = self._mask(index)
+        mask = self._mask(index, exact=self.files[index].suffix.lower() == ".npy")  # an array is read as it is, never resized
         data_seed, _ = item_seeds(self.seed, self.identity(index))
         if mask is not None:
             params = self.operator.params_from_mask(mask)
@@ -340,9 +353,14 @@ class MeasurementDataModule(LightningDataModule):
       batch: batches hold one size each, in input order. Needs ``images``.
 
     Measurement-only mode (``measurements``): each file is a degraded image as
-    ``measurement.png`` shows it (for super-resolution the low-resolution image); with ``masks``,
-    a mask image of the same name (white = observed) gives an inpainting operator's mask,
-    otherwise the operator draws its parameters as in simulated mode. No metrics are computed.
+    ``measurement.png`` shows it (for super-resolution the low-resolution image), otherwise the operator draws its
+    parameters as in simulated mode. No metrics are computed.
+
+    Own masks (``masks``, an inpainting operator): a mask image of the same stem as each image or measurement
+    (``cat.png`` for ``cat.jpg``; white = observed, black = missing) is the item's mask instead of one the operator
+    draws. It is brought to the working size by the rule its image or measurement follows (cover and crop to ``size``,
+    nearest-neighbour so that it stays black and white; with ``fit: keep`` it must have the image's own size and is
+    padded with it). With ``images`` the metrics are against the images, as in simulated mode.
 
     Per-item prompts (text-conditioned priors): a ``prompts.csv`` in the input folder (a header line
     ``name,prompt``, then one line per image: its file name, with or without the extension, and its
@@ -357,7 +375,7 @@ class MeasurementDataModule(LightningDataModule):
         operator: the forward operator ``A``, shared with the solver.
         images: folder of ground-truth png/jpg images.
         measurements: folder of measurement images (instead of ``images``).
-        masks: folder of mask images for ``measurements`` (inpainting).
+        masks: folder of mask images, one per image or measurement, matched by stem (inpainting operators).
         size: ``[H, W]`` (``--data.size H W``), the image size with ``fit: cover``; ``None``
             (default): the prior's native resolution.
         fit: ``"cover"`` (default): each image resized to cover ``size`` and center-cropped;
@@ -388,8 +406,6 @@ class MeasurementDataModule(LightningDataModule):
         if images is not None and measurements is not None:
             raise argument_error(self, "images", " (ground truth to degrade) and <measurements> (degraded images) are both given; give one of them",
                                  also=("measurements",))
-        if masks is not None and measurements is None:
-            raise argument_error(self, "masks", " go with measurements (with images the operator draws the mask)")
         check_masks(operator, measurements, masks)
         if batch_size < 1:
             raise argument_error(self, "batch_size", f" must be >= 1, got {batch_size}")
@@ -478,12 +494,12 @@ class MeasurementDataModule(LightningDataModule):
         suffixes = (*IMAGE_SUFFIXES, ".npy") if self.measurements is not None else IMAGE_SUFFIXES
         files = list_images(folder, argument, suffixes, warn_skipped=self._is_first_process)
         files, prompts = read_prompts(Path(folder).expanduser(), files, argument, warn=self._is_first_process)
+        masks = None
+        if self.masks is not None:
+            masks = Path(self.masks).expanduser()
+            if not masks.is_dir():
+                raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
         if self.measurements is not None:
-            masks = None
-            if self.masks is not None:
-                masks = Path(self.masks).expanduser()
-                if not masks.is_dir():
-                    raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
             self.dataset = GivenMeasurements(files, self.operator, channels, size, self.seed, masks, prompts)
         else:
             sizes = None
@@ -495,13 +511,13 @@ class MeasurementDataModule(LightningDataModule):
                     sizes.append(None if own is None else (own, tuple(-(-v // multiple) * multiple for v in own)))
             else:
                 self.operator.measurement_shape((channels, *size))  # fails early on a bad factor
-            self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed, sizes, prompts)
+            self.dataset = SimulatedMeasurements(files, self.operator, channels, size, self.seed, sizes, prompts, masks)
         if self._is_first_process:
             line = far_from_prior(files, channels, size[0] if self._prior is None else self._prior[0], keep=self.fit == "keep")
             if line:
                 warnings.warn(argument_warning(self, argument, f" {folder!r}: {line}"), stacklevel=2)
-        # a configuration that cannot work on any item (a box larger than the image) fails here, once
-        if self.fit == "cover":
+        # a configuration that cannot work on any item (a box larger than the image) fails here, once; own masks draw nothing
+        if self.fit == "cover" and self.masks is None:
             # on the CPU: a dry run of the operator's parameters at start-up
             self.operator.sample_params((channels, *size), torch.Generator().manual_seed(0))
 
