@@ -21,6 +21,15 @@ but the intervals are wide (``n`` must be at least ``1 / (1 - level) - 1``).
 
 Particles are read as the 8-bit images dwgf writes, at calibration and at prediction alike, so the two
 compute the same scores.
+
+**How many images.** The scale meets the miss rate ``((n + 1) (1 - level) - 1) / n``, below ``1 - level`` for few
+images, so few images give wide intervals (at the fewest, the largest score: an interval that holds every pixel of
+every calibration image). ``dwgf calibrate`` compares its scale with the one many images like its own would give
+(:func:`width_for_images`) and warns in one line when it is more than 10% larger, saying how many images would bring
+it within 10%. Measured on MNIST box inpainting: ``benchmarks/results/calibration_size.md``.
+
+``dwgf calibrate`` itself (:func:`command`) runs ``dwgf predict`` on the calibration images and writes
+``calibration.json``; :func:`check_inputs` checks its images before the run.
 """
 
 from __future__ import annotations
@@ -29,11 +38,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+import sys
+from typing import Any, Sequence
 
 import torch
 
-from dwgf.errors import DWGFError
+from dwgf.errors import DWGFError, argument_error
 
 DELTA = 1 / 255  # the floor of the particles' std in the interval's half-width: one gray level
 FORMAT = "dwgf-calibration/1"
@@ -78,22 +88,64 @@ def conformal_scale(per_image_scores: Sequence[torch.Tensor], level: float) -> f
     """The smallest ``scale`` with ``n / (n + 1) R(scale) + 1 / (n + 1) <= 1 - level``, ``R`` the miss rate averaged over
     the ``n`` images (a pixel misses when its score exceeds ``scale``)."""
     n = len(per_image_scores)
-    alpha = 1 - float(level)
     if n < images_needed(level):
         raise DWGFError(f"calibration at level {level} needs at least {images_needed(level)} images with ground truth, got {n}")
-    target = ((n + 1) * alpha - 1) / n
-    values = torch.cat([s.double() for s in per_image_scores])
-    weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s)), dtype=torch.float64, device=s.device) for s in per_image_scores])
-    order = torch.argsort(values, descending=True)
-    values, weights = values[order], weights[order]
-    # the miss rate at scale values[k] is the weight of the scores strictly above it
-    above = torch.cumsum(weights, 0) - weights
-    distinct = torch.ones_like(values, dtype=torch.bool)
-    distinct[1:] = values[1:] != values[:-1]
-    above = torch.where(distinct, above, torch.zeros_like(above)).cummax(0).values  # ties: the weight above the tie's first
-    ok = above <= target + 1e-12
-    k = int(ok.nonzero().max()) if bool(ok.any()) else 0
-    return float(values[k])
+    return _Pooled(per_image_scores).scale(target_miss_rate(n, level))
+
+
+def target_miss_rate(n: int, level: float) -> float:
+    """The miss rate ``R`` that ``n`` calibration images must reach: ``((n + 1) (1 - level) - 1) / n``, which grows to
+    ``1 - level`` as ``n`` grows (so the scale, and the intervals' width, shrink to what many images give)."""
+    return ((n + 1) * (1 - float(level)) - 1) / n
+
+
+class _Pooled:
+    """The images' scores pooled, each image weighing the same: the scale at which a given miss rate is reached."""
+
+    def __init__(self, per_image_scores: Sequence[torch.Tensor]):
+        n = len(per_image_scores)
+        values = torch.cat([s.double() for s in per_image_scores])
+        weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s)), dtype=torch.float64, device=s.device) for s in per_image_scores])
+        order = torch.argsort(values, descending=True)
+        self.values, weights = values[order], weights[order]
+        # the miss rate at scale values[k] is the weight of the scores strictly above it
+        above = torch.cumsum(weights, 0) - weights
+        distinct = torch.ones_like(self.values, dtype=torch.bool)
+        distinct[1:] = self.values[1:] != self.values[:-1]
+        self.above = torch.where(distinct, above, torch.zeros_like(above)).cummax(0).values  # ties: the weight above the tie's first
+
+    def scale(self, target: float) -> float:
+        ok = self.above <= target + 1e-12
+        k = int(ok.nonzero().max()) if bool(ok.any()) else 0
+        return float(self.values[k])
+
+
+def width_for_images(per_image_scores: Sequence[torch.Tensor], level: float, within: float = 0.1) -> tuple[float, int]:
+    """How much the number of calibration images widens the intervals, judged on these images' own scores.
+
+    Returns ``(ratio, needed)``: ``ratio`` is the scale these ``n`` images give over the scale that many images like them
+    would give (the pooled quantile at miss rate ``1 - level``; the intervals' width grows with the scale, a little
+    less where an interval is clipped to the image range), and ``needed`` the fewest images whose scale is within
+    ``within`` of that (``ratio <= 1 + within``), the images' scores standing for the distribution.
+    """
+    pooled = _Pooled(per_image_scores)
+    large = pooled.scale(1 - float(level))
+    n = len(per_image_scores)
+
+    def ratio(m: int) -> float:
+        scale = pooled.scale(target_miss_rate(m, level))
+        return scale / large if large > 0 else (1.0 if scale == 0 else math.inf)
+
+    low, high = images_needed(level), images_needed(level)
+    while ratio(high) > 1 + within and high < 10**7:
+        low, high = high, high * 2
+    while low < high:  # the scale falls as the number of images grows: the first within ``within``
+        mid = (low + high) // 2
+        if ratio(mid) <= 1 + within:
+            high = mid
+        else:
+            low = mid + 1
+    return ratio(n), high
 
 
 @dataclass(frozen=True)
@@ -105,7 +157,7 @@ class Calibration:
     level: float
     scale: float
     images: int
-    config: str  # the configuration's fingerprint (``dwgf.cli.fingerprint``), which a prediction must match
+    config: str  # the configuration's fingerprint (:func:`dwgf.outputs.fingerprint`), which a prediction must match
     miss_rate: float  # the calibration images' average miss rate at ``scale``
     format: str = FORMAT
 
@@ -113,21 +165,167 @@ class Calibration:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path, owner: object = "InverseSolver") -> "Calibration":
+        """Reads a ``calibration.json`` (or the folder ``dwgf calibrate`` wrote it to). Errors are one line about
+        ``owner``'s ``calibration`` argument (:func:`~dwgf.errors.argument_error`: the command names ``--model.calibration``)."""
+        given = str(path)
+
+        def error(detail: str) -> DWGFError:
+            return argument_error(owner, "calibration", f" {given!r}: {detail}")
+
         path = Path(path).expanduser()
         if path.is_dir():  # the --output folder of dwgf calibrate: its calibration.json
             if not (path / "calibration.json").is_file():
-                raise DWGFError(f"calibration {str(path)!r} is a folder without calibration.json: give the file dwgf calibrate wrote")
+                raise error("a folder without calibration.json: give the file dwgf calibrate wrote")
             path = path / "calibration.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DWGFError(f"calibration {str(path)!r}: no such file (make one with dwgf calibrate)") from None
+            raise error("no such file (make one with dwgf calibrate)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DWGFError(f"calibration {str(path)!r}: cannot read it as JSON ({err})") from None
+            raise error(f"cannot read it as JSON ({err})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise DWGFError(f"calibration {str(path)!r}: not a dwgf calibration file (format {FORMAT!r})")
+            raise error(f"not a dwgf calibration file (format {FORMAT!r})")
         try:
             return cls(**{k: data[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as err:
-            raise DWGFError(f"calibration {str(path)!r}: a field is missing or wrong ({err})") from None
+            raise error(f"a field is missing or wrong ({err})") from None
+
+
+# -- dwgf calibrate ----------------------------------------------------------------------------------
+WIDTH_WITHIN = 0.1  # dwgf calibrate warns when its images make the intervals more than this much wider than many would
+LAST_RUN: dict[str, Any] = {}  # the output folder of the last dwgf predict run in this process (dwgf.cli.main sets it)
+
+CALIBRATE_USAGE = "dwgf calibrate --config CONFIG --data.images CALIBRATION_DIR --output DIR [--level 0.9]"
+CALIBRATE_HELP = f"""usage: {CALIBRATE_USAGE}
+
+Runs the configuration as dwgf predict does, on images with ground truth (into --output), then writes
+<output>/calibration.json: the scale q of the interval mean +- q (std + 1/255) whose pixel coverage, averaged over
+these images, meets the level with split conformal's correction. Use it with
+  dwgf predict --config CONFIG ... --model.calibration DIR/calibration.json
+which writes lower.png and upper.png per item and calibrated_width, calibrated_coverage in metrics.csv; a file made
+for another configuration is refused.
+
+options:
+  --level LEVEL   the coverage to reach, in (0, 1) (default 0.9); level 0.9 needs at least 9 images, and a
+                  warning says when the images are too few for intervals within 10% of the narrowest
+  every option of dwgf predict (dwgf predict --help), except --model.calibration and --data.measurements
+
+Images to calibrate on: your own with ground truth, or for the shipped MNIST prior --data.images
+dwgf:mnist-calibration (100 held-out digits that ship with dwgf, none of them a report digit).
+
+What it guarantees and what it does not: docs/running.md, "Calibrated intervals"."""
+
+
+
+CALIBRATING: dict[str, float] = {}  # set while dwgf calibrate runs its predict: the level, for the checks before the run
+
+
+def check_inputs(init_args: Any, level: float) -> None:
+    """dwgf calibrate's inputs, before anything is written or run: images with ground truth, enough of them for the level."""
+    from dwgf.data.images import IMAGE_SUFFIXES, list_images
+
+    if init_args is None or not init_args.get("images") or init_args.get("measurements"):
+        raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images DIR (not --data.measurements)")
+    try:
+        count = sum(path.suffix.lower() in IMAGE_SUFFIXES for path in list_images(init_args["images"], "images"))
+    except DWGFError:
+        return  # a missing or empty folder: reported by predict's own input check, in its words
+    if count < images_needed(level):
+        raise DWGFError(f"--data.images {str(init_args['images'])!r}: calibration at level {level:g} needs at least "
+                        f"{images_needed(level)} images with ground truth, the folder has {count}")
+
+
+def command(argv: list[str]) -> None:  # noqa: C901 - one command, read top to bottom
+    """``dwgf calibrate --config CONFIG --data.images DIR --output DIR [--level 0.9]``: the predict run on images with
+    ground truth, then ``<output>/calibration.json`` (:mod:`dwgf.calibration`) for ``--model.calibration``."""
+    import yaml
+
+    from dwgf.cli import main
+    from dwgf.outputs import OutputFolder, OutputLock, fingerprint
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(CALIBRATE_HELP)
+        raise SystemExit(0)
+    argv, given = list(argv), []
+    for i in reversed(range(len(argv))):  # --level X and --level=X; taken out of what predict parses
+        if argv[i] == "--level" or argv[i].startswith("--level="):
+            value = argv[i].partition("=")[2] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i : i + (1 if "=" in argv[i] else 2)]
+            given.append(value)
+    if len(given) > 1:
+        print("dwgf: error: --level is given more than once; give it once, e.g. --level 0.9", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        level = float(given[0]) if given else 0.9
+    except ValueError:
+        print(f"dwgf: error: --level needs a number in (0, 1), e.g. --level 0.9; got {given[0]!r}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not 0 < level < 1:
+        print(f"dwgf: error: --level must be in (0, 1), got {level}", file=sys.stderr)
+        raise SystemExit(2)
+    if any(a.startswith("--model.calibration") for a in argv):
+        print("dwgf: error: --model.calibration is for dwgf predict; dwgf calibrate makes the file", file=sys.stderr)
+        raise SystemExit(2)
+    CALIBRATING["level"] = level
+    try:
+        main(["predict", *argv])
+    finally:
+        CALIBRATING.clear()
+    output = LAST_RUN.get("output")
+    try:
+        if output is None:
+            raise DWGFError("dwgf calibrate: the run wrote no output folder")
+        config = yaml.safe_load((output / "config.yaml").read_text())
+        per_image = read_scores(output)
+        scale = conformal_scale(per_image, level)
+        ratio, needed = width_for_images(per_image, level)
+        miss = float(sum(float((s > scale).double().mean()) for s in per_image) / len(per_image))
+        model, data = config.get("model") or {}, config.get("data") or {}
+        method = str(model.get("class_path", ""))
+        if (model.get("init_args") or {}).get("method"):
+            method += f" ({model['init_args']['method']})"
+        operator = ((data.get("init_args") or {}).get("operator") or {})
+        task = f"{operator.get('class_path', '')} {json.dumps(operator.get('init_args') or {}, sort_keys=True)}"
+        result = Calibration(method=method, task=task, level=level, scale=scale, images=len(per_image), config=fingerprint(config),
+                             miss_rate=miss)
+        lock = OutputLock(output)
+        lock.acquire()
+        try:
+            OutputFolder(output).write_run_file("calibration.json", result.save(output / "calibration.json"))
+        finally:
+            lock.release()
+    except DWGFError as err:
+        print(f"dwgf: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if ratio > 1 + WIDTH_WITHIN:
+        print(f"dwgf: warning: {len(per_image)} calibration images at level {level:g} make the intervals {ratio:.2g}x as wide as many "
+              f"such images would; about {needed} give a width within {WIDTH_WITHIN:.0%} of that (judged on these images' scores)",
+              file=sys.stderr)
+    print(f"dwgf: calibrated at level {level:g} on {len(per_image)} images: interval = mean +- {scale:.4g} (std + 1/255), "
+          f"coverage on them {1 - miss:.4f}; {output / 'calibration.json'} (use it with --model.calibration)", file=sys.stderr)
+
+
+def read_scores(output: Path) -> list[torch.Tensor]:
+    """Each item's scores (:func:`scores`) from what ``dwgf predict`` wrote to ``output`` (its particles' and ground truth's
+    PNGs, the items of ``metrics.csv``)."""
+    names = [row.split(",", 1)[0] for row in (output / "metrics.csv").read_text().splitlines()[1:] if row]
+    per_image = []
+    for name in names:
+        folder = output / name
+        if not (folder / "ground_truth.png").is_file():
+            raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images (not --data.measurements)")
+        particles = torch.stack([_read_unit(p) for p in sorted(folder.glob("particle_*.png"))])
+        per_image.append(scores(particles, _read_unit(folder / "ground_truth.png")))
+    return per_image
+
+
+def _read_unit(path: Path) -> torch.Tensor:
+    """A PNG dwgf wrote, as ``C x H x W`` in ``[0, 1]``."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path), dtype=np.float64) / 255
+    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+

@@ -7,7 +7,6 @@ forward operator) and a Lightning ``Trainer``, then writes results under ``--out
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,11 @@ import dwgf.schedules  # noqa: F401
 import dwgf.solver  # noqa: F401
 from dwgf import stopping
 from dwgf.errors import DWGFError, DWGFWarning
-from dwgf.outputs import OutputGuard, OutputLock, Resume
+from dwgf.data.images import input_folder
+from dwgf.calibration import CALIBRATE_USAGE, CALIBRATING, LAST_RUN
+from dwgf.calibration import check_inputs as check_calibration_inputs
+from dwgf.calibration import command as calibrate_command
+from dwgf.outputs import OutputGuard, OutputLock, Resume, fingerprint
 from dwgf.progress import FlowProgressBar
 from dwgf.registry import builtin_classes, find_dwgf_error, option_message, option_text, summarize_parser_error
 from dwgf.writers import PredictionWriter
@@ -95,8 +98,8 @@ class DWGFCLI(LightningCLI):
             init_args["seed"] = int(config["seed_everything"] or 0)
         if self.subcommand == "predict":
             self._check_calibration(config)  # before anything is written
-            if _CALIBRATING:
-                _check_calibration_inputs(init_args, _CALIBRATING["level"])
+            if CALIBRATING:
+                check_calibration_inputs(init_args, CALIBRATING["level"])
             config["trainer"]["inference_mode"] = False  # the flow needs autograd
             config["trainer"]["use_distributed_sampler"] = False  # the data module shards whole batches itself
             config["return_predictions"] = False  # results go to disk, not into memory
@@ -109,7 +112,7 @@ class DWGFCLI(LightningCLI):
             _same_threads_in_every_process(config["trainer"])
             for key in ("images", "measurements", "masks"):
                 folder = init_args.get(key) if init_args is not None else None
-                if folder and Path(folder).expanduser().resolve() == output.resolve():
+                if folder and input_folder(folder).resolve() == output.resolve():
                     raise DWGFError(f"--output {str(config['output'])!r} is also an input folder (--data.{key}); choose another --output")
             if init_args is not None:  # input folders are checked before any model is loaded
                 from dwgf.data.images import IMAGE_SUFFIXES, list_images
@@ -155,9 +158,9 @@ class DWGFCLI(LightningCLI):
         from dwgf.calibration import Calibration
 
         try:
-            calibration = Calibration.load(path)
+            calibration = Calibration.load(path, owner=str(model.get("class_path", "InverseSolver")).rsplit(".", 1)[-1])
         except DWGFError as err:
-            raise DWGFError(f"--model.calibration {str(path)!r}: {str(err).split(': ', 1)[-1]}") from None
+            raise option_message(err, config.as_dict()) from None
         init["calibration"] = None
         try:
             key = fingerprint(yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False)))
@@ -212,8 +215,9 @@ class DWGFCLI(LightningCLI):
             resume = Resume()
             if hasattr(data, "resume"):
                 data.resume = resume
+            calibration = getattr(model, "calibration", None)
             writer = PredictionWriter(config["output"], data, resume, config_text=text, fingerprint=fingerprint(yaml.safe_load(text)),
-                                      overwrite=bool(config.get("overwrite")))
+                                      overwrite=bool(config.get("overwrite")), calibration_scale=None if calibration is None else calibration.scale)
             held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
             if held:
                 writer.folder.lock = held[0]
@@ -223,48 +227,6 @@ class DWGFCLI(LightningCLI):
                 callbacks.append(FlowProgressBar())
             kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
-
-
-_SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32", "calibration": None}
-
-
-# options that some solvers gained later (the others had them all along, so their keys keep them): at None they give what
-# those solvers' folders hold
-_ADDED_LATER_TO = {"likelihood": ("LatentDPS", "PSLD", "DecoderInversion")}
-
-
-def _same_as_before(key: str, value: Any, solver: str = "") -> bool:
-    if key in _ADDED_LATER_TO and value is None and solver.rsplit(".", 1)[-1] in _ADDED_LATER_TO[key]:
-        return True
-    return key in _SAME_AS_BEFORE and value == _SAME_AS_BEFORE[key] and type(value) is type(_SAME_AS_BEFORE[key])
-
-
-def fingerprint(full: dict) -> str:
-    """A hash of the settings that determine an item's result (not devices, workers, folders): with the
-    item's identity (its file name and content), the resume key. ``full`` is the resolved config as
-    config.yaml holds it (the same dump, so the two never disagree)."""
-    import hashlib
-
-    data = dict(full.get("data") or {})
-    init = dict(data.get("init_args") or {})
-    init.pop("num_workers", None)
-    model = dict(full.get("model") or {})
-    # not results: logging, and how the work is laid out in memory (decoder_chunk, tf32: float rounding only); and options
-    # added later, at the default that gives what folders of earlier versions hold, so that those folders still resume
-    model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items()
-                          if k not in ("log_images_every", "decoder_chunk", "tf32")
-                          and not _same_as_before(k, v, str(model.get("class_path") or ""))}
-    prior = model["init_args"].get("prior")
-    if isinstance(prior, dict) and isinstance(prior.get("init_args"), dict):
-        prior = dict(prior, init_args={k: v for k, v in prior["init_args"].items() if not _same_as_before(k, v)})
-        model["init_args"]["prior"] = prior
-    for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
-        if init.get(key):
-            init[key] = "given"
-    data["init_args"] = init
-    key = {"model": model, "data": data, "seed": full.get("seed_everything"),
-           "precision": (full.get("trainer") or {}).get("precision")}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _StopOnSignal(Callback):
@@ -455,26 +417,9 @@ class _HelpFormatter(LightningArgumentParser().formatter_class):  # jsonargparse
         return "\n".join(indent + line for line in text.splitlines())
 
 
-TOP_DESCRIPTION = "dwgf: imaging inverse problems solved with a frozen latent diffusion prior (DWGF and the methods beside it)."
-CALIBRATE_USAGE = "dwgf calibrate --config CONFIG --data.images CALIBRATION_DIR --output DIR [--level 0.9]"
 TOP_EPILOG = (f"One more subcommand, not listed above:\n  {CALIBRATE_USAGE}\n"
               "      calibrated intervals for any method (split conformal): see dwgf calibrate --help")
-CALIBRATE_HELP = f"""usage: {CALIBRATE_USAGE}
-
-Runs the configuration as dwgf predict does, on images with ground truth (into --output), then writes
-<output>/calibration.json: the scale q of the interval mean +- q (std + 1/255) whose pixel coverage, averaged over
-these images, meets the level with split conformal's correction. Use it with
-  dwgf predict --config CONFIG ... --model.calibration DIR/calibration.json
-which writes lower.png and upper.png per item and calibrated_width, calibrated_coverage in metrics.csv; a file made
-for another configuration is refused.
-
-options:
-  --level LEVEL   the coverage to reach, in (0, 1) (default 0.9); level 0.9 needs at least 9 images
-  every option of dwgf predict (dwgf predict --help), except --model.calibration and --data.measurements
-
-What it guarantees and what it does not: docs/running.md, "Calibrated intervals"."""
-
-
+TOP_DESCRIPTION = "dwgf: imaging inverse problems solved with a frozen latent diffusion prior (DWGF and the methods beside it)."
 TOP_OPTIONS = ["--config", "--print_config", "--output", "--overwrite", "--seed_everything", "--model", "--data", "--trainer",
                "--ckpt_path", "--help"]
 
@@ -621,7 +566,7 @@ def main(args: Any = None) -> None:
         else:
             args = argv
     if argv and argv[0] == "calibrate":
-        return calibrate(argv[1:])
+        return calibrate_command(argv[1:])
     warnings.formatwarning = _format_warning
     _quiet_lightning()
     predicting = "predict" in argv
@@ -675,114 +620,12 @@ def main(args: Any = None) -> None:
         if threads is None:  # main() may run in a caller's process (tests, benchmarks): leave its environment as it was
             os.environ.pop("OMP_NUM_THREADS", None)
     writer = getattr(cli, "writer", None)  # the predict run's writer (None for fit, validate, test)
-    _LAST_RUN["output"] = None if writer is None else writer.output
+    LAST_RUN["output"] = None if writer is None else writer.output
     failures = writer.num_failures if writer is not None else 0
     if failures:
         output = writer.output
         print(f"dwgf: error: {failures} item(s) failed and were skipped; see {output / 'failures.csv'}", file=sys.stderr)
         raise SystemExit(1)
-
-
-_LAST_RUN: dict[str, Any] = {}
-_CALIBRATING: dict[str, float] = {}  # set while dwgf calibrate runs its predict: the level, for the checks before the run
-
-
-def _check_calibration_inputs(init_args: Any, level: float) -> None:
-    """dwgf calibrate's inputs, before anything is written or run: images with ground truth, enough of them for the level."""
-    from dwgf.calibration import images_needed
-    from dwgf.data.images import IMAGE_SUFFIXES, list_images
-
-    if init_args is None or not init_args.get("images") or init_args.get("measurements"):
-        raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images DIR (not --data.measurements)")
-    try:
-        count = sum(path.suffix.lower() in IMAGE_SUFFIXES for path in list_images(init_args["images"], "images"))
-    except DWGFError:
-        return  # a missing or empty folder: reported by predict's own input check, in its words
-    if count < images_needed(level):
-        raise DWGFError(f"--data.images {str(init_args['images'])!r}: calibration at level {level:g} needs at least "
-                        f"{images_needed(level)} images with ground truth, the folder has {count}")
-
-
-def calibrate(argv: list[str]) -> None:  # noqa: C901 - one command, read top to bottom
-    """``dwgf calibrate --config CONFIG --data.images DIR --output DIR [--level 0.9]``: the predict run on images with
-    ground truth, then ``<output>/calibration.json`` (:mod:`dwgf.calibration`) for ``--model.calibration``."""
-    import torch
-
-    from dwgf.calibration import Calibration, conformal_scale, scores
-    from dwgf.outputs import OutputFolder, OutputLock
-
-    if any(a in ("-h", "--help") for a in argv):
-        print(CALIBRATE_HELP)
-        raise SystemExit(0)
-    argv, given = list(argv), []
-    for i in reversed(range(len(argv))):  # --level X and --level=X; taken out of what predict parses
-        if argv[i] == "--level" or argv[i].startswith("--level="):
-            value = argv[i].partition("=")[2] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
-            del argv[i : i + (1 if "=" in argv[i] else 2)]
-            given.append(value)
-    if len(given) > 1:
-        print("dwgf: error: --level is given more than once; give it once, e.g. --level 0.9", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        level = float(given[0]) if given else 0.9
-    except ValueError:
-        print(f"dwgf: error: --level needs a number in (0, 1), e.g. --level 0.9; got {given[0]!r}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if not 0 < level < 1:
-        print(f"dwgf: error: --level must be in (0, 1), got {level}", file=sys.stderr)
-        raise SystemExit(2)
-    if any(a.startswith("--model.calibration") for a in argv):
-        print("dwgf: error: --model.calibration is for dwgf predict; dwgf calibrate makes the file", file=sys.stderr)
-        raise SystemExit(2)
-    _CALIBRATING["level"] = level
-    try:
-        main(["predict", *argv])
-    finally:
-        _CALIBRATING.clear()
-    output = _LAST_RUN.get("output")
-    try:
-        if output is None:
-            raise DWGFError("dwgf calibrate: the run wrote no output folder")
-        config = yaml.safe_load((output / "config.yaml").read_text())
-        names = [row.split(",", 1)[0] for row in (output / "metrics.csv").read_text().splitlines()[1:] if row]
-        per_image = []
-        for name in names:
-            folder = output / name
-            if not (folder / "ground_truth.png").is_file():
-                raise DWGFError("dwgf calibrate needs images with ground truth: give --data.images (not --data.measurements)")
-            particles = torch.stack([_read_unit(p) for p in sorted(folder.glob("particle_*.png"))])
-            per_image.append(scores(particles, _read_unit(folder / "ground_truth.png")))
-        scale = conformal_scale(per_image, level)
-        miss = float(sum(float((s > scale).double().mean()) for s in per_image) / len(per_image))
-        model, data = config.get("model") or {}, config.get("data") or {}
-        method = str(model.get("class_path", ""))
-        if (model.get("init_args") or {}).get("method"):
-            method += f" ({model['init_args']['method']})"
-        operator = ((data.get("init_args") or {}).get("operator") or {})
-        task = f"{operator.get('class_path', '')} {json.dumps(operator.get('init_args') or {}, sort_keys=True)}"
-        result = Calibration(method=method, task=task, level=level, scale=scale, images=len(per_image), config=fingerprint(config),
-                             miss_rate=miss)
-        lock = OutputLock(output)
-        lock.acquire()
-        try:
-            OutputFolder(output).write_run_file("calibration.json", result.save(output / "calibration.json"))
-        finally:
-            lock.release()
-    except DWGFError as err:
-        print(f"dwgf: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"dwgf: calibrated at level {level:g} on {len(per_image)} images: interval = mean +- {scale:.4g} (std + 1/255), "
-          f"coverage on them {1 - miss:.4f}; {output / 'calibration.json'} (use it with --model.calibration)", file=sys.stderr)
-
-
-def _read_unit(path: Path) -> "torch.Tensor":  # noqa: F821 - torch is imported where it is used
-    """A PNG dwgf wrote, as ``C x H x W`` in ``[0, 1]``."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path), dtype=np.float64) / 255
-    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
 
 
 def signal_name(signum: int) -> str:

@@ -238,6 +238,47 @@ class OutputLock:
             self._fd = None
 
 
+# -- the resume key --------------------------------------------------------------------------------
+_SAME_AS_BEFORE = {"generator": "cpu", "float32_autoencoder": False, "torch_dtype": "float32", "calibration": None}
+
+
+# options that some solvers gained later (the others had them all along, so their keys keep them): at None they give what
+# those solvers' folders hold
+_ADDED_LATER_TO = {"likelihood": ("LatentDPS", "PSLD", "DecoderInversion")}
+
+
+def _same_as_before(key: str, value: Any, solver: str = "") -> bool:
+    if key in _ADDED_LATER_TO and value is None and solver.rsplit(".", 1)[-1] in _ADDED_LATER_TO[key]:
+        return True
+    return key in _SAME_AS_BEFORE and value == _SAME_AS_BEFORE[key] and type(value) is type(_SAME_AS_BEFORE[key])
+
+
+def fingerprint(full: dict) -> str:
+    """A hash of the settings that determine an item's result (not devices, workers, folders): with the
+    item's identity (its file name and content), the resume key. ``full`` is the resolved config as
+    config.yaml holds it (the same dump, so the two never disagree)."""
+    data = dict(full.get("data") or {})
+    init = dict(data.get("init_args") or {})
+    init.pop("num_workers", None)
+    model = dict(full.get("model") or {})
+    # not results: logging, and how the work is laid out in memory (decoder_chunk, tf32: float rounding only); and options
+    # added later, at the default that gives what folders of earlier versions hold, so that those folders still resume
+    model["init_args"] = {k: v for k, v in dict(model.get("init_args") or {}).items()
+                          if k not in ("log_images_every", "decoder_chunk", "tf32")
+                          and not _same_as_before(k, v, str(model.get("class_path") or ""))}
+    prior = model["init_args"].get("prior")
+    if isinstance(prior, dict) and isinstance(prior.get("init_args"), dict):
+        prior = dict(prior, init_args={k: v for k, v in prior["init_args"].items() if not _same_as_before(k, v)})
+        model["init_args"]["prior"] = prior
+    for key in ("images", "measurements", "masks"):  # where the inputs are does not matter: their names and contents do
+        if init.get(key):
+            init[key] = "given"
+    data["init_args"] = init
+    key = {"model": model, "data": data, "seed": full.get("seed_everything"),
+           "precision": (full.get("trainer") or {}).get("precision")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 # -- a refused run -----------------------------------------------------------------------------------
 TENSORBOARD = "tensorboard"
 

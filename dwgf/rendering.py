@@ -131,7 +131,7 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     ``align(particles, image)``, where given (the operator's :meth:`~dwgf.operators.ForwardOperator.align`),
     moves the particles by the measurement's symmetries before the metrics; the images are saved as found.
     ``calibration``: a calibrated interval's scale (:mod:`dwgf.calibration`): the item also gets ``lower.png`` and
-    ``upper.png``, and with a truth ``calibrated_width`` and ``calibrated_coverage``.
+    ``upper.png`` (also shown in ``summary.png``, after the std), and with a truth ``calibrated_width`` and ``calibrated_coverage``.
     """
     files: dict[str, bytes] = {}
     p01 = to_unit(particles)
@@ -151,6 +151,9 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
         files["lower.png"], files["upper.png"] = png_bytes(lower), png_bytes(upper)
     tiles = [to_unit(measurement), *p01, mean, std]
     labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
+    if calibration is not None:  # the calibrated interval beside the particles' spread
+        tiles += [lower, upper]
+        labels += ["lower", "upper"]
     if image is not None:
         truth = to_unit(image)
         files["ground_truth.png"] = png_bytes(truth)

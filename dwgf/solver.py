@@ -118,10 +118,7 @@ class InverseSolver(LightningModule):
         if calibration is not None:
             from dwgf.calibration import Calibration
 
-            try:
-                self.calibration = Calibration.load(calibration)
-            except DWGFError as err:
-                raise argument_error(self, "calibration", f" {str(calibration)!r}: {str(err).split(': ', 1)[-1]}") from None
+            self.calibration = Calibration.load(calibration, owner=self)
         self.operator: Optional[ForwardOperator] = None
         self.failed_iterations: Optional[torch.Tensor] = None
         self._batch_idx = 0

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from dwgf.errors import DWGFError
+from dwgf.data.images import input_folder
 from dwgf.outputs import OutputFolder, Resume
 from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
@@ -79,10 +80,12 @@ class PredictionWriter(BasePredictionWriter):
         fingerprint: what must match for a complete item to be reused (the CLI hashes the model,
             data and seed settings).
         overwrite: remove the previous run's files and recompute every item (``--overwrite``).
+        calibration_scale: the calibrated interval's scale (``--model.calibration``'s, :mod:`dwgf.calibration`): each
+            item also gets ``lower.png`` and ``upper.png``, and ``metrics.csv`` their width and coverage. Default none.
     """
 
     def __init__(self, output: str | os.PathLike, data: Any, resume: Optional[Resume] = None, config_text: Optional[str] = None,
-                 fingerprint: Optional[str] = None, overwrite: bool = False):
+                 fingerprint: Optional[str] = None, overwrite: bool = False, calibration_scale: Optional[float] = None):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.data = data
@@ -90,6 +93,7 @@ class PredictionWriter(BasePredictionWriter):
         self.config_text = config_text
         self.fingerprint = fingerprint or ""
         self.overwrite = bool(overwrite)
+        self.calibration_scale = None if calibration_scale is None else float(calibration_scale)
         self.folder = OutputFolder(self.output, self.fingerprint)
         self.complete: frozenset[int] = frozenset()
         self.num_failures = 0
@@ -107,7 +111,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:  # the first process checks, locks and prepares the folder; the others take its word
             try:
                 self.output.mkdir(parents=True, exist_ok=True)
-                inputs = [Path(p).expanduser() for p in (getattr(self.data, k, None) for k in ("images", "measurements", "masks")) if p]
+                inputs = [input_folder(p) for p in (getattr(self.data, k, None) for k in ("images", "measurements", "masks")) if p]
                 identities = dataset.identities()
                 complete = self.folder.prepare(dataset.names, identities, self.overwrite, inputs)
                 outcome = (None, identities, complete)
@@ -164,8 +168,7 @@ class PredictionWriter(BasePredictionWriter):
         images = prediction.get("image")
         files = prediction.get("files") or [""] * len(prediction["names"])
         operator = getattr(pl_module, "operator", None)
-        calibration = getattr(pl_module, "calibration", None)
-        scale = None if calibration is None else float(calibration.scale)
+        scale = self.calibration_scale
         for i, name in enumerate(prediction["names"]):
             index = int(prediction["indices"][i])
             if index in self.complete:

@@ -85,7 +85,7 @@ def test_a_calibration_file_round_trips_and_its_folder_stands_for_it(tmp_path):
     assert Calibration.load(tmp_path / "calibration.json") == c
     assert Calibration.load(tmp_path) == c  # dwgf calibrate's --output folder
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DWGFError, match="is a folder without calibration.json"):
+    with pytest.raises(DWGFError, match="a folder without calibration.json"):
         Calibration.load(tmp_path / "empty")
 
 
@@ -142,3 +142,39 @@ def test_calibrate_has_its_own_help_and_the_top_help_names_it(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "dwgf calibrate --config CONFIG" in capsys.readouterr().out
+
+
+def test_width_for_images_is_the_brute_force_count_and_ratio():
+    """The ratio is the n-image scale over the pooled quantile at 1 - level; the count the first m (scanned) whose scale
+    is within 10% of it."""
+    from dwgf.calibration import _Pooled, target_miss_rate, width_for_images
+
+    gen = torch.Generator().manual_seed(0)
+    per_image = [torch.randn(256, generator=gen).abs() * (1 + i % 3) for i in range(12)]
+    ratio, needed = width_for_images(per_image, 0.9)
+    pooled = _Pooled(per_image)
+    large = pooled.scale(0.1)
+    assert ratio == pytest.approx(conformal_scale(per_image, 0.9) / large)
+    brute = next(m for m in range(images_needed(0.9), 10**5) if pooled.scale(target_miss_rate(m, 0.9)) <= 1.1 * large)
+    assert needed == brute and needed > 12 and ratio > 1.1
+
+
+def test_calibrate_at_the_fewest_images_warns_how_many_would_do(ldm_path, tmp_path, capsys):
+    """Level 0.8 on 4 images (the fewest): one warning line saying how much wider the intervals are and how many images
+    would bring them within 10%, then the result line."""
+    cal = make_images(tmp_path / "cal", count=4, sizes=((32, 32),), mode="L")
+    main(["calibrate", "--config", str(LDM_CONFIG), "--model.prior.pretrained", str(ldm_path), "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--data.images", str(cal), "--output", str(tmp_path / "c"), "--level", "0.8"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dwgf:")]
+    warning = [line for line in err if line.startswith("dwgf: warning: 4 calibration images at level 0.8 make the intervals")]
+    assert len(warning) == 1 and "give a width within 10% of that" in warning[0], err
+    assert err[-1].startswith("dwgf: calibrated at level 0.8 on 4 images")
+
+
+def test_the_shipped_calibration_digits_are_held_out_and_not_report_digits():
+    from dwgf.data.images import input_folder, list_images
+
+    files = list_images("dwgf:mnist-calibration", "images")
+    indices = sorted(int(f.stem.rsplit("_", 1)[1]) for f in files)
+    assert len(files) == 100 and all(450 <= i % 500 < 475 for i in indices)  # the tune split; report is 475..499
+    assert input_folder("dwgf:mnist-calibration") == files[0].parent

@@ -85,7 +85,7 @@ def test_the_device_options_and_the_resume_key(monkeypatch, capsys):
 
     import yaml
 
-    from dwgf.cli import fingerprint
+    from dwgf.outputs import fingerprint
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
 

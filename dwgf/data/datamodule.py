@@ -13,7 +13,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, image_size_of, list_images, load_image, pad_to
+from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, image_size_of, input_folder, list_images, load_image, pad_to
 from dwgf.data.prompts import read_prompts
 from dwgf.errors import DWGFError, DWGFWarning, argument_error, argument_warning
 from dwgf.operators.base import ForwardOperator
@@ -493,10 +493,10 @@ class MeasurementDataModule(LightningDataModule):
         argument, folder = ("images", self.images) if self.images is not None else ("measurements", self.measurements)
         suffixes = (*IMAGE_SUFFIXES, ".npy") if self.measurements is not None else IMAGE_SUFFIXES
         files = list_images(folder, argument, suffixes, warn_skipped=self._is_first_process)
-        files, prompts = read_prompts(Path(folder).expanduser(), files, argument, warn=self._is_first_process)
+        files, prompts = read_prompts(input_folder(folder), files, argument, warn=self._is_first_process)
         masks = None
         if self.masks is not None:
-            masks = Path(self.masks).expanduser()
+            masks = input_folder(self.masks)
             if not masks.is_dir():
                 raise argument_error(self, "masks", f" {self.masks!r}: no such folder")
         if self.measurements is not None:

@@ -35,6 +35,30 @@ def _describe(path: Path) -> Optional[str]:
     return None
 
 
+SHIPPED_DATA = "dwgf:"
+
+
+def shipped_folders() -> list[str]:
+    """Names of the image folders that ship inside the package (``dwgf:<name>``; the priors are not among them)."""
+    from importlib.resources import files
+
+    assets = files("dwgf") / "assets"
+    if not assets.is_dir():
+        return []
+    return sorted(p.name for p in assets.iterdir() if p.is_dir() and not (p / "model_index.json").is_file())
+
+
+def input_folder(value: str | Path) -> Path:
+    """The folder a data option names: ``dwgf:<name>``, a folder of images that ships with the package
+    (``dwgf:mnist-calibration``: 100 held-out MNIST digits for ``dwgf calibrate``), else the path, ``~`` expanded."""
+    text = str(value)
+    if text.startswith(SHIPPED_DATA):
+        from importlib.resources import files
+
+        return Path(str(files("dwgf") / "assets" / text[len(SHIPPED_DATA):]))
+    return Path(text).expanduser()
+
+
 def list_images(folder: str | Path, argument: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, warn_skipped: bool = False,
                 owner: str = "MeasurementDataModule") -> list[Path]:
     """The items of ``folder``: every visible file directly inside it, sorted by name.
@@ -51,7 +75,9 @@ def list_images(folder: str | Path, argument: str, suffixes: tuple[str, ...] = I
     def error(detail: str) -> DWGFError:
         return argument_error(owner, argument, f" {str(folder)!r}: {detail}")
 
-    path = Path(folder).expanduser()
+    path = input_folder(folder)
+    if str(folder).startswith(SHIPPED_DATA) and str(folder)[len(SHIPPED_DATA):] not in shipped_folders():
+        raise error(f"no such shipped folder (shipped: {', '.join(SHIPPED_DATA + n for n in shipped_folders()) or 'none'})")
     if not path.exists():
         raise error("no such folder")
     if not path.is_dir():
