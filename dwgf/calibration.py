@@ -1,7 +1,7 @@
 """Calibrated per-pixel intervals for any method: split conformal risk control on images with ground truth.
 
-The interval of a pixel is the particles' mean plus or minus ``scale`` times their standard deviation (floored at
-one gray level, ``DELTA``), clipped to the image range:
+The interval of a pixel is the particles' mean plus or minus ``scale`` times their standard deviation plus one gray
+level (``DELTA``), clipped to the image range:
 
     ``[m - scale (s + DELTA), m + scale (s + DELTA)]``, ``m``, ``s``: the particles' mean and std at that pixel.
 
@@ -26,7 +26,7 @@ compute the same scores.
 images, so few images give wide intervals (at the fewest, the largest score: an interval that holds every pixel of
 every calibration image). ``dwgf calibrate`` compares its scale with the one many images like its own would give
 (:func:`width_for_images`) and warns in one line when it is more than 10% larger, saying how many images would bring
-it within 10%. Measured on MNIST box inpainting: ``benchmarks/results/calibration_size.md``.
+it within 10%. Measured on MNIST box inpainting: ``benchmarks/results/calibration_size_box_inpaint.md``.
 
 ``dwgf calibrate`` itself (:func:`command`) runs ``dwgf predict`` on the calibration images and writes
 ``calibration.json``; :func:`check_inputs` checks its images before the run.
@@ -45,7 +45,7 @@ import torch
 
 from dwgf.errors import DWGFError, argument_error
 
-DELTA = 1 / 255  # the floor of the particles' std in the interval's half-width: one gray level
+DELTA = 1 / 255  # added to the particles' std in the interval's half-width: one gray level
 FORMAT = "dwgf-calibration/1"
 
 

@@ -392,10 +392,18 @@ def builtins_help() -> str:
         module, name = base_path.rsplit(".", 1)
         base = getattr(importlib.import_module(module), name)
         members = sorted(s for s, c in classes.items() if issubclass(c, base) and c is not base and not inspect.isabstract(c)
-                         and s not in ("InverseSolver", "DiffusersLatentPrior"))
+                         and s not in ("DiffusersLatentPrior",))
         if members:
             lines.append(f"  {title}:")
             lines += [f"    {s:<26}{_first_line(classes[s])}" for s in members]
+    from dwgf import methods
+
+    functions = {name: getattr(methods, name) for name in methods.__all__ if inspect.isfunction(getattr(methods, name))}
+    lines.append("  methods (--model dwgf.solver.InverseSolver --model.method dwgf.methods.<name>; settings: --model.settings.<setting>):")
+    for name, fn in functions.items():
+        settings = getattr(fn, "settings_class", None)
+        named = f" Settings: {settings.__name__} ({', '.join(settings.names())})." if settings is not None else ""
+        lines.append(f"    {name:<26}{_first_line(fn)}{named}")
     return "\n".join(lines)
 
 
@@ -567,6 +575,11 @@ def main(args: Any = None) -> None:
             args = argv
     if argv and argv[0] == "calibrate":
         return calibrate_command(argv[1:])
+    if argv[:1] in (["--version"], ["-V"]):
+        from dwgf import __version__
+
+        print(f"dwgf {__version__}")
+        raise SystemExit(0)
     warnings.formatwarning = _format_warning
     _quiet_lightning()
     predicting = "predict" in argv

@@ -21,8 +21,10 @@ class FlowProgressBar(ProgressBar):
 
         predict: batch 1/2 | iteration 37/200 | 3.1 it/s | ETA batch 0:00:52, all 0:02:56
 
-    When the output is not a terminal (a log file, CI) it prints one plain line per batch instead::
+    When the output is not a terminal (a log file, CI) it prints plain lines instead: one at least every
+    ``log_seconds`` during a batch, and one at its end::
 
+        predict: batch 1/2: 50 items, iteration 120/200 (1.95 it/s); ETA batch 0:00:41, all 0:02:23
         predict: batch 1/2: 50 items, 200 iterations in 64.1 s (3.12 it/s); ETA 0:01:04
 
     The ETA assumes the remaining iterations cost what the finished ones did. Solvers report
@@ -32,13 +34,16 @@ class FlowProgressBar(ProgressBar):
     Args:
         refresh_seconds: least time between two redraws on a terminal. Default 0.5.
         stream: where to write. Default ``sys.stderr``.
-        interactive: redraw one line (``True``) or print a line per batch (``False``).
+        interactive: redraw one line (``True``) or print plain lines (``False``).
             Default: whether ``stream`` is a terminal.
+        log_seconds: with plain lines, the longest time between two during a batch. Default 60.
     """
 
-    def __init__(self, refresh_seconds: float = 0.5, stream: Optional[TextIO] = None, interactive: Optional[bool] = None):
+    def __init__(self, refresh_seconds: float = 0.5, stream: Optional[TextIO] = None, interactive: Optional[bool] = None,
+                 log_seconds: float = 60.0):
         super().__init__()
         self.refresh_seconds = float(refresh_seconds)
+        self.log_seconds = float(log_seconds)
         self._stream = stream
         self._interactive = interactive
         self._enabled = True
@@ -88,9 +93,17 @@ class FlowProgressBar(ProgressBar):
 
     def on_solver_iteration(self, trainer, pl_module, k: int, num: int) -> None:
         self._k, self._K = k + 1, num
-        if not (self._active(trainer) and self.interactive):
+        if not self._active(trainer):
             return
         now = time.perf_counter()
+        if not self.interactive:  # a log file: a line at least every log_seconds, so that a long batch is not silent
+            if now - max(self._last_draw, self._batch_start) >= self.log_seconds and self._k < self._K:
+                self._last_draw = now
+                took = now - self._batch_start
+                items = f"{self._items} items, " if self._items is not None else ""
+                print(f"predict: batch {self._batch}/{self._batches}: {items}iteration {self._k}/{self._K} ({self._k / took:.2f} it/s); "
+                      f"ETA batch {_clock(took / self._k * (self._K - self._k))}, all {_clock(self._eta(now))}", file=self.stream, flush=True)
+            return
         if now - self._last_draw >= self.refresh_seconds or self._k == self._K:
             self._last_draw = now
             self._draw(self._line(now))

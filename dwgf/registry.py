@@ -76,7 +76,11 @@ def _missing_class(path: str) -> str:
     try:
         mod = importlib.import_module(module)
     except ImportError as err:
-        return f"cannot import module '{module}' for class_path '{path}' ({err})"
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and err.name == module.split(".")[0]:
+            hint = (f"; a module of your own is found in the working directory or on PYTHONPATH: run dwgf where {module.split('.')[0]}.py "
+                    "is, or PYTHONPATH=<its folder> dwgf ...")
+        return f"cannot import module '{module}' for class_path '{path}' ({err}){hint}"
     except Exception as err:  # noqa: BLE001 - the user's module failed while importing
         return f"importing module '{module}' for class_path '{path}' failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     classes = [n for n, obj in vars(mod).items() if inspect.isclass(obj) and not n.startswith("_")]

@@ -68,7 +68,8 @@ class InverseSolver(LightningModule):
 
     ``predict_step`` returns, for a batch, a dict with ``names``, ``indices``, ``particles``
     (``B x N x C x H x W`` in ``[-1, 1]``), ``measurement`` (the measurement as an image),
-    ``image`` (the ground truth, or ``None``), ``seconds`` (per item) and ``failed``: items that
+    ``image`` (the ground truth, or ``None``), ``seconds`` (the batch's solve time divided by its items: the items of a batch
+    are solved together) and ``failed``: items that
     could not be read, or whose particles became non-finite (dicts with ``name``, ``index``,
     ``file``, ``error``); those are left out of the other fields.
 

@@ -51,3 +51,15 @@ def test_eta_extrapolates_the_time_per_iteration():
     # 15 iterations took 30 s: 2 s each; 5 left in this batch and 10 in the last
     assert bar._eta(30.0) == pytest.approx(30.0)
     assert _clock(3725) == "1:02:05"
+
+
+def test_a_log_file_gets_a_line_at_least_every_log_seconds(ldm_path, image_dir, tmp_path, capsys):
+    """In a log file a long batch is not silent: with log_seconds 0 every iteration but the last prints its line
+    (iteration, items, rate, ETA), then the batch's closing line."""
+    bar = "[{class_path: dwgf.progress.FlowProgressBar, init_args: {interactive: false, log_seconds: 0}}]"
+    predict(ldm_path, image_dir, tmp_path / "o", "--trainer.callbacks", bar)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("predict:")]
+    pattern = r"predict: batch (\d)/2: (\d) items, iteration (\d)/3 \([\d.]+ it/s\); ETA batch \d:\d\d:\d\d, all \d:\d\d:\d\d"
+    during = [tuple(map(int, re.fullmatch(pattern, line).groups())) for line in lines if "iteration " in line]
+    assert during == [(1, 2, 1), (1, 2, 2), (2, 1, 1), (2, 1, 2)], lines
+    assert len(lines) == 6 and re.fullmatch(r"predict: batch 2/2: 1 items, 3 iterations in [\d.]+ s \([\d.]+ it/s\)", lines[-1])

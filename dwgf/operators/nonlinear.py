@@ -1,6 +1,6 @@
 """Nonlinear forward operators: saturation (clipping), Fourier phase retrieval, and a user's own function.
 
-The flow needs only the data term's gradient, which :meth:`ForwardOperator.data_grad` takes by
+The flow needs only the data term's gradient, which the data terms (:meth:`dwgf.likelihoods.DataTerm.grad`) take by
 autograd through :meth:`forward`; so any differentiable ``forward`` is an operator. These have no
 adjoint (``linear = False``): PSLD refuses them, DWGF, Latent DPS, RED-diff and inversion take them.
 """
