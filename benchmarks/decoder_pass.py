@@ -65,7 +65,7 @@ def stamp() -> str:
 def memory_child(res: int, particles: int, chunk: int, iters: int, out: str) -> None:
     from benchmarks.flow_speed import PeakMemory, problem, regularizers, sd_layout_prior
     from dwgf.flow import FlowConfig, Problem, dwgf_flow
-    from dwgf.noise import ItemNoise, item_generators
+    from dwgf.draws import ItemDraws, item_generators
     from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 
     prior = sd_layout_prior(res)
@@ -76,7 +76,7 @@ def memory_child(res: int, particles: int, chunk: int, iters: int, out: str) -> 
         start = time.perf_counter()
         config = FlowConfig(num_steps=iters, regularizers=regularizers(True), step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps(),
                             decoder_chunk=chunk or None)
-        _, z, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=particles), config, ItemNoise(item_generators([0], "cpu"), device),
+        _, z, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=particles), config, ItemDraws(item_generators([0], "cpu"), device),
                             lambda s: stamps.append(time.perf_counter()))
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][1:]  # the first iteration warms up
     torch.save({"z": z, "peak_mib": mem.peak_mib, "total_mib": mem.total_mib, "seconds": statistics.median(times)}, out)
@@ -109,7 +109,7 @@ def memory(args) -> None:
 def cosine(args) -> None:
     from benchmarks.flow_speed import problem, sd_layout_prior
     from dwgf.flow import FlowConfig, Problem, flow_gradient
-    from dwgf.noise import ItemNoise, item_generators
+    from dwgf.draws import ItemDraws, item_generators
     from dwgf.regularizers import EncoderConsistency
 
     prior = sd_layout_prior(args.res)
@@ -123,7 +123,7 @@ def cosine(args) -> None:
             start = time.perf_counter()
             # only the encoder term: no network call, so unet_dtype sets the decoder pass's precision alone
             config, problem = FlowConfig(regularizers=(EncoderConsistency(),)), Problem(op, y, params, num_particles=n)
-            draw = ItemNoise(item_generators([0], "cpu"), "cpu")
+            draw = ItemDraws(item_generators([0], "cpu"), "cpu")
             config.start(prior, problem, draw)
             grads[name], _ = flow_gradient(prior, problem, config, z, torch.tensor([t]), draw, unet_dtype=dtype)
             grads[name + "_s"] = time.perf_counter() - start

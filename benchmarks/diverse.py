@@ -12,7 +12,7 @@ The variants (``dwgf/regularizers``): *KDE* is :class:`~dwgf.regularizers.KDEKLP
 weight; in pixels on MNIST, in the latent on the bed, where decoder and latent are one);
 *null-space repulsion* compares the particles only where the measurement leaves them free
 (:class:`~dwgf.regularizers.NullSpace` features); *Langevin*
-adds :class:`~dwgf.regularizers.LangevinNoise` (grid over its scale and schedule); *KDE +
+adds :class:`~dwgf.optimizers.LangevinNoise` (grid over its scale and schedule); *KDE +
 Langevin* both (MNIST only). Everything else is plain DWGF's.
 
 ``posterior`` uses the bed of ``benchmarks/posterior.py`` (same problems, same yardsticks, 200
@@ -249,7 +249,8 @@ BIG_MODE = 0.05  # the issue's target: every component holding at least 5% of th
 
 def bed_variants() -> dict[str, dict[str, list]]:
     """variant -> {label: (KL term class, its extra kwargs, extra regularizers)} on the bed."""
-    from dwgf.regularizers import KernelRepulsion, LangevinNoise, NullSpace
+    from dwgf.optimizers import LangevinNoise
+    from dwgf.regularizers import KernelRepulsion, NullSpace
 
     return {
         "DWGF": {"tuned": ("KLPrior", {}, [])},

@@ -63,7 +63,7 @@ from typing import Callable, Optional
 
 import torch
 
-from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
+from dwgf.flow import FlowConfig, ItemDraws, Problem, dwgf_flow, item_generators
 from dwgf.operators import BoxInpainting
 from dwgf.priors import StableDiffusionPrior, StableDiffusionXLPrior, UnconditionalLatentPrior
 from dwgf.priors.base import LatentPrior
@@ -332,7 +332,7 @@ def time_flow(prior, op, y, params, n, iters, warmup, encoder, seed=0, unet_dtyp
             sync(device)
             stamps.append(time.perf_counter())  # the next iteration starts
 
-    draw = ItemNoise(item_generators(range(seed, seed + y.shape[0]), "cpu" if generator == "cpu" else device), device)
+    draw = ItemDraws(item_generators(range(seed, seed + y.shape[0]), "cpu" if generator == "cpu" else device), device)
     with PeakMemory(device) as mem, (torch.autocast(device.type, dtype=unet_dtype) if unet_dtype else contextlib.nullcontext()):
         sync(device)
         stamps.append(time.perf_counter())
@@ -411,7 +411,7 @@ def reference_flow(prior, op, y, params, n, num_steps, weight=0.25, beta=0.1, lr
     out = []
     try:
         for b in range(y.shape[0]):  # one image per call
-            draw = ItemNoise(item_generators([seed + b], device), device)
+            draw = ItemDraws(item_generators([seed + b], device), device)
             yb = y[b : b + 1].repeat_interleave(n, 0)
             pb = {k: v[b : b + 1].repeat_interleave(n, 0) for k, v in params.items()}
             latents = draw((n, *prior.latent_shape))[0].clone().requires_grad_(True)
@@ -465,7 +465,7 @@ def check_reference(prior, device, iters=3, dtype=torch.float64) -> float:
     torch.set_default_dtype(dtype)
     try:
         op, y, params = problem(prior, 2, device)
-        draw = ItemNoise(item_generators([0, 1], device), device)
+        draw = ItemDraws(item_generators([0, 1], device), device)
         _, ours, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=4), FlowConfig(
             num_steps=iters, regularizers=regularizers(True), step_size=ConstantStepSize(0.3), timesteps=DescendingTimesteps()), draw)
         ref = reference_flow(prior, op, y, params, 4, iters)

@@ -322,7 +322,7 @@ def particle_reach(d: int, weight: float, lr: float, items: int = 50, n: int = 4
     iterations, the mean and maximum of ``||f^i - f^i_own|| / ||f^i_own||`` (averaged over particles
     and items), and the share of iterations where it exceeds 1e-3.
     """
-    from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
+    from dwgf.flow import FlowConfig, ItemDraws, Problem, dwgf_flow, item_generators
     from dwgf.operators import MatrixOperator
     from dwgf.regularizers import DWGFWeighting, KLPrior
     from dwgf.regularizers.kl_prior import particle_score
@@ -339,7 +339,7 @@ def particle_reach(d: int, weight: float, lr: float, items: int = 50, n: int = 4
         own = (-state.eps / (1 - abar).sqrt()).reshape(items, n, -1)
         deviation.append(float(((f - own).norm(dim=-1) / own.norm(dim=-1)).mean()))
 
-    draw = ItemNoise(item_generators(list(range(items)), "cpu"), "cpu")
+    draw = ItemDraws(item_generators(list(range(items)), "cpu"), "cpu")
     config = FlowConfig(num_steps=STEPS, regularizers=[KLPrior(weight, weighting=DWGFWeighting())], step_size=ConstantStepSize(lr),
                         timesteps=DescendingTimesteps(t_min=2), decoder_noise=0.0)
     dwgf_flow(prob.prior, Problem(op, y, {}, num_particles=n), config, draw, record)

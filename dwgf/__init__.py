@@ -20,7 +20,7 @@ The Python API, without the CLI or config files::
 from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
 from dwgf.data import MeasurementDataModule, load_image
 from dwgf.errors import DWGFError
-from dwgf.flow import FlowConfig, FlowState, ItemNoise, Problem, dwgf_flow, flow_gradient, item_generators
+from dwgf.flow import FlowConfig, FlowState, ItemDraws, Problem, dwgf_flow, flow_gradient, item_generators
 from dwgf.operators import (
     Blur,
     BoxInpainting,
@@ -77,7 +77,7 @@ __all__ = [
     "load_image",
     "DWGFError",
     "FlowState",
-    "ItemNoise",
+    "ItemDraws",
     "dwgf_flow",
     "FlowConfig",
     "Problem",

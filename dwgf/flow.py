@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.noise import ItemNoise, item_generators  # noqa: F401 - item_generators: dwgf.flow's API since 0.1
+from dwgf.draws import ItemDraws, item_generators  # noqa: F401 - item_generators: dwgf.flow's API since 0.1
 from dwgf.optimizers.base import Adam, FlowOptimizer
 from dwgf.optimizers.noise import LangevinNoise
 from dwgf.precision import autoencoder_dtype, float32_but_the_unet, unet_precision
@@ -92,14 +92,14 @@ class FlowConfig(FlowSteps):
     def flow_config(self) -> "FlowConfig":
         return self
 
-    def start(self, prior: LatentPrior, problem: Problem, draw: ItemNoise) -> None:
+    def start(self, prior: LatentPrior, problem: Problem, draw: ItemDraws) -> None:
         """Gives the regularizers what they work on for one batch (:meth:`~dwgf.regularizers.Regularizer.start`);
         :func:`dwgf_flow` calls it, a caller of :func:`flow_gradient` alone calls it first."""
         for reg in self.regularizers:
             reg.start(prior, problem, draw)
 
 
-def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig] = None, draw: Optional[ItemNoise] = None,
+def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig] = None, draw: Optional[ItemDraws] = None,
               callback: Optional[Callable[[FlowState], None]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs DWGF on one batch of measurements; returns ``(particles, latents, failed_at)``.
 
@@ -113,7 +113,7 @@ def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig]
         prior: the frozen latent prior.
         problem: the measurements, their operator and data term, and ``N`` (:class:`Problem`).
         config: the flow's settings (:class:`FlowConfig`); ``None``: the paper's.
-        draw: per-item noise (:class:`~dwgf.noise.ItemNoise`); it supplies the initial particles
+        draw: per-item noise (:class:`~dwgf.draws.ItemDraws`); it supplies the initial particles
             ``N(0, I)`` and every per-iteration draw, in a fixed order (:func:`flow_gradient`'s, then
             the optimiser's draws). ``None``: CPU generators seeded 0 .. B-1.
         callback: called with the :class:`FlowState` after every iteration's step.
@@ -127,13 +127,13 @@ def dwgf_flow(prior: LatentPrior, problem: Problem, config: Optional[FlowConfig]
     if torch.is_inference_mode_enabled():
         raise RuntimeError("dwgf_flow needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
     config = config if config is not None else FlowConfig()
-    draw = draw if draw is not None else ItemNoise(item_generators(range(problem.batch), "cpu"), problem.y.device)
+    draw = draw if draw is not None else ItemDraws(item_generators(range(problem.batch), "cpu"), problem.y.device)
     # under mixed precision the network and the autoencoder work run in the low precision (dwgf.precision)
     with float32_but_the_unet(problem.y.device.type) as unet_dtype:
         return _flow(prior, problem, config, draw, callback, unet_dtype)
 
 
-def flow_gradient(prior: LatentPrior, problem: Problem, config: FlowConfig, z: torch.Tensor, t: torch.Tensor, draw: ItemNoise, *,
+def flow_gradient(prior: LatentPrior, problem: Problem, config: FlowConfig, z: torch.Tensor, t: torch.Tensor, draw: ItemDraws, *,
                   iteration: int = 0, num_iterations: int = 1, unet_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, FlowState]:
     """The gradient of one DWGF iteration on particles ``z`` (``B x N x c x h x w``) at times ``t`` (``(B,)``).
 
@@ -271,7 +271,7 @@ def data_gradient_of(prior: LatentPrior, problem: Problem):
     return data_gradient
 
 
-def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemNoise, callback: Optional[Callable[[FlowState], None]],
+def _flow(prior: LatentPrior, problem: Problem, config: FlowConfig, draw: ItemDraws, callback: Optional[Callable[[FlowState], None]],
           unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`dwgf_flow`'s loop, already in float32 with gradients on (``unet_dtype``: the network call's)."""
     b, n, num_steps = problem.batch, problem.num_particles, config.num_steps

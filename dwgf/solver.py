@@ -13,7 +13,7 @@ from dwgf.stopping import check_stop
 from dwgf.flow import FlowConfig, FlowSteps
 from dwgf.methods.gradient_flow import dwgf
 from dwgf.problem import FlowState, Problem, SamplerState
-from dwgf.noise import GENERATOR_PLACES, ItemNoise, generator_device, item_generators
+from dwgf.draws import GENERATOR_PLACES, ItemDraws, generator_device, item_generators
 from dwgf.likelihoods.base import DataTerm, MeanSquaredError
 from dwgf.operators.base import ForwardOperator, Params
 from dwgf.optimizers.base import Adam, FlowOptimizer
@@ -53,7 +53,7 @@ class InverseSolver(LightningModule):
 
     For a batch it builds the :class:`~dwgf.problem.Problem` (the operator given with
     :meth:`set_operator`, the measurements, the data term, ``N``, the size and the prompts) and each
-    item's noise from its seed (:class:`~dwgf.noise.ItemNoise`), calls ``method(prior, problem, draw,
+    item's noise from its seed (:class:`~dwgf.draws.ItemDraws`), calls ``method(prior, problem, draw,
     callback=..., **settings)``, and turns its ``(particles, failed_at)`` into the writer's output.
     The built-in methods have their own classes with their options (:class:`DWGF`,
     :class:`~dwgf.baselines.LatentDPS`, :class:`~dwgf.baselines.PSLD`,
@@ -84,7 +84,7 @@ class InverseSolver(LightningModule):
             ``PoissonLikelihood`` (:mod:`dwgf.likelihoods`). Every method reads it from the problem.
         generator: where each item's random generator lives (``--model.generator``): ``"cpu"``
             (default: a seed gives the same particles on every device; on a GPU the draws are made
-            ahead on a side thread and copied, :class:`~dwgf.noise.ItemNoise`) or ``"device"`` (the
+            ahead on a side thread and copied, :class:`~dwgf.draws.ItemDraws`) or ``"device"`` (the
             GPU's own generators: no host work, other particles than the CPU's).
         tf32: on CUDA, float32 matrix products and convolutions use TensorFloat-32 during the run
             (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``;
@@ -144,9 +144,9 @@ class InverseSolver(LightningModule):
         ``--model.settings`` as given for a method without one."""
         return self.config.as_dict() if self.config is not None else dict(self.method_settings)
 
-    def item_noise(self, seeds: torch.Tensor | list[int], device: torch.device) -> ItemNoise:
+    def item_noise(self, seeds: torch.Tensor | list[int], device: torch.device) -> ItemDraws:
         """Each item's random draws for a solve on ``device``, from generators seeded with ``seeds`` (see ``generator``)."""
-        return ItemNoise(item_generators(seeds, generator_device(self.generator, device)), device)
+        return ItemDraws(item_generators(seeds, generator_device(self.generator, device)), device)
 
     def on_predict_start(self) -> None:
         self._tf32_before = tf32_on(self.device, self.tf32)

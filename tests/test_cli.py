@@ -230,7 +230,7 @@ def test_help_lists_the_built_ins_by_short_name(capsys):
                  "MeasurementDataModule"):
         assert name in listed and len(listed[name].split()) > 2, name  # a name and a one-line description
     # base classes and internals are not offered as choices
-    assert not {"InverseSolver", "ForwardOperator", "Regularizer", "FlowState", "ItemNoise", "DWGFError"} & set(listed)
+    assert not {"InverseSolver", "ForwardOperator", "Regularizer", "FlowState", "ItemDraws", "DWGFError"} & set(listed)
 
 
 

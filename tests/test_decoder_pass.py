@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dwgf import DWGF, ItemNoise, flow_gradient, item_generators
+from dwgf import DWGF, ItemDraws, flow_gradient, item_generators
 from dwgf.flow import DecoderPass, FlowConfig, Problem, decoder_chunk_of
 from dwgf.operators import BoxInpainting
 from dwgf.precision import autoencoder_dtype
@@ -25,7 +25,7 @@ def _gradient(prior, n=3, chunk=None, autoencoder=None, regularizers=None):
     z = torch.randn(2, n, *prior.latent_shape, generator=torch.Generator().manual_seed(1))
     regs = [KLPrior(), EncoderConsistency()] if regularizers is None else regularizers
     config = FlowConfig(regularizers=regs, decoder_chunk=chunk)
-    problem, draw = Problem(op, y, params, num_particles=n), ItemNoise(item_generators([1, 2], "cpu"), "cpu")
+    problem, draw = Problem(op, y, params, num_particles=n), ItemDraws(item_generators([1, 2], "cpu"), "cpu")
     config.start(prior, problem, draw)
     return flow_gradient(prior, problem, config, z, torch.tensor([600, 600]), draw, unet_dtype=autoencoder)
 

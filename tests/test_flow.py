@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dwgf import DWGF, ItemNoise, flow_gradient, item_generators
+from dwgf import DWGF, ItemDraws, flow_gradient, item_generators
 from dwgf.flow import FlowConfig, FlowState, Problem
 from dwgf.likelihoods import MeanSquaredError
 from dwgf.operators import BoxInpainting, SuperResolution, repeat_params
@@ -97,7 +97,7 @@ def test_data_term_gradient_matches_finite_differences(ldm_prior):
         t = torch.tensor([500, 500])
         y_n, params_n = y.repeat_interleave(n, 0), repeat_params(params, n)
 
-        class Noise(ItemNoise):  # float64 draws
+        class Noise(ItemDraws):  # float64 draws
             def __call__(self, shape):
                 return super().__call__(shape).double()
 
@@ -192,7 +192,7 @@ def test_flow_without_prior_fits_the_measurement(ldm_prior):
 def test_encoder_consistency_force_formula(ldm_prior):
     torch.manual_seed(0)
     x = torch.rand(1, 2, 1, 32, 32) * 2 - 1
-    draw = ItemNoise(item_generators([3], "cpu"), "cpu")
+    draw = ItemDraws(item_generators([3], "cpu"), "cpu")
     state = FlowState(
         z=torch.zeros(1, 2, 4, 16, 16), x=x, x_noise=torch.zeros_like(x), t=torch.tensor([10]), abar=torch.tensor([0.9]),
         eps=None, z_t=None, eps_hat=None, iteration=0, num_iterations=1,
@@ -200,7 +200,7 @@ def test_encoder_consistency_force_formula(ldm_prior):
     reg = EncoderConsistency(weight=0.1)
     reg.start(ldm_prior, None, draw)
     force = reg.force(state)
-    noise = ItemNoise(item_generators([3], "cpu"), "cpu")((2, 4, 16, 16)).flatten(0, 1)
+    noise = ItemDraws(item_generators([3], "cpu"), "cpu")((2, 4, 16, 16)).flatten(0, 1)
     rec = ldm_prior.decode(ldm_prior.encode(x.flatten(0, 1), noise)).view_as(x)
     assert torch.allclose(force, 0.1 * (x - rec) / (32 * 32), atol=1e-7)
 

@@ -242,7 +242,7 @@ def test_the_baselines_run_on_both_families(folders, tmp_path, name, method):
 
 def test_the_flow_decoder_is_the_only_decoder_the_flow_calls(folders, tmp_path):
     """With flow_decoder, every decode of the flow (with its VJP) is the tiny one; the final images are the full decoder's."""
-    from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
+    from dwgf.flow import FlowConfig, ItemDraws, Problem, dwgf_flow, item_generators
     from dwgf.operators import BoxInpainting
     from dwgf.regularizers import EncoderConsistency, KLPrior
     from dwgf.schedules import ConstantStepSize, DescendingTimesteps
@@ -254,7 +254,7 @@ def test_the_flow_decoder_is_the_only_decoder_the_flow_calls(folders, tmp_path):
     op = BoxInpainting(size=(8, 8), position=(4, 4), sigma_y=0.0)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     y, params = op.measure(x, [0])
-    draw = ItemNoise(item_generators([0], "cpu"), "cpu")
+    draw = ItemDraws(item_generators([0], "cpu"), "cpu")
     config = FlowConfig(num_steps=3, regularizers=[KLPrior(), EncoderConsistency()], step_size=ConstantStepSize(0.5),
                         timesteps=DescendingTimesteps())
     particles, z, _ = dwgf_flow(prior, Problem(op, y, params, num_particles=2), config, draw)
@@ -289,7 +289,7 @@ def test_flow_decoder_errors_name_the_option(folders, tmp_path):
 
 def test_a_flow_down_to_the_clean_data_is_a_clear_error(folders):
     """A rectified-flow prior's time 0 is abar = 1 exactly, where the diffusion terms divide by zero."""
-    from dwgf.flow import FlowConfig, ItemNoise, Problem, dwgf_flow, item_generators
+    from dwgf.flow import FlowConfig, ItemDraws, Problem, dwgf_flow, item_generators
     from dwgf.operators import Denoising
     from dwgf.regularizers import KLPrior
     from dwgf.schedules import ConstantStepSize, DescendingTimesteps
@@ -300,7 +300,7 @@ def test_a_flow_down_to_the_clean_data_is_a_clear_error(folders):
     y, params = op.measure(torch.zeros(1, 3, 32, 32), [0])
     with pytest.raises(DWGFError, match="DescendingTimesteps: time 0 is the clean data.*t_min >= 1"):
         dwgf_flow(prior, Problem(op, y, params, num_particles=1), FlowConfig(num_steps=2, regularizers=[KLPrior()], step_size=ConstantStepSize(0.1),
-                  timesteps=DescendingTimesteps(t_max=5, t_min=0)), ItemNoise(item_generators([0], "cpu"), "cpu"))
+                  timesteps=DescendingTimesteps(t_max=5, t_min=0)), ItemDraws(item_generators([0], "cpu"), "cpu"))
 
 
 def test_the_sd3_and_flux_configs_resolve_offline_and_keep_the_papers_settings_over_its_snr_range(capsys, monkeypatch):

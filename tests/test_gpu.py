@@ -236,13 +236,13 @@ def _flow_state(prior, device, n=3):
 
 def _started(reg, prior, device, n=3):
     """``reg`` started for the state's problem on ``device``, with CPU generators (the same draws on every device)."""
-    from dwgf.flow import ItemNoise, Problem, item_generators
+    from dwgf.flow import ItemDraws, Problem, item_generators
     from dwgf.operators import BoxInpainting
 
     op = BoxInpainting(size=[8, 8])
     x = torch.rand(2, prior.image_channels, prior.image_size, prior.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y, params = op.measure(x, seeds=[0, 1])
-    draw = ItemNoise(item_generators([0, 1], "cpu"), device)
+    draw = ItemDraws(item_generators([0, 1], "cpu"), device)
     reg.start(prior, Problem(op, y.to(device), {k: v.to(device) for k, v in params.items()}, num_particles=n), draw)
     return draw
 
@@ -300,9 +300,9 @@ def test_each_optimiser_on_the_gpu_equals_the_cpu(ldm_prior, name):
         opt = getattr(optimizers, name)(noise=noise) if name != "Langevin" else optimizers.Langevin(max_step="none")
         state = _flow_state(ldm_prior.to(device), device)
         z = state.z.clone()
-        from dwgf.flow import ItemNoise, item_generators
+        from dwgf.flow import ItemDraws, item_generators
 
-        draw = ItemNoise(item_generators([0, 1], "cpu"), device)  # CPU generators: the same noise on both
+        draw = ItemDraws(item_generators([0, 1], "cpu"), device)  # CPU generators: the same noise on both
         opt.start(z, 0.1, lambda zz: torch.zeros_like(zz), draw)
         for _ in range(3):
             opt.move(z, torch.full_like(z, 0.01) + 0.1 * z, 0.1, state, draw)

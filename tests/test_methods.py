@@ -10,7 +10,7 @@ from PIL import Image
 from dwgf.baselines import PSLD, DecoderInversion, LatentDPS
 from dwgf.cli import main
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, Problem, item_generators
+from dwgf.flow import ItemDraws, Problem, item_generators
 from dwgf.likelihoods import GaussianLikelihood, MeanSquaredError
 from dwgf.operators import BoxInpainting, GaussianBlur, RandomInpainting, SuperResolution
 from dwgf.operators.base import ForwardOperator
@@ -193,7 +193,7 @@ def test_each_method_is_a_plain_function_that_its_module_runs(ldm_prior, name):
     y, params = measurement(op, ldm_prior)
     states = []
     direct, failed_at = getattr(methods, function)(ldm_prior, Problem(op, y, params, num_particles=2),
-                                                   ItemNoise(item_generators([3, 4], "cpu"), "cpu"), callback=states.append, **settings)
+                                                   ItemDraws(item_generators([3, 4], "cpu"), "cpu"), callback=states.append, **settings)
     solver = module(ldm_prior).set_operator(op)
     assert torch.equal(direct, solver.solve(y, params, [3, 4]))
     assert torch.equal(failed_at, torch.tensor([-1, -1])) and torch.equal(solver.failed_iterations, failed_at)
@@ -305,7 +305,8 @@ def _latent_map(**settings):
 
 
 def _diverse(prior):
-    from dwgf.regularizers import KDEKLPrior, KernelRepulsion, LangevinNoise
+    from dwgf.optimizers import LangevinNoise
+    from dwgf.regularizers import KDEKLPrior, KernelRepulsion
 
     return DWGF(prior, num_steps=4, num_particles=3, regularizers=[KDEKLPrior(weight=0.2, entropy_weight=0.1), KernelRepulsion(weight=0.05),
                 KernelRepulsion(weight=0.05, space="latent"), LangevinNoise(scale=0.05)])
@@ -342,7 +343,7 @@ def test_every_method_function_keeps_the_contract(ldm_prior):
     keyword settings, a keyword-only callback called once per iteration, B x N images and (B,) failures."""
     import inspect
 
-    from dwgf.flow import ItemNoise, Problem, item_generators
+    from dwgf.flow import ItemDraws, Problem, item_generators
 
     functions = method_functions()
     assert {"dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion"} <= set(functions)
@@ -354,7 +355,7 @@ def test_every_method_function_keeps_the_contract(ldm_prior):
         assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()), name
         seen = []
         particles, failed_at = fn(ldm_prior, Problem(op, y[:2], {k: v[:2] for k, v in params.items()}, num_particles=2),
-                                  ItemNoise(item_generators([1, 2], "cpu"), "cpu"), callback=seen.append, num_steps=3)
+                                  ItemDraws(item_generators([1, 2], "cpu"), "cpu"), callback=seen.append, num_steps=3)
         assert particles.shape == (2, 2, *y.shape[1:]) and torch.equal(failed_at, torch.tensor([-1, -1])), name
         assert [st.iteration for st in seen] == [0, 1, 2] and seen[0].z.shape[:2] == (2, 2), name
 

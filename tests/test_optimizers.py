@@ -7,7 +7,7 @@ import torch
 
 from dwgf import DWGF
 from dwgf.errors import DWGFError
-from dwgf.flow import ItemNoise, Problem, data_gradient_of, item_generators
+from dwgf.flow import ItemDraws, Problem, data_gradient_of, item_generators
 from dwgf.likelihoods import GaussianLikelihood, MeanSquaredError
 from dwgf.operators import BoxInpainting, MatrixOperator
 from dwgf.optimizers import Adam, GradientDescent, Langevin, data_curvature
@@ -66,7 +66,7 @@ def test_data_curvature_is_the_largest_eigenvalue_of_the_likelihoods_hessian():
     prior = _gaussian_prior(8)
     problem = Problem(op, torch.randn(2, 3, 1, 1), {}, GaussianLikelihood(), num_particles=2)  # the Hessian does not depend on y
     fn = data_gradient_of(prior, problem)
-    draw = ItemNoise(item_generators([0, 1], "cpu"), "cpu")
+    draw = ItemDraws(item_generators([0, 1], "cpu"), "cpu")
     z = torch.randn(2, 2, 8, 1, 1)
     curvature = data_curvature(z, fn, draw, iterations=50)
     exact = float(torch.linalg.eigvalsh(a.T @ a).max()) / 0.2**2
@@ -131,11 +131,11 @@ def test_langevin_noise_has_the_scheduled_size():
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     state = _state(z, abar, step_size=0.5, iteration=3, num_iterations=4)
     for anneal, g in (("noise_level", (1 - abar).sqrt()), ("constant", torch.ones(2)), ("linear", torch.full((2,), 0.25))):
-        move = LangevinNoise(scale=0.2, anneal=anneal).sample(state, 0.5, ItemNoise(gens, "cpu"))
+        move = LangevinNoise(scale=0.2, anneal=anneal).sample(state, 0.5, ItemDraws(gens, "cpu"))
         expected = 0.2 * math.sqrt(2 * 0.5) * g
         assert torch.allclose(move.flatten(1).std(1), expected, rtol=0.1)
     assert torch.allclose(LangevinNoise(scale=0.2, anneal="linear", final=0.5).schedule(state), torch.full((2,), 0.5))
-    assert LangevinNoise(scale=0.0).sample(state, 0.5, ItemNoise(gens, "cpu")) is None  # no move, no draw
+    assert LangevinNoise(scale=0.0).sample(state, 0.5, ItemDraws(gens, "cpu")) is None  # no move, no draw
 
 
 def test_langevin_noise_bad_arguments():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dwgf.flow import ItemNoise, Problem, item_generators
+from dwgf.flow import ItemDraws, Problem, item_generators
 from dwgf.likelihoods import GaussianLikelihood
 from dwgf.methods import smc
 from dwgf.methods.smc import _ess, _systematic
@@ -18,7 +18,7 @@ N = 4096
 def _run(prior, a, y, sigma, seed=0, **settings):
     op = MatrixOperator(a.float(), image_shape=[a.shape[1], 1, 1], sigma_y=sigma)
     problem = Problem(op, y.float().view(1, -1, 1, 1), {}, GaussianLikelihood(), num_particles=N)
-    x, failed = smc(prior, problem, ItemNoise(item_generators([seed], "cpu"), "cpu"), **settings)
+    x, failed = smc(prior, problem, ItemDraws(item_generators([seed], "cpu"), "cpu"), **settings)
     assert torch.equal(failed, torch.tensor([-1]))
     return x.reshape(N, -1).double()
 

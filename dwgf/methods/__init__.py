@@ -1,7 +1,7 @@
 """Methods: each a function ``(prior, problem, draw, *, callback, **settings) -> (particles, failed_at)``.
 
 ``problem`` is a :class:`~dwgf.problem.Problem` (operator, measurements, data term, ``N``), ``draw``
-the items' noise (:class:`~dwgf.noise.ItemNoise`; ``None``: CPU generators seeded ``0 .. B-1``),
+the items' noise (:class:`~dwgf.draws.ItemDraws`; ``None``: CPU generators seeded ``0 .. B-1``),
 ``callback`` is called with the iteration's state (:class:`~dwgf.problem.SamplerState` or its
 :class:`~dwgf.problem.FlowState`) after every iteration, and ``settings`` are the method's own
 (each module's settings class). ``particles`` is ``B x N x C x H x W`` (decoded, unclamped);

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from dwgf.errors import DWGFError
-from dwgf.noise import ItemNoise, item_generators
+from dwgf.draws import ItemDraws, item_generators
 from dwgf.precision import float32_but_the_unet
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import Problem, SamplerState, first_failures
@@ -64,14 +64,14 @@ class PSLDConfig(DPSConfig):
                             "use LatentDPS or DWGF")
 
 
-def latent_dps(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def latent_dps(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
                callback: Optional[Callable[[SamplerState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior samples ``B x N x C x H x W`` by Latent DPS, and ``failed_at`` ``(B,)`` (the first step at
     which an item's latents were not finite; ``-1``: never). ``settings``: :class:`DPSConfig`'s fields."""
     return _guided_ddim(prior, problem, draw, callback, DPSConfig(**settings))
 
 
-def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def psld(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
          callback: Optional[Callable[[SamplerState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior samples by PSLD (Latent DPS plus gluing; a linear operator), and ``failed_at``.
     ``settings``: :class:`PSLDConfig`'s fields."""
@@ -82,14 +82,14 @@ latent_dps.settings_class = DPSConfig  # type: ignore[attr-defined] - the solver
 psld.settings_class = PSLDConfig  # type: ignore[attr-defined]
 
 
-def _guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise], callback: Optional[Callable[[SamplerState], None]],
+def _guided_ddim(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws], callback: Optional[Callable[[SamplerState], None]],
                 config: DPSConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent DPS (``config.gluing = 0``) or PSLD: :func:`~dwgf.sampling.ddim_loop` with the guidance loss."""
     config.check_prior(prior)
     config.check_operator(problem.operator)
     b, n = problem.batch, problem.num_particles
     device = problem.y.device
-    draw = draw if draw is not None else ItemNoise(item_generators(range(b), "cpu"), device)
+    draw = draw if draw is not None else ItemDraws(item_generators(range(b), "cpu"), device)
     operator, likelihood = problem.operator, problem.likelihood
     guidance, gluing = config.guidance, config.gluing
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)

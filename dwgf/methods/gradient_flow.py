@@ -7,12 +7,12 @@ from typing import Callable, Optional
 import torch
 
 from dwgf.flow import FlowConfig, dwgf_flow
-from dwgf.noise import ItemNoise
+from dwgf.draws import ItemDraws
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import FlowState, Problem
 
 
-def dwgf(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def dwgf(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
          callback: Optional[Callable[[FlowState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """DWGF's particles ``B x N x C x H x W`` (decoded, unclamped) and ``failed_at`` ``(B,)``.
 

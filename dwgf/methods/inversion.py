@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from dwgf.flow import FlowConfig, FlowSteps, dwgf_flow
-from dwgf.noise import ItemNoise
+from dwgf.draws import ItemDraws
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import FlowState, Problem
 
@@ -29,7 +29,7 @@ class InversionConfig(FlowSteps):
         return FlowConfig(regularizers=(), **self.steps())
 
 
-def decoder_inversion(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def decoder_inversion(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
                       callback: Optional[Callable[[FlowState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverted latents' images ``B x N x C x H x W`` and ``failed_at`` ``(B,)``. ``settings``: :class:`InversionConfig`'s."""
     particles, _, failed_at = dwgf_flow(prior, problem, InversionConfig(**settings).flow_config(), draw, callback)

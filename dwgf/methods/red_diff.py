@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from dwgf.flow import FlowConfig, FlowSteps, dwgf_flow
-from dwgf.noise import ItemNoise
+from dwgf.draws import ItemDraws
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import FlowState, Problem
 from dwgf.regularizers.kl_prior import KLPrior
@@ -43,7 +43,7 @@ class RedDiffConfig(FlowSteps):
         return FlowConfig(regularizers=(KLPrior(self.weight, weighting=DWGFWeighting()),), **self.steps())
 
 
-def red_diff(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def red_diff(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
              callback: Optional[Callable[[FlowState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """RED-diff's estimates ``B x N x C x H x W`` and ``failed_at`` ``(B,)``. ``settings``: :class:`RedDiffConfig`'s."""
     particles, _, failed_at = dwgf_flow(prior, problem, RedDiffConfig(**settings).flow_config(), draw, callback)

@@ -57,7 +57,7 @@ from typing import Callable, Optional
 
 import torch
 
-from dwgf.noise import ItemNoise, item_generators
+from dwgf.draws import ItemDraws, item_generators
 from dwgf.precision import float32_but_the_unet, unet_precision
 from dwgf.priors.base import LatentPrior
 from dwgf.problem import Problem, SamplerState, first_failures
@@ -111,7 +111,7 @@ class SMCState(SamplerState):
     resampled: Optional[torch.Tensor] = None
 
 
-def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, *,
+def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
         callback: Optional[Callable[[SMCState], None]] = None, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior samples ``B x N x C x H x W`` by SMC (equally weighted) and ``failed_at`` ``(B,)``.
     ``settings``: :class:`SMCConfig`'s fields. See the module docstring for the algorithm."""
@@ -120,7 +120,7 @@ def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, 
     if torch.is_inference_mode_enabled():
         raise RuntimeError("smc needs autograd: run it outside torch.inference_mode (Trainer(inference_mode=False))")
     device = problem.y.device
-    draw = draw if draw is not None else ItemNoise(item_generators(range(problem.batch), "cpu"), device)
+    draw = draw if draw is not None else ItemDraws(item_generators(range(problem.batch), "cpu"), device)
     with float32_but_the_unet(device.type) as unet_dtype:
         return _smc(prior, problem, draw, callback, config, unet_dtype)
 
@@ -128,7 +128,7 @@ def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemNoise] = None, 
 smc.settings_class = SMCConfig  # type: ignore[attr-defined] - the solver checks --model.settings before a run
 
 
-def _smc(prior: LatentPrior, problem: Problem, draw: ItemNoise, callback: Optional[Callable[[SMCState], None]], config: SMCConfig,
+def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Optional[Callable[[SMCState], None]], config: SMCConfig,
          unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
     b, n = problem.batch, problem.num_particles
     device = problem.y.device

@@ -11,7 +11,7 @@ from dwgf.optimizers.noise import LangevinNoise
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.problem import FlowState
 
 # the data term's gradient in latent space at given particles (B x N x c x h x w -> the same), for
@@ -39,13 +39,13 @@ class FlowOptimizer(ArgumentsRepr):
     noise: Optional[LangevinNoise] = None
     needs_curvature: bool = False
 
-    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
+    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemDraws") -> None:
         """Called before the first iteration with the initial particles and the first step size."""
 
     def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:
         raise NotImplementedError
 
-    def move(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState", draw: "ItemNoise") -> None:
+    def move(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState", draw: "ItemDraws") -> None:
         """One iteration's move: :meth:`step`, then the ``noise`` (drawn after the step's own draws)."""
         self.step(z, grad, lr, state)
         move = self.noise.sample(state, lr, draw) if self.noise is not None else None
@@ -74,7 +74,7 @@ class Adam(FlowOptimizer):
         self.noise = noise
         self._adam: Optional[torch.optim.Adam] = None
 
-    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
+    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemDraws") -> None:
         self._adam = torch.optim.Adam([z], lr=lr, betas=self.betas)
 
     def step(self, z: torch.Tensor, grad: torch.Tensor, lr: float, state: "FlowState") -> None:

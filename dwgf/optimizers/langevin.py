@@ -10,11 +10,11 @@ from dwgf.errors import argument_error
 from dwgf.optimizers.base import DataGradient, FlowOptimizer
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.problem import FlowState
 
 
-def data_curvature(z: torch.Tensor, data_gradient: DataGradient, draw: "ItemNoise", iterations: int = 10,
+def data_curvature(z: torch.Tensor, data_gradient: DataGradient, draw: "ItemDraws", iterations: int = 10,
                    delta: float = 0.1) -> torch.Tensor:
     """The largest curvature of the data term along each particle, by power iteration: ``(B, N)``.
 
@@ -95,7 +95,7 @@ class Langevin(FlowOptimizer):
         self.refresh_every = int(refresh_every)
         self._curvature: Optional[torch.Tensor] = None
         self._data_gradient: Optional[DataGradient] = None
-        self._draw: Optional["ItemNoise"] = None
+        self._draw: Optional["ItemDraws"] = None
 
     needs_curvature = True
 
@@ -104,7 +104,7 @@ class Langevin(FlowOptimizer):
         """The data term's curvature per particle, ``(B, N)``, as last measured (``None`` with ``max_step: none``)."""
         return self._curvature
 
-    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemNoise") -> None:
+    def start(self, z: torch.Tensor, lr: float, data_gradient: DataGradient, draw: "ItemDraws") -> None:
         self._data_gradient, self._draw = data_gradient, draw
         self._curvature = None
         if self.max_step == "curvature":

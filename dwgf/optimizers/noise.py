@@ -11,7 +11,7 @@ from dwgf.errors import argument_error
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.problem import FlowState
 
 
@@ -64,7 +64,7 @@ class LangevinNoise(ArgumentsRepr):
             g = torch.ones_like(state.abar)
         return g.clamp_min(self.final)
 
-    def sample(self, state: "FlowState", lr: float, draw: "ItemNoise") -> Optional[torch.Tensor]:
+    def sample(self, state: "FlowState", lr: float, draw: "ItemDraws") -> Optional[torch.Tensor]:
         """The displacement after the step with step size ``lr`` (``B x N x c x h x w``), or ``None`` when ``scale = 0``."""
         if self.scale == 0:  # no draw either: the particles are the plain flow's
             return None

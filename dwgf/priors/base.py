@@ -20,7 +20,9 @@ class LatentPrior(nn.Module):
     Subclasses implement :meth:`_encode`, :meth:`_decode` and :meth:`_eps` and set the attributes
     below; this base class keeps the networks frozen, runs the autoencoder in float32 even under
     mixed-precision autocast unless the flow asks otherwise (:meth:`autoencoder_autocast`), returns
-    float32 whatever dtype the weights have (``torch_dtype``), and converts v-prediction to epsilon.
+    float32 whatever dtype the weights have (``torch_dtype``). :meth:`_eps` returns ``eps``; a network that predicts
+    something else is converted by the family (:class:`~dwgf.priors.DiffusersLatentPrior`'s adapters, e.g.
+    :class:`~dwgf.priors.components.VPredictionAdapter`).
 
     Attributes:
         image_size (int): side of the square images the prior was trained on, in pixels (its
@@ -221,18 +223,12 @@ class LatentPrior(nn.Module):
         ``t`` is a tensor of integer timesteps of shape ``(B,)``; ``prompt`` (text-conditioned
         priors only) the rows' prompts as :meth:`prompt_ids` numbers them, ``None``: the prior's
         own prompt for every row. Classifier-free guidance, where the prior has it, is applied to
-        the network's output. v-prediction models are converted:
-        ``eps = sqrt(abar) v + sqrt(1 - abar) z_t``. Under autocast the network runs in the low
-        precision; the result is returned in float32.
+        the network's output. Under autocast the network runs in the low precision; the result is returned in
+        float32. :meth:`_eps` returns ``eps`` (a v-prediction network is converted by its family's adapter,
+        :class:`~dwgf.priors.components.VPredictionAdapter`).
         """
         with self._denoiser_precision(z_t.device):
-            out = (self._eps(z_t, t) if prompt is None else self._eps(z_t, t, prompt)).float()
-        if self.prediction_type == "epsilon":
-            return out
-        if self.prediction_type == "v_prediction":
-            abar = self.abar(t).view(-1, *([1] * (z_t.dim() - 1)))
-            return abar.sqrt() * out + (1 - abar).sqrt() * z_t.float()
-        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+            return (self._eps(z_t, t) if prompt is None else self._eps(z_t, t, prompt)).float()
 
     def _denoiser_precision(self, device: torch.device):
         """Weights loaded in a low precision (``torch_dtype``) compute in it: autocast to their dtype casts

@@ -2,8 +2,8 @@
 
 Diverse particles: :class:`KDEKLPrior` (the paper's particle term with an adaptive bandwidth),
 :class:`KernelRepulsion` (SVGD/RLSD-style repulsion, in latent or image space). Injected noise
-after each step is the optimiser's (:class:`dwgf.optimizers.LangevinNoise`, also importable from here
-for configs that list it under ``model.regularizers``).
+after each step is the optimiser's (:class:`dwgf.optimizers.LangevinNoise`; a config that lists it under
+``model.regularizers`` by its short name ``LangevinNoise`` still loads: :class:`dwgf.solver.DWGF` hands it to the optimiser).
 
 Add your own by subclassing :class:`Regularizer` in any module and listing it by ``class_path``
 under ``model.regularizers``.
@@ -14,7 +14,6 @@ from dwgf.regularizers.encoder_consistency import EncoderConsistency
 from dwgf.regularizers.kde_kl_prior import KDEKLPrior
 from dwgf.regularizers.kernels import EncoderFeatures, FeatureMap, NullSpace, Pixels
 from dwgf.regularizers.kl_prior import KLPrior, particle_score
-from dwgf.optimizers.noise import LangevinNoise
 from dwgf.regularizers.repulsion import KernelRepulsion
 from dwgf.regularizers.weighting import ConstantWeighting, DWGFWeighting, ScoreWeighting, SqrtInverseSNRWeighting, TimeWeighting
 
@@ -24,7 +23,6 @@ __all__ = [
     "EncoderConsistency",
     "KDEKLPrior",
     "KernelRepulsion",
-    "LangevinNoise",
     "FeatureMap",
     "Pixels",
     "EncoderFeatures",

@@ -8,7 +8,7 @@ import torch
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.priors.base import LatentPrior
     from dwgf.problem import FlowState, Problem
 
@@ -17,7 +17,7 @@ class Regularizer(ArgumentsRepr):
     """A term of the flow's objective, given by its gradient ("force") on the particles.
 
     The flow calls :meth:`start` once per batch with the prior, the :class:`~dwgf.problem.Problem`
-    and the items' noise (:class:`~dwgf.noise.ItemNoise`), then :meth:`force` once per iteration with
+    and the items' noise (:class:`~dwgf.draws.ItemDraws`), then :meth:`force` once per iteration with
     the current :class:`~dwgf.problem.FlowState` (tensors and the iteration only). A regularizer that
     needs the prior (to encode), the operator or random draws keeps them from :meth:`start`.
     A ``"latent"`` regularizer returns a tensor shaped like ``state.z`` (``B x N x c x h x w``); an
@@ -41,7 +41,7 @@ class Regularizer(ArgumentsRepr):
     space: Literal["latent", "image"] = "latent"
     needs_eps: bool = False
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         """Called once per batch, before the first :meth:`force`; the default keeps nothing."""
 
     def force(self, state: "FlowState") -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from dwgf.regularizers.base import Regularizer
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.priors.base import LatentPrior
     from dwgf.problem import FlowState, Problem
 
@@ -33,7 +33,7 @@ class EncoderConsistency(Regularizer):
     def __init__(self, weight: float = 0.1):
         self.weight = float(weight)
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         self._prior, self._draw = prior, draw
 
     def force(self, state: "FlowState") -> torch.Tensor:

@@ -15,7 +15,7 @@ from dwgf.errors import DWGFError
 from dwgf.reprs import ArgumentsRepr
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.priors.base import LatentPrior
     from dwgf.problem import FlowState, Problem
 
@@ -66,7 +66,7 @@ class FeatureMap(ArgumentsRepr):
     the items' noise, as the flow does for regularizers.
     """
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         """Called once per batch, before the first call; the default keeps nothing."""
 
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
@@ -84,7 +84,7 @@ class EncoderFeatures(FeatureMap):
     """The autoencoder's posterior mean ``E(x)`` (one encoder forward and backward per iteration;
     never the decoder)."""
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         self._prior = prior
 
     def __call__(self, images: torch.Tensor, state: "FlowState") -> torch.Tensor:
@@ -98,7 +98,7 @@ class NullSpace(FeatureMap):
     where the data cannot tell them apart, so the repulsion does not fight the data term. Linear
     operators only (free: one forward and one adjoint of the operator)."""
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         if not problem.operator.linear:
             raise DWGFError(f"NullSpace features need a linear forward operator, got {type(problem.operator).__name__}")
         self._operator, self._params = problem.operator, problem.params_n

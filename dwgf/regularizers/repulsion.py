@@ -12,7 +12,7 @@ from dwgf.regularizers.kernels import FeatureMap, Pixels, median_bandwidth, pair
 from dwgf.regularizers.weighting import ConstantWeighting, TimeWeighting
 
 if TYPE_CHECKING:
-    from dwgf.noise import ItemNoise
+    from dwgf.draws import ItemDraws
     from dwgf.priors.base import LatentPrior
     from dwgf.problem import FlowState, Problem
 
@@ -68,7 +68,7 @@ class KernelRepulsion(Regularizer):
         self.scale = float(scale)
         self.weighting = weighting if weighting is not None else ConstantWeighting()
 
-    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemNoise") -> None:
+    def start(self, prior: "LatentPrior", problem: "Problem", draw: "ItemDraws") -> None:
         if self.features is not None:
             self.features.start(prior, problem, draw)
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dwgf import DWGF, ItemNoise, item_generators
+from dwgf import DWGF, ItemDraws, item_generators
 from dwgf.flow import FlowConfig, Problem, dwgf_flow
-from dwgf.noise import generator_device
+from dwgf.draws import generator_device
 from dwgf.operators import BoxInpainting
 from dwgf.optimizers import Adam, Langevin, LangevinNoise
 from dwgf.regularizers import EncoderConsistency, KLPrior
@@ -34,7 +34,7 @@ PLANS = {
 def test_drawing_ahead_changes_no_number(plan):
     shapes = [s for it in plan for s in it]
     expected = plain([3, 11], shapes)
-    draw = ItemNoise(item_generators([3, 11], "cpu"), "cpu", ahead=True)
+    draw = ItemDraws(item_generators([3, 11], "cpu"), "cpu", ahead=True)
     got = []
     for k, it in enumerate(plan):
         got += [draw(s) for s in it]
@@ -49,7 +49,7 @@ def test_drawing_ahead_changes_no_number(plan):
 
 
 def test_generators_read_mid_run_are_rewound_past_the_draws_made_ahead():
-    draw = ItemNoise(item_generators([5], "cpu"), "cpu", ahead=True)
+    draw = ItemDraws(item_generators([5], "cpu"), "cpu", ahead=True)
     draw((3,))
     draw.next_iteration()  # (3,) is now being drawn ahead
     state = draw.generators[0].get_state()
@@ -63,14 +63,14 @@ def test_generators_read_mid_run_are_rewound_past_the_draws_made_ahead():
 def test_draws_follow_the_target_device_not_the_generators():
     """CPU generators for another device (the meta device stands in for a GPU here): the numbers are
     made on the CPU and moved, and drawing ahead is on by default for that case only."""
-    draw = ItemNoise(item_generators([0, 1], "cpu"), "meta")
+    draw = ItemDraws(item_generators([0, 1], "cpu"), "meta")
     assert draw.ahead and draw.source == torch.device("cpu")
     out = draw((2, 4))
     assert out.device.type == "meta" and out.shape == (2, 2, 4)
     draw.next_iteration()
     assert draw((2, 4)).device.type == "meta"
     draw.close()
-    assert not ItemNoise(item_generators([0], "cpu"), "cpu").ahead
+    assert not ItemDraws(item_generators([0], "cpu"), "cpu").ahead
 
 
 def test_generator_place():
@@ -80,7 +80,7 @@ def test_generator_place():
     with pytest.raises(ValueError, match="generator must be one of cpu, device"):
         generator_device("gpu", "cpu")
     with pytest.raises(ValueError, match="several devices"):
-        ItemNoise([torch.Generator("cpu"), SimpleNamespace(device=torch.device("cuda"))], "cpu")
+        ItemDraws([torch.Generator("cpu"), SimpleNamespace(device=torch.device("cuda"))], "cpu")
 
 
 def _flow(prior, draw, regularizers, optimizer=None):
@@ -102,8 +102,8 @@ def test_the_flow_gives_the_same_particles_with_noise_drawn_ahead(ldm_prior, set
         regs, opt = [KLPrior()], Langevin(temperature=0.5)
     else:
         regs, opt = [KLPrior(), EncoderConsistency()], Adam(noise=LangevinNoise(scale=0.5))
-    plain_z = _flow(ldm_prior, ItemNoise(item_generators([4, 9], "cpu"), "cpu"), regs, opt)
-    ahead = ItemNoise(item_generators([4, 9], "cpu"), "cpu", ahead=True)
+    plain_z = _flow(ldm_prior, ItemDraws(item_generators([4, 9], "cpu"), "cpu"), regs, opt)
+    ahead = ItemDraws(item_generators([4, 9], "cpu"), "cpu", ahead=True)
     ahead_z = _flow(ldm_prior, ahead, regs, opt)
     assert torch.equal(plain_z, ahead_z)
     assert ahead.served_ahead >= 3 * 3  # iterations 1-3 were drawn ahead (eps, decoder noise, and more)

@@ -4,7 +4,7 @@ A seed must mean the same particles on every machine. CUDA's generators (Philox)
 (Mersenne Twister) give different numbers for one seed, so by default every item's generator lives
 on the CPU and its draws are copied to the device (what diffusers recommends for reproducible
 pipelines). Drawing on the CPU is not free at Stable Diffusion sizes (a 4 x 3 x 512 x 512 standard
-normal is tens of milliseconds on one core), so :class:`ItemNoise` draws ahead: once an iteration
+normal is tens of milliseconds on one core), so :class:`ItemDraws` draws ahead: once an iteration
 has made its draws, a side thread draws the same shapes again for the next iteration into pinned
 memory while the device computes, and the copy to the device is asynchronous. Draws made ahead
 that the next iteration does not ask for are given back: the generators are rewound, so the
@@ -38,7 +38,7 @@ def generator_device(place: str, device: torch.device | str) -> torch.device:
     return torch.device("cpu") if place == "cpu" else torch.device(device)
 
 
-class ItemNoise:
+class ItemDraws:
     """Standard normal draws for a batch, each item's from its own generator.
 
     ``draw(shape)`` returns ``B x *shape`` on ``device``; row ``b`` comes from ``generators[b]``, so an
@@ -57,7 +57,7 @@ class ItemNoise:
         self.device = torch.device(device)
         places = {g.device for g in self._generators}
         if len(places) > 1:
-            raise ValueError(f"ItemNoise: the generators are on several devices ({', '.join(sorted(map(str, places)))}); expected one")
+            raise ValueError(f"ItemDraws: the generators are on several devices ({', '.join(sorted(map(str, places)))}); expected one")
         self.source = places.pop() if places else self.device
         self.ahead = (self.source.type == "cpu" and self.device.type != "cpu") if ahead is None else bool(ahead)
         self._pin = self.ahead and self.device.type == "cuda"
@@ -103,7 +103,7 @@ class ItemNoise:
         if not (self.ahead and more and plan):
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dwgf-noise")
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dwgf-draws")
         for shape in plan:
             self._queue.append((shape, self._pool.submit(self._draw_ahead, shape)))
 
