@@ -16,9 +16,7 @@ from dwgf.regularizers import KLPrior, ScoreWeighting
 from dwgf.schedules import ConstantStepSize, DescendingTimesteps
 from tests.test_regularizers import _state
 from dwgf.flow import FlowConfig
-from dwgf.regularizers import (
-    LangevinNoise,
-)
+from dwgf.optimizers import LangevinNoise
 from tests.test_flow import _setup
 
 

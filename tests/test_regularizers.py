@@ -17,10 +17,10 @@ from dwgf.regularizers import (
     KDEKLPrior,
     KernelRepulsion,
     KLPrior,
-    LangevinNoise,
     Pixels,
     ScoreWeighting,
 )
+from dwgf.optimizers import LangevinNoise
 from dwgf.regularizers.kernels import kernel_pull, median_bandwidth, pairwise_sq
 from tests.test_flow import _setup
 
