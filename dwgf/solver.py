@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -132,12 +133,18 @@ class InverseSolver(LightningModule):
         settings_class = getattr(self.method, "settings_class", None)
         if settings_class is None:
             return None
-        known = settings_class.names()
+        known = [f.name for f in dataclasses.fields(settings_class)]
         unknown = [k for k in self.method_settings if k not in known]
         if unknown:
             raise argument_error(self, "settings", f": unknown setting {unknown[0]!r} of {getattr(self.method, '__name__', 'the method')} "
                                  f"(its settings: {', '.join(known)})")
-        return settings_class.of(self, self.method_settings, option=lambda name: f"settings.{name}", prior=prior)
+        if issubclass(settings_class, Settings):
+            return settings_class.of(self, self.method_settings, option=lambda name: f"settings.{name}", prior=prior)
+        try:  # a plain dataclass of a user's: its own checks, its errors as one line about --model.settings
+            settings_class(**self.method_settings)
+        except DWGFError as err:
+            raise argument_error(self, "settings", f": {str(err).split(': ', 1)[-1]}") from None
+        return None
 
     def settings(self) -> dict[str, Any]:
         """The method's keyword settings for this run: its settings class's fields (every one, defaults included), or

@@ -117,3 +117,29 @@ def test_the_solver_classes_take_their_defaults_from_the_settings_classes():
         for f in fields(config):
             if f.name in options and f.default is not MISSING:
                 assert options[f.name].default == f.default, (solver.__name__, f.name)
+
+
+def test_a_users_method_may_name_a_plain_dataclass(ldm_prior):
+    """A method of a user's whose settings are a plain dataclass: unknown settings and its own DWGFError are one line
+    about ``settings``; good settings pass through as given."""
+    from dataclasses import dataclass
+
+    from dwgf.solver import InverseSolver
+
+    @dataclass
+    class Mine:
+        steps: int = 3
+
+        def __post_init__(self):
+            if self.steps < 1:
+                raise DWGFError(f"Mine: steps must be >= 1, got {self.steps}")
+
+    def my_method(prior, problem, draw=None, *, callback=None, **settings):
+        raise AssertionError("not run here")
+
+    my_method.settings_class = Mine
+    with pytest.raises(DWGFError, match=r"^InverseSolver: settings: unknown setting 'stepz' of my_method \(its settings: steps\)$"):
+        InverseSolver(ldm_prior, method=my_method, settings={"stepz": 2})
+    with pytest.raises(DWGFError, match=r"^InverseSolver: settings: steps must be >= 1, got 0$"):
+        InverseSolver(ldm_prior, method=my_method, settings={"steps": 0})
+    assert InverseSolver(ldm_prior, method=my_method, settings={"steps": 5}).settings() == {"steps": 5}
