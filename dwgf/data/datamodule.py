@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dwgf.data.images import IMAGE_SUFFIXES, check_suffix, file_identity, image_size_of, input_folder, list_images, load_image, pad_to
 from dwgf.data.prompts import read_prompts
+from dwgf.priors.base import unsupported_size
 from dwgf.errors import DWGFError, DWGFWarning, argument_error, argument_warning
 from dwgf.operators.base import ForwardOperator
 from dwgf.outputs import Resume, item_folder_names
@@ -454,13 +455,11 @@ class MeasurementDataModule(LightningDataModule):
             channels = prior_channels if channels is None else channels
             if size is None:
                 size = (native, native)
-            elif size != (native, native):
-                if multiple is None:
-                    raise argument_error(self, "size", f" {size[0]} {size[1]}: {name} models {native}x{native} images only")
-                if size[0] % multiple or size[1] % multiple:
-                    raise argument_error(self, "size", f" {size[0]} {size[1]}: {name} takes sides that are multiples of {multiple} px "
-                                         f"(e.g. {max(multiple, round(size[0] / multiple) * multiple)} "
-                                         f"{max(multiple, round(size[1] / multiple) * multiple)}), or fit: keep to pad each image")
+            else:
+                reason = unsupported_size(name, native, multiple, *size)
+                if reason is not None:
+                    keep = ", or fit: keep to pad each image" if multiple is not None else ""
+                    raise argument_error(self, "size", f" {size[0]} {size[1]}: {reason}{keep}")
         if size is None or channels is None:
             raise DWGFError("MeasurementDataModule: give size and channels, or call use_prior(prior) to take the prior's")
         return size, int(channels)

@@ -11,6 +11,20 @@ from torch import nn
 from dwgf.errors import DWGFError
 
 
+def unsupported_size(name: str, native: int, multiple: Optional[int], h: int, w: int) -> Optional[str]:
+    """Why a prior ``name`` (native ``native x native``, sides in multiples of ``multiple``; ``None``: the native size
+    only) cannot take ``h x w`` images, or ``None`` if it can: the one size check, which the prior and the data module
+    both use."""
+    if (h, w) == (native, native):
+        return None
+    if multiple is None:
+        return f"{name} models {native}x{native} images only"
+    if h < multiple or w < multiple or h % multiple or w % multiple:
+        return (f"{name} takes sides that are multiples of {multiple} px (e.g. {max(multiple, round(h / multiple) * multiple)} "
+                f"{max(multiple, round(w / multiple) * multiple)})")
+    return None
+
+
 class LatentPrior(nn.Module):
     """A frozen latent diffusion model: an autoencoder and a noise-prediction network.
 
@@ -67,12 +81,9 @@ class LatentPrior(nn.Module):
         h, w = (int(v) for v in size)
         if (h, w) == (self.image_size, self.image_size):
             return tuple(self.latent_shape)
-        m = self.size_multiple
-        if m is None:
-            raise DWGFError(f"{type(self).__name__} models {self.image_size}x{self.image_size} images only; got {h}x{w}")
-        if h < m or w < m or h % m or w % m:
-            raise DWGFError(f"{type(self).__name__}: a {h}x{w} image (height x width) is not a multiple of {m} px on both sides, "
-                            f"which this prior needs (the autoencoder and UNet halve it {m.bit_length() - 1} times)")
+        reason = unsupported_size(type(self).__name__, self.image_size, self.size_multiple, h, w)
+        if reason is not None:
+            raise DWGFError(f"{reason}; got {h}x{w} (height x width)")
         return (int(self.latent_shape[0]), h // self.latent_factor, w // self.latent_factor)
 
     def image_shape_of(self, latent: torch.Tensor) -> tuple[int, int, int]:
