@@ -58,7 +58,7 @@ def main() -> None:
     except SystemExit as stop:
         if stop.code:
             raise
-    per_image = read_scores(output)
+    per_image, samples = read_scores(output)
     names = [row.split(",", 1)[0] for row in (output / "metrics.csv").read_text().splitlines()[1:] if row]
     particles = [torch.stack([_read_unit(p) for p in sorted((output / n).glob("particle_*.png"))]) for n in names]
     total = len(per_image)
@@ -78,7 +78,7 @@ def main() -> None:
         rows.append((n, float(torch.tensor(scales).median()), mean_w, mean_w / reference, within))
         print(f"n {n:>3}: scale {rows[-1][1]:.3f}, width {mean_w:.4f} = {mean_w / reference:.2f}x the reference; "
               f"{within:.0%} of {draws} draws within 10%", flush=True)
-    ratio, needed = width_for_images(per_image, args.level)
+    ratio, needed = width_for_images(per_image, args.level, samples=samples)
     command = f"python benchmarks/calibration_size.py --task {args.task} --level {args.level:g} --draws {args.draws}"
     lines = [f"# Calibrated width against the number of calibration images: {args.task}, level {args.level:g}", "",
              f"`{command}` ({datetime.date.today()}; {config.relative_to(ROOT)} as shipped, on the {total} digits of "
@@ -90,10 +90,11 @@ def main() -> None:
              "| images n | median scale | mean width | width / reference | draws within 10% |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {s:.3f} | {w:.4f} | {r:.2f} | {p:.0%} |" for n, s, w, r, p in rows]
     lines += ["", f"Reference (many images): scale {reference_scale:.3f}, mean width {reference:.4f}. On all {total} digits' scores "
-              f"`dwgf calibrate`'s warning would say that about {needed} images give a scale within 10% of it.",
+              f"`dwgf calibrate`'s warning (widths on a sample of each digit's pixels) would say that about {needed} images give a "
+              "width within 10% of it.",
               "<!-- --8<-- [end:table] -->"]
-    lines += ["", f"`dwgf.calibration.width_for_images` on all {total} digits' scores: these {total} give {ratio:.2f}x the reference "
-              f"scale; about {needed} images give a scale within 10% of it.", ""]
+    lines += ["", f"`dwgf.calibration.width_for_images` on all {total} digits: these {total} give {ratio:.2f}x the reference "
+              f"width; about {needed} images give a width within 10% of it.", ""]
     path = RESULTS / f"calibration_size_{args.task}.md"
     path.write_text("\n".join(lines))
     print(f"written {path.relative_to(ROOT)}")

@@ -157,6 +157,16 @@ def test_width_for_images_is_the_brute_force_count_and_ratio():
     assert ratio == pytest.approx(conformal_scale(per_image, 0.9) / large)
     brute = next(m for m in range(images_needed(0.9), 10**5) if pooled.scale(target_miss_rate(m, 0.9)) <= 1.1 * large)
     assert needed == brute and needed > 12 and ratio > 1.1
+    # judged on the intervals' width (clipped to [0, 1]) from each image's mean and std
+    from dwgf.calibration import mean_width, width_sample
+
+    particles = [torch.rand(4, 1, 16, 16, generator=gen) for _ in per_image]
+    samples = [width_sample(p, pixels=64) for p in particles]
+    assert samples[0].shape == (2, 64) and torch.allclose(samples[0][0], particles[0].double().mean(0).flatten()[::4])
+    ratio_w, needed_w = width_for_images(per_image, 0.9, samples=samples)
+    widths = {m: mean_width(samples, pooled.scale(target_miss_rate(m, 0.9))) for m in range(images_needed(0.9), 2000)}
+    assert ratio_w == pytest.approx(mean_width(samples, conformal_scale(per_image, 0.9)) / mean_width(samples, large))
+    assert needed_w == next(m for m, w in widths.items() if w <= 1.1 * mean_width(samples, large)) and needed_w <= needed
 
 
 def test_calibrate_at_the_fewest_images_warns_how_many_would_do(ldm_path, tmp_path, capsys):
