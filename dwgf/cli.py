@@ -371,9 +371,10 @@ _KINDS = (
 
 def _first_line(obj: Any) -> str:
     import inspect
+    import re
 
     doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
-    line = " ".join(doc.split()).replace("``", "").replace(":class:", "").replace(":meth:", "").replace("`", "")
+    line = re.sub(r":(class|meth|func|mod):", "", " ".join(doc.split()).replace("``", "")).replace("`", "")
     return line if len(line) <= 100 else line[:97].rsplit(" ", 1)[0] + " ..."
 
 
@@ -391,8 +392,8 @@ def builtins_help() -> str:
     for title, base_path in _KINDS:
         module, name = base_path.rsplit(".", 1)
         base = getattr(importlib.import_module(module), name)
-        members = sorted(s for s, c in classes.items() if issubclass(c, base) and c is not base and not inspect.isabstract(c)
-                         and s not in ("DiffusersLatentPrior",))
+        members = sorted(s for s, c in classes.items() if issubclass(c, base) and (c is not base or s == "InverseSolver")
+                         and not inspect.isabstract(c) and s not in ("DiffusersLatentPrior",))
         if members:
             lines.append(f"  {title}:")
             lines += [f"    {s:<26}{_first_line(classes[s])}" for s in members]

@@ -229,8 +229,13 @@ def test_help_lists_the_built_ins_by_short_name(capsys):
                  "KLPrior", "EncoderConsistency", "ConstantStepSize", "CosineStepSize", "DescendingTimesteps",
                  "MeasurementDataModule"):
         assert name in listed and len(listed[name].split()) > 2, name  # a name and a one-line description
-    # base classes and internals are not offered as choices
-    assert not {"InverseSolver", "ForwardOperator", "Regularizer", "FlowState", "ItemDraws", "DWGFError"} & set(listed)
+    # the generic solver and every method of dwgf.methods (with its settings) are listed; other bases and internals are not
+    assert "InverseSolver" in listed
+    from dwgf import methods
+
+    for name in ("dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion", "smc"):
+        assert name in listed and f"Settings: {getattr(methods, name).settings_class.__name__} (" in listed[name], name
+    assert not {"ForwardOperator", "Regularizer", "FlowState", "ItemDraws", "DWGFError"} & set(listed)
 
 
 
