@@ -184,7 +184,7 @@ def test_flow_without_prior_fits_the_measurement(ldm_prior):
     losses = []
     solver = DWGF(ldm_prior, num_steps=40, num_particles=2, regularizers=[], step_size=ConstantStepSize(0.1))
     solver.set_operator(op)
-    solver.on_flow_iteration = lambda state: losses.append(float(state.data_loss.mean()))
+    solver.on_iteration = lambda state: losses.append(float(state.data_loss.mean()))
     solver.solve(y, params, [0, 1])
     assert losses[-1] < 0.5 * losses[0]
 

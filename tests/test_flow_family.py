@@ -64,7 +64,7 @@ def test_the_layout_builder_writes_each_layout_and_load_prior_picks_its_class(fo
         prior = load_prior(str(folders[name]))
         assert type(prior) is cls and prior.prediction_type == "flow"
         assert prior.latent_shape_at((32, 48)) == (16, 16, 24)
-        with pytest.raises(DWGFError, match="multiple of 4 px"):
+        with pytest.raises(DWGFError, match=r"takes sides that are multiples of 4 px \(e.g. 32 48\); got 30x48"):
             prior.latent_shape_at((30, 48))
         assert not any(type(m).__name__.startswith(("CLIP", "T5")) for m in prior.modules())  # text encoders released
     assert load_prior(str(folders["flux-dev"])).embedded_guidance == 3.5  # FluxPipeline's default
