@@ -41,7 +41,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -261,12 +261,12 @@ def check_inputs(init_args: Any, level: float) -> None:
                         f"{images_needed(level)} images with ground truth, the folder has {count}")
 
 
-def command(argv: list[str]) -> None:  # noqa: C901 - one command, read top to bottom
+def command(argv: list[str], predict: Callable[[list[str]], None]) -> None:  # noqa: C901 - one command, read top to bottom
     """``dwgf calibrate --config CONFIG --data.images DIR --output DIR [--level 0.9]``: the predict run on images with
-    ground truth, then ``<output>/calibration.json`` (:mod:`dwgf.calibration`) for ``--model.calibration``."""
+    ground truth, then ``<output>/calibration.json`` (:mod:`dwgf.calibration`) for ``--model.calibration``. ``predict``
+    runs ``dwgf predict`` (:func:`dwgf.cli.main`, which hands ``dwgf calibrate`` here)."""
     import yaml
 
-    from dwgf.cli import main
     from dwgf.outputs import OutputFolder, OutputLock, fingerprint
 
     if any(a in ("-h", "--help") for a in argv):
@@ -294,7 +294,7 @@ def command(argv: list[str]) -> None:  # noqa: C901 - one command, read top to b
         raise SystemExit(2)
     CALIBRATING["level"] = level
     try:
-        main(["predict", *argv])
+        predict(["predict", *argv])
     finally:
         CALIBRATING.clear()
     output = LAST_RUN.get("output")

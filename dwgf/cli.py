@@ -575,7 +575,7 @@ def main(args: Any = None) -> None:
         else:
             args = argv
     if argv and argv[0] == "calibrate":
-        return calibrate_command(argv[1:])
+        return calibrate_command(argv[1:], predict=main)
     if argv[:1] in (["--version"], ["-V"]):
         from dwgf import __version__
 
