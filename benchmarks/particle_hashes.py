@@ -100,8 +100,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare:
         return compare(args.compare, args.configs, args.steps)
-    if args.write:
-        args.write.write_text(json.dumps({c: particle_hashes(c, args.steps, args.root) for c in args.configs}, indent=1, sort_keys=True))
+    if args.write:  # written after each config, so that a run cut short keeps what it computed
+        found: dict[str, dict[str, str]] = {}
+        for config in args.configs:
+            found[config] = particle_hashes(config, args.steps, args.root)
+            args.write.write_text(json.dumps(found, indent=1, sort_keys=True))
+            print(f"{config}: {len(found[config])} items", flush=True)
         return
     recorded = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     key = f"steps={args.steps}" if args.steps else "configs"
