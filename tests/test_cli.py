@@ -382,7 +382,8 @@ def test_skipped_entries_masks_and_class_paths_are_reported(ldm_path, five_image
     assert one_line_error(capsys, *base, "--data.operator", "dwgf.operators.BoxInpaintin") == (
         "dwgf: error: --data.operator: no class 'BoxInpaintin' in module 'dwgf.operators' (did you mean 'BoxInpainting'?)")
     assert one_line_error(capsys, *base, "--data.operator", "nomodule.Box") == (
-        "dwgf: error: --data.operator: cannot import module 'nomodule' for class_path 'nomodule.Box' (No module named 'nomodule')")
+        "dwgf: error: --data.operator: cannot import module 'nomodule' for class_path 'nomodule.Box' (No module named 'nomodule'); a module "
+        "of your own is found in the working directory or on PYTHONPATH: run dwgf where nomodule.py is, or PYTHONPATH=<its folder> dwgf ...")
 
 
 def test_library_errors_name_arguments_and_the_cli_names_options(ldm_prior, five_images, ldm_path, tmp_path, capsys):

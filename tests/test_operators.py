@@ -391,11 +391,12 @@ def test_function_operator_from_a_dotted_path_and_its_errors():
 
 
 def test_psld_refuses_nonlinear_operators():
-    from dwgf.baselines import PSLD
+    """The check lives in PSLD's settings (PSLDConfig.check_operator), which the PSLD solver and psld() both ask."""
+    from dwgf.methods import PSLDConfig
 
     for op in (Saturation(), PhaseRetrieval(), FunctionOperator(square_law)):
         with pytest.raises(DWGFError, match="PSLD needs a linear operator"):
-            PSLD.check_operator(None, op)
+            PSLDConfig().check_operator(op)
 
 
 def test_jpeg_matches_libjpeg_and_its_loss_is_the_exact_one():

@@ -145,7 +145,7 @@ def test_the_solver_checks_smc_settings_when_it_is_built():
     from dwgf.solver import InverseSolver
 
     prior = GaussianMixturePrior(grid_mixture(2), latent_shape=(2, 1, 1), schedule="linear")
-    with pytest.raises(DWGFError, match="settings: moves must be >= 0, got -1"):
+    with pytest.raises(DWGFError, match=r"settings\.moves must be >= 0, got -1"):
         InverseSolver(prior, method=smc, settings={"moves": -1})
     with pytest.raises(DWGFError, match="unknown setting 'movess' of smc .its settings: num_steps, guidance"):
         InverseSolver(prior, method=smc, settings={"movess": 2})
