@@ -138,5 +138,5 @@ class DecoderInversion(DWGF):
                                tf32=tf32, calibration=calibration)
         options = dict(num_steps=num_steps, step_size=step_size, optimizer=self._optimizer(None, betas), decoder_noise=decoder_noise,
                        float32_autoencoder=float32_autoencoder, decoder_chunk=decoder_chunk)
-        self.config = InversionConfig.of(self, {k: v for k, v in options.items() if v is not None or k == "decoder_chunk"}, prior=prior)
+        self.config = self.flow_options(options, prior, InversionConfig)
         self.log_images_every, self.compile_networks = None, False

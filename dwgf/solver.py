@@ -417,13 +417,14 @@ class DWGF(InverseSolver):
         if self.compile_networks:
             self.prior.compile_networks()
 
-    def flow_options(self, options: dict[str, Any], prior: LatentPrior) -> FlowSteps:
-        """The options as the flow's settings (:class:`~dwgf.flow.FlowConfig`; ``None``: the setting's default), errors
-        named by option. Injected noise listed among the regularizers (earlier versions' spelling) moves to the optimiser."""
+    def flow_options(self, options: dict[str, Any], prior: LatentPrior, settings_class: type[FlowSteps] = FlowConfig) -> FlowSteps:
+        """The options as the flow's settings (``settings_class``, :class:`~dwgf.flow.FlowConfig` by default; ``None``: the
+        setting's default, but for ``decoder_chunk``, whose ``None`` is a value), errors named by option. Injected noise
+        listed among the regularizers (earlier versions' spelling) moves to the optimiser."""
         options = {k: v for k, v in options.items() if v is not None or k == "decoder_chunk"}
         if options.get("regularizers") is not None:
             options["regularizers"] = self._noise_to_optimizer(list(options["regularizers"]), options["optimizer"])
-        return FlowConfig.of(self, options, prior=prior)
+        return settings_class.of(self, options, prior=prior)
 
     def _optimizer(self, optimizer: Optional[FlowOptimizer], betas: tuple[float, float]) -> FlowOptimizer:
         """``optimizer``, or Adam with ``betas`` (an option of the default optimizer only)."""
