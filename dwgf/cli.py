@@ -99,7 +99,7 @@ class DWGFCLI(LightningCLI):
         if self.subcommand == "predict":
             self._check_calibration(config)  # before anything is written
             if CALIBRATING:
-                check_calibration_inputs(init_args, CALIBRATING["level"])
+                check_calibration_inputs(init_args, CALIBRATING)
             config["trainer"]["inference_mode"] = False  # the flow needs autograd
             config["trainer"]["use_distributed_sampler"] = False  # the data module shards whole batches itself
             config["return_predictions"] = False  # results go to disk, not into memory
@@ -217,7 +217,7 @@ class DWGFCLI(LightningCLI):
                 data.resume = resume
             calibration = getattr(model, "calibration", None)
             writer = PredictionWriter(config["output"], data, resume, config_text=text, fingerprint=fingerprint(yaml.safe_load(text)),
-                                      overwrite=bool(config.get("overwrite")), calibration_scale=None if calibration is None else calibration.scale)
+                                      overwrite=bool(config.get("overwrite")), calibration=calibration)
             held = [lock for lock in _LOCKS if lock.path.parent.resolve() == Path(config["output"]).expanduser().resolve()]
             if held:
                 writer.folder.lock = held[0]

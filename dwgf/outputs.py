@@ -40,7 +40,7 @@ ITEM_MANIFEST = ".dwgf-item.json"
 RUN_MANIFEST = ".dwgf-run.json"
 LOCK_FILE = ".dwgf.lock"
 TMP_TAG = ".dwgf-tmp"
-RUN_FILES = ("config.yaml", "metrics.csv", "failures.csv", "summary.png", "calibration.json")
+RUN_FILES = ("config.yaml", "metrics.csv", "failures.csv", "summary.png", "calibration.json", "summary.csv", "reliability.png")
 # names an item folder may not take: the run-level files and TensorBoard's folder
 RESERVED = frozenset(n.casefold() for n in (*RUN_FILES, "tensorboard"))
 # the file names dwgf writes in an item folder (whatever the number of particles)

@@ -69,12 +69,15 @@ class SamplerState:
     Attributes:
         z: the latents after the step, ``B x N x c x h x w`` (detached).
         t: the step's timesteps, ``(B,)``.
+        report: per-item figures for ``metrics.csv`` (``{column: (B,) tensor}``), e.g. a resampling method's
+            ``ancestors`` and ``min_ess``; the last iteration's are written. ``None``: none.
     """
 
     z: torch.Tensor
     t: torch.Tensor
     iteration: int
     num_iterations: int
+    report: Optional[dict[str, torch.Tensor]] = None
 
 
 @dataclass

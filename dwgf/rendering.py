@@ -59,20 +59,26 @@ def crps(particles: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return continuous_ranked_probability_score(particles.flatten(1).T.double(), truth.flatten().double()).float()
 
 
-def uncertainty_metrics(particles01: torch.Tensor, truth01: torch.Tensor) -> dict[str, float]:
+def uncertainty_metrics(particles01: torch.Tensor, truth01: torch.Tensor, unobserved: Optional[torch.Tensor] = None) -> dict[str, float]:
     """How the particles (``N x C x H x W`` in ``[0, 1]``) spread around the truth (``C x H x W``), per pixel.
 
     ``spread``: the mean over pixels of the particles' standard deviation (what ``std.png`` shows,
     before its gain), ``crps``: :func:`crps`, ``coverage90``: the share of pixels (and channels)
     whose truth lies between the 5% and the 95% quantile of the particles (``torch.quantile``,
     linear between order statistics). With one particle, spread is 0 and the interval a point.
+    ``coverage90_unobserved``: the same share on the pixels the measurement is silent about
+    (``unobserved``, ``1 x H x W`` 0/1, :meth:`~dwgf.operators.ForwardOperator.unobserved`; ``None``: every
+    pixel); ``None`` when there is no such pixel.
     """
     p, x = particles01.double(), truth01.double()
     spread = p.std(0, unbiased=False).mean(0).mean() if p.shape[0] > 1 else torch.zeros((), dtype=torch.float64, device=p.device)
     tail = (1 - COVERAGE_LEVEL) / 2
     lo, hi = torch.quantile(p, torch.tensor([tail, 1 - tail], dtype=torch.float64, device=p.device), dim=0)
-    coverage = ((x >= lo) & (x <= hi)).double().mean()
-    return {"spread": float(spread), "crps": float(crps(p, x)), "coverage90": float(coverage)}
+    inside = ((x >= lo) & (x <= hi)).double()
+    region = torch.ones_like(inside) if unobserved is None else (unobserved.to(x.device).double() > 0.5).double().expand_as(inside)
+    count = float(region.sum())
+    return {"spread": float(spread), "crps": float(crps(p, x)), "coverage90": float(inside.mean()),
+            "coverage90_unobserved": float((inside * region).sum()) / count if count else None}
 
 
 SUMMARY_TILE = 96  # minimum tile side in summary pictures, in pixels (small images are enlarged)
@@ -122,7 +128,8 @@ def std_map(particles01: torch.Tensor) -> torch.Tensor:
 
 def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
                 file: str = "", align: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                calibration: Optional[float] = None) -> tuple[dict[str, bytes], dict[str, Any]]:
+                calibration: Any = None, unobserved: Optional[torch.Tensor] = None,
+                report: Optional[dict[str, float]] = None) -> tuple[dict[str, bytes], dict[str, Any]]:
     """An item's files (``{file name: bytes}``) and its metrics record.
 
     ``particles`` is ``N x C x H x W`` in ``[-1, 1]``; ``measurement`` the measurement as an image;
@@ -130,8 +137,12 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     ``measurement.png``, ``ground_truth.png`` (with a truth), ``summary.png`` and ``metrics.json``.
     ``align(particles, image)``, where given (the operator's :meth:`~dwgf.operators.ForwardOperator.align`),
     moves the particles by the measurement's symmetries before the metrics; the images are saved as found.
-    ``calibration``: a calibrated interval's scale (:mod:`dwgf.calibration`): the item also gets ``lower.png`` and
-    ``upper.png`` (also shown in ``summary.png``, after the std), and with a truth ``calibrated_width`` and ``calibrated_coverage``.
+    ``calibration``: a :class:`~dwgf.calibration.Calibration` (or one scale for every pixel): the item also gets
+    ``lower.png`` and ``upper.png`` (also shown in ``summary.png``, after the std; bounds rounded inwards to 8-bit levels,
+    :func:`~dwgf.calibration.interval_levels`), and with a truth ``calibrated_width`` and ``calibrated_coverage``, and the
+    same two on the unobserved pixels. ``unobserved``: the pixels the measurement is silent about (``1 x H x W`` 0/1;
+    ``None``: every pixel), written as ``unobserved.png`` (white: unobserved) when given. ``report``: per-item figures
+    of the method (e.g. ``ancestors``, ``min_ess``), added to the record.
     """
     files: dict[str, bytes] = {}
     p01 = to_unit(particles)
@@ -143,11 +154,17 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
     files["std.png"] = png_bytes(std)
     files["measurement.png"] = png_bytes(to_unit(measurement))
     record: dict[str, Any] = {"name": name, "file": file, "psnr": None, "ssim": None, "psnr_mean": None, "ssim_mean": None,
-                              "spread": None, "crps": None, "coverage90": None, "calibrated_width": None, "calibrated_coverage": None}
+                              "spread": None, "crps": None, "coverage90": None, "calibrated_width": None, "calibrated_coverage": None,
+                              "coverage90_unobserved": None, "calibrated_width_unobserved": None, "calibrated_coverage_unobserved": None,
+                              **(report or {})}
+    if unobserved is not None:
+        unobserved = (unobserved.detach().float().cpu() > 0.5).float()
+        files["unobserved.png"] = png_bytes(unobserved)
     if calibration is not None:  # from the particles as their PNGs hold them, as dwgf calibrate read them
-        from dwgf.calibration import interval, quantize
+        from dwgf.calibration import interval_levels, quantize
 
-        lower, upper = interval(quantize(p01), calibration)
+        scale = calibration.scale_map(quantize(p01), unobserved) if hasattr(calibration, "scale_map") else float(calibration)
+        lower, upper = interval_levels(quantize(p01), scale)
         files["lower.png"], files["upper.png"] = png_bytes(lower), png_bytes(upper)
     tiles = [to_unit(measurement), *p01, mean, std]
     labels = ["measurement", *(f"particle {k}" for k in range(len(p01))), "mean", "std x4"]
@@ -159,11 +176,13 @@ def render_item(name: str, particles: torch.Tensor, measurement: torch.Tensor, i
         files["ground_truth.png"] = png_bytes(truth)
         q01 = p01 if align is None else to_unit(align(particles, image))
         record.update(image_metrics(q01, truth[None]))
-        record.update(uncertainty_metrics(q01, truth))
+        record.update(uncertainty_metrics(q01, truth, unobserved))
         if calibration is not None:
             from dwgf.calibration import interval_metrics, quantize
 
-            record.update(interval_metrics(quantize(q01), truth, calibration))
+            if align is not None:  # the aligned particles' own scales (the same as the files' where align moves nothing)
+                scale = calibration.scale_map(quantize(q01), unobserved) if hasattr(calibration, "scale_map") else float(calibration)
+            record.update(interval_metrics(quantize(q01), truth, scale, unobserved))
         tiles.append(truth)
         labels.append("truth")
     record["seconds"] = float(seconds)

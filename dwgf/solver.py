@@ -244,12 +244,16 @@ class InverseSolver(LightningModule):
         if self.method is None:
             raise DWGFError(f"{type(self).__name__} has no method: give method: my_module.my_method (a function "
                             "(prior, problem, draw, *, callback, **settings) -> (particles, failed_at))")
+        self.item_report = None
         particles, self.failed_iterations = self.method(self.prior, self.problem(y, params, size, prompts), self.item_noise(seeds, y.device),
                                                         callback=self.on_iteration, **self.settings())
         return particles
 
     def on_iteration(self, state: SamplerState) -> None:
-        """Called after every iteration of the method: progress, the stop check (:meth:`report_iteration`) and logging (:meth:`log_flow`)."""
+        """Called after every iteration of the method: progress, the stop check (:meth:`report_iteration`) and logging
+        (:meth:`log_flow`); keeps the state's per-item ``report`` (``item_report``: the last iteration's is written)."""
+        if state.report is not None:
+            self.item_report = state.report
         self.report_iteration(state.iteration, state.num_iterations)
         self.log_flow(state, self._images_every(state.num_iterations))
 
@@ -313,7 +317,15 @@ class InverseSolver(LightningModule):
                 own = [tuple(int(v) for v in crop[i]) for i in keep]
                 particles, measurement = crop_each(particles, own, size), crop_each(measurement, own, size)
                 image = None if image is None else crop_each(image, own, size)
+            unobserved = self.operator.unobserved(batch["params"])
+            if unobserved is not None:  # the pixels the measurement is silent about, 1 x H x W per item
+                unobserved = unobserved.expand(len(ok), 1, *unobserved.shape[-2:]).index_select(0, idx.to(unobserved.device))
+                if crop is not None and size is not None and any(tuple(int(v) for v in crop[i]) != size for i in keep):
+                    unobserved = crop_each(unobserved, own, size)
+            report = getattr(self, "item_report", None)
             out.update(
+                unobserved=unobserved,
+                report=None if not report else {k: [float(v) for v in r.detach().cpu()[keep]] for k, r in report.items()},
                 names=[batch["name"][i] for i in keep],
                 indices=[int(batch["index"][i]) for i in keep],
                 files=[batch["file"][i] for i in keep],

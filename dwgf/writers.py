@@ -23,7 +23,10 @@ from dwgf.outputs import OutputFolder, Resume
 from dwgf.rendering import SHEET_ITEMS, contact_sheet, image_bytes, render_item
 
 METRICS_HEADER = ("name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90", "calibrated_width",
-                  "calibrated_coverage")
+                  "calibrated_coverage", "coverage90_unobserved", "calibrated_width_unobserved", "calibrated_coverage_unobserved",
+                  "ancestors", "min_ess")
+SUMMARY_HEADER = ("column", "items", "mean", "p10", "min")  # summary.csv: each metrics.csv column over the run's items
+COLLAPSED = 2  # an item whose particles descend from at most this many ancestors is named in the run's warning
 FAILURES_HEADER = ("name", "file", "reason")
 FAILURE = "failure.json"  # per-item failure record (no images are written for a failed item)
 
@@ -52,10 +55,16 @@ class PredictionWriter(BasePredictionWriter):
     channels), ``measurement.png``, ``ground_truth.png`` (when known), ``summary.png`` (all of them
     side by side, labelled) and ``metrics.json``; ``<output>/summary.png`` stacks the summaries of the
     first 8 items. ``metrics.csv`` (``name,psnr,ssim,psnr_mean,ssim_mean,seconds,spread,crps,coverage90,calibrated_width,
-    calibrated_coverage``; see :func:`dwgf.rendering.uncertainty_metrics`, and :mod:`dwgf.calibration` for the last two,
-    empty without ``--model.calibration``) is assembled from
-    the items' ``metrics.json`` at the end of every run (a resumed one too), on the first process;
-    metrics are empty in measurement-only mode.
+    calibrated_coverage,coverage90_unobserved,calibrated_width_unobserved,calibrated_coverage_unobserved,ancestors,min_ess``;
+    see :func:`dwgf.rendering.uncertainty_metrics`, :mod:`dwgf.calibration` for the calibrated columns, empty without
+    ``--model.calibration``, and :class:`dwgf.methods.SMCState` for the last two, empty for a method that does not
+    resample) is assembled from the items' ``metrics.json`` at the end of every run (a resumed one too), on the first
+    process; metrics are empty in measurement-only mode. ``summary.csv`` (``column,items,mean,p10,min``) gives each
+    numeric column's mean, 10th percentile (linear between order statistics) and minimum over the items. Items whose
+    particles descend from at most two ancestors are counted in one warning line at the end of the run.
+    The ``*_unobserved`` columns are on the pixels the measurement is silent about
+    (:meth:`dwgf.operators.ForwardOperator.unobserved`: inpainting's missing pixels, every pixel for the other
+    operators), which the item's ``unobserved.png`` shows (white) when the operator has such a map.
 
     The output folder is handled by :class:`dwgf.outputs.OutputFolder`: it is locked for the run,
     each item's manifest lists the files dwgf wrote (only those are ever replaced or removed), and
@@ -80,12 +89,13 @@ class PredictionWriter(BasePredictionWriter):
         fingerprint: what must match for a complete item to be reused (the CLI hashes the model,
             data and seed settings).
         overwrite: remove the previous run's files and recompute every item (``--overwrite``).
-        calibration_scale: the calibrated interval's scale (``--model.calibration``'s, :mod:`dwgf.calibration`): each
-            item also gets ``lower.png`` and ``upper.png``, and ``metrics.csv`` their width and coverage. Default none.
+        calibration: the calibrated intervals (``--model.calibration``'s :class:`~dwgf.calibration.Calibration`, or one
+            scale for every pixel): each item also gets ``lower.png`` and ``upper.png``, and ``metrics.csv`` their width
+            and coverage. Default none.
     """
 
     def __init__(self, output: str | os.PathLike, data: Any, resume: Optional[Resume] = None, config_text: Optional[str] = None,
-                 fingerprint: Optional[str] = None, overwrite: bool = False, calibration_scale: Optional[float] = None):
+                 fingerprint: Optional[str] = None, overwrite: bool = False, calibration: Any = None):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.data = data
@@ -93,7 +103,7 @@ class PredictionWriter(BasePredictionWriter):
         self.config_text = config_text
         self.fingerprint = fingerprint or ""
         self.overwrite = bool(overwrite)
-        self.calibration_scale = None if calibration_scale is None else float(calibration_scale)
+        self.calibration = calibration
         self.folder = OutputFolder(self.output, self.fingerprint)
         self.complete: frozenset[int] = frozenset()
         self.num_failures = 0
@@ -149,12 +159,14 @@ class PredictionWriter(BasePredictionWriter):
         return self._identities[index] if index < len(self._identities) else ""
 
     def write_item(self, name: str, particles: torch.Tensor, measurement: torch.Tensor, image: Optional[torch.Tensor], seconds: float,
-                   index: int = -1, file: str = "", align=None, calibration: Optional[float] = None) -> dict[str, Any]:
+                   index: int = -1, file: str = "", align=None, calibration: Any = None, unobserved: Optional[torch.Tensor] = None,
+                   report: Optional[dict[str, float]] = None) -> dict[str, Any]:
         """Writes one item's files (:func:`dwgf.rendering.render_item`); ``particles`` is ``N x C x H x W`` in ``[-1, 1]``;
         ``align``: the operator's, for the metrics (:meth:`dwgf.operators.ForwardOperator.align`); ``calibration``: the
-        calibrated interval's scale, if any."""
+        calibrated intervals, if any; ``unobserved``: the pixels the measurement is silent about; ``report``: the
+        method's per-item figures."""
         files, record = render_item(name, particles, measurement, image, seconds, file=Path(file).name, align=align,
-                                    calibration=calibration)
+                                    calibration=calibration, unobserved=unobserved, report=report)
         self.folder.write_item(name, self._identity(index), files)
         return record
 
@@ -168,14 +180,16 @@ class PredictionWriter(BasePredictionWriter):
         images = prediction.get("image")
         files = prediction.get("files") or [""] * len(prediction["names"])
         operator = getattr(pl_module, "operator", None)
-        scale = self.calibration_scale
+        unobserved, report = prediction.get("unobserved"), prediction.get("report") or {}
         for i, name in enumerate(prediction["names"]):
             index = int(prediction["indices"][i])
             if index in self.complete:
                 continue  # recomputed only because its batch was incomplete: already written
             self.write_item(name, prediction["particles"][i], prediction["measurement"][i],
                             None if images is None else images[i], prediction["seconds"], index=index, file=files[i],
-                            align=None if operator is None else operator.align, calibration=scale)
+                            align=None if operator is None else operator.align, calibration=self.calibration,
+                            unobserved=None if unobserved is None else unobserved[i],
+                            report={k: v[i] for k, v in report.items()})
         for failure in prediction.get("failed", []):
             if int(failure.get("index", -1)) not in self.complete:
                 self.write_failure(failure)
@@ -193,7 +207,9 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()  # every process has written its items
         current = self._current()  # each manifest read once
         if trainer.is_global_zero:
-            self.write_metrics_csv(current["complete"])
+            records = self.write_metrics_csv(current["complete"])
+            self.write_summary_csv(records)
+            self.warn_collapsed(records, getattr(pl_module, "num_particles", None))
             self.write_failures_csv(current["failed"])
             self.write_contact_sheet(current["complete"])
         trainer.strategy.barrier()
@@ -235,15 +251,49 @@ class PredictionWriter(BasePredictionWriter):
             return
         self.folder.write_run_file("summary.png", image_bytes(contact_sheet(rows)))
 
-    def write_metrics_csv(self, names: Sequence[str]) -> None:
-        """``metrics.csv`` from the ``metrics.json`` of ``names`` (complete items, in input order)."""
+    def write_metrics_csv(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """``metrics.csv`` from the ``metrics.json`` of ``names`` (complete items, in input order); returns the records."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(METRICS_HEADER)
+        records = []
         for name in names:
             path = self.output / name / "metrics.json"
             if not path.is_file():
                 continue
             rec = json.loads(path.read_text())
+            records.append(rec)
             writer.writerow([name] + ["" if rec.get(k) is None else f"{rec[k]:.6g}" for k in METRICS_HEADER[1:]])
         self.folder.write_run_file("metrics.csv", buf.getvalue().encode())
+        return records
+
+    def write_summary_csv(self, records: Sequence[dict[str, Any]]) -> None:
+        """``summary.csv``: each numeric column of ``metrics.csv`` over the items that have it: their number, mean, 10th
+        percentile and minimum (the values as ``metrics.csv`` rounds them); removed when no column has a value."""
+        import numpy as np
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(SUMMARY_HEADER)
+        rows = 0
+        for column in METRICS_HEADER[1:]:
+            values = np.array([float(f"{r[column]:.6g}") for r in records if r.get(column) is not None], dtype=np.float64)
+            if values.size:
+                writer.writerow([column, values.size, *(f"{v:.6g}" for v in (values.mean(), np.percentile(values, 10), values.min()))])
+                rows += 1
+        if rows:
+            self.folder.write_run_file("summary.csv", buf.getvalue().encode())
+        else:
+            self.folder.remove_run_file("summary.csv")
+
+    def warn_collapsed(self, records: Sequence[dict[str, Any]], num_particles: Optional[int]) -> None:
+        """One warning line when the particles of some items descend from at most :data:`COLLAPSED` ancestors (a
+        resampling method's ``ancestors``), with ``N`` above that."""
+        if num_particles is None or int(num_particles) <= COLLAPSED + 1:
+            return
+        counted = [r for r in records if r.get("ancestors") is not None]
+        collapsed = [r for r in counted if r["ancestors"] <= COLLAPSED]
+        if collapsed:
+            print(f"dwgf: warning: the particles of {len(collapsed)} of {len(counted)} items descend from at most {COLLAPSED} of their "
+                  f"{int(num_particles)} first particles (metrics.csv's ancestors column): their spread and intervals understate the "
+                  "uncertainty; see docs/running.md, \"Particles that collapsed\"", file=sys.stderr, flush=True)

@@ -43,7 +43,9 @@ def test_the_interval_is_the_mean_plus_minus_scale_std_and_its_metrics():
     assert torch.allclose(lo[0, 0], torch.tensor([0.3 - half, 0.5 - 2 / 255]), atol=1e-6)
     assert torch.allclose(hi[0, 0], torch.tensor([0.3 + half, 0.5 + 2 / 255]), atol=1e-6)
     m = interval_metrics(p, torch.tensor([[[0.3, 0.6]]]), 2.0)
-    assert m["calibrated_coverage"] == 0.5 and m["calibrated_width"] == pytest.approx(float((hi - lo).mean()))
+    levels = [torch.ceil(lo[0, 0].double() * 255 - 1e-6) / 255, torch.floor(hi[0, 0].double() * 255 + 1e-6) / 255]  # rounded inwards
+    assert m["calibrated_coverage"] == 0.5 and m["calibrated_width"] == pytest.approx(float((levels[1] - levels[0]).mean()))
+    assert m["calibrated_coverage_unobserved"] == 0.5  # no region: every pixel
     assert torch.allclose(scores(p, torch.tensor([[[0.3, 0.6]]])), torch.tensor([0.0, 0.1 / (1 / 255)], dtype=torch.float64), atol=1e-5)
 
 
@@ -61,8 +63,10 @@ def test_calibrate_then_predict_and_a_file_for_another_config_is_refused(ldm_pat
     assert "calibration.json" in (tmp_path / "c" / ".dwgf-run.json").read_text()  # a run file dwgf owns
     main(["predict", *base, "--data.images", str(test), "--output", str(tmp_path / "p"), "--model.calibration",
           str(tmp_path / "c" / "calibration.json")])
+    assert (tmp_path / "c" / "reliability.png").is_file()
     header, *rows = (tmp_path / "p" / "metrics.csv").read_text().splitlines()
-    assert header.endswith(",coverage90,calibrated_width,calibrated_coverage") and all(r.split(",")[-1] for r in rows)
+    column = header.split(",").index("calibrated_coverage")
+    assert ",coverage90,calibrated_width,calibrated_coverage," in header and all(r.split(",")[column] for r in rows)
     item = next(p for p in (tmp_path / "p").iterdir() if (p / "lower.png").is_file())
     assert (item / "upper.png").is_file()
     capsys.readouterr()

@@ -150,3 +150,98 @@ def test_the_solver_checks_smc_settings_when_it_is_built():
     with pytest.raises(DWGFError, match="unknown setting 'movess' of smc .its settings: num_steps, guidance"):
         InverseSolver(prior, method=smc, settings={"movess": 2})
     InverseSolver(prior, method=smc, settings={"moves": 2, "move_size": 0.05})  # good settings build
+
+
+def _two_modes():
+    mix = GaussianMixture(torch.tensor([0.3, 0.7], dtype=torch.float64), torch.tensor([[-2.0], [2.0]], dtype=torch.float64),
+                          torch.tensor([[0.25], [0.25]], dtype=torch.float64))
+    prior = GaussianMixturePrior(mix, latent_shape=(1, 1, 1), schedule="linear")
+    return prior, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+
+
+def _states(prior, a, y, sigma, n, batch=1, **settings):
+    op = MatrixOperator(a.float(), image_shape=[a.shape[1], 1, 1], sigma_y=sigma)
+    problem = Problem(op, y.float().view(1, -1, 1, 1).repeat(batch, 1, 1, 1), {}, GaussianLikelihood(), num_particles=n)
+    states = []
+    x, _ = smc(prior, problem, ItemDraws(item_generators(list(range(batch)), "cpu"), "cpu"), callback=states.append, **settings)
+    return x, states
+
+
+def test_the_report_counts_distinct_ancestors_and_the_smallest_ess():
+    """The last state's report: the number of distinct first particles the final ones descend from (the ancestors
+    tracked through every resampling, the final one too) and the smallest ESS of the run; one state per step."""
+    prior, a, y = _two_modes()
+    x, states = _states(prior, a, y, 0.05, 8, batch=3, num_steps=20)
+    assert [s.iteration for s in states] == list(range(20))
+    last = states[-1]
+    ancestors = last.ancestors
+    assert ancestors.shape == (3, 8) and int(ancestors.min()) >= 0 and int(ancestors.max()) < 8
+    assert last.report["ancestors"].tolist() == [len(set(row)) for row in ancestors.tolist()]
+    assert torch.all(last.report["min_ess"] <= torch.stack([s.ess.double() for s in states]).min(0).values + 1e-6)
+    assert torch.all(last.report["min_ess"] >= 1 - 1e-9)
+    assert int(last.report["ancestors"].max()) < 8  # a sharp measurement (sigma 0.05) with 8 particles collapses them
+    # no weights: no resampling and nothing to report
+    _, plain = _states(prior, a, y, 0.05, 8, num_steps=5, weights=False)
+    assert plain[-1].report is None
+
+
+def test_the_collapse_warning_names_how_many_items_in_one_line(capsys, tmp_path):
+    from dwgf.writers import PredictionWriter
+
+    writer = PredictionWriter(tmp_path, data=None)
+    records = [{"ancestors": 1.0}, {"ancestors": 2.0}, {"ancestors": 5.0}, {"ancestors": None}]
+    writer.warn_collapsed(records, 8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dwgf: warning: the particles of 2 of 3 items descend from at most 2 of their 8 first")
+    writer.warn_collapsed([{"ancestors": 6.0}], 8)
+    writer.warn_collapsed([{"ancestors": 1.0}], 3)  # with 3 particles, two ancestors are no collapse
+    writer.warn_collapsed([{"psnr": 1.0}], 8)  # a method that does not resample
+    assert capsys.readouterr().err == ""
+
+
+def test_adaptive_tempering_keeps_the_two_mode_posterior_and_ends_at_exponent_one():
+    """Tempering (threshold 0.5): the posterior's mean, variance and mode weight within Monte Carlo error over 4 runs;
+    the exponent rises to 1 by the last step, never falls, and stays at the floor (k + 1) / K or above."""
+    prior, a, y = _two_modes()
+    post = prior.posterior(a, y, 1.0)
+    runs, lams = [], None
+    for seed in range(4):
+        op = MatrixOperator(a.float(), image_shape=[1, 1, 1], sigma_y=1.0)
+        problem = Problem(op, y.float().view(1, -1, 1, 1), {}, GaussianLikelihood(), num_particles=N)
+        states = []
+        x, _ = smc(prior, problem, ItemDraws(item_generators([seed], "cpu"), "cpu"), callback=states.append, num_steps=100, tempering=0.5)
+        runs.append(x.reshape(N).double())
+        lams = torch.stack([s.tempering for s in states])[:, 0]
+    est = torch.stack([torch.stack([s.mean(), s.var(), (s > 0).double().mean()]) for s in runs])
+    exact = torch.stack([post.mean()[0], post.covariance()[0, 0], post.weights[1]])
+    assert ((est.mean(0) - exact).abs() <= 4 * est.std(0) / math.sqrt(len(est)) + 0.03).all(), (est.mean(0), exact)
+    assert float(lams[-1]) == 1.0 and bool((lams[1:] >= lams[:-1] - 1e-12).all())
+    assert bool((lams >= torch.arange(1, 101) / 100 - 1e-6).all())
+
+
+def test_tempering_raises_the_exponent_as_far_as_the_conditional_ess_allows():
+    """The exponent is where the conditional ESS meets the target (brute-force formula), within the allowed range."""
+    from dwgf.methods.smc import _tempering
+
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.randn(2, 16, generator=g, dtype=torch.float64)
+    twist = -50 * torch.rand(2, 16, generator=g, dtype=torch.float64)
+    prev, ratio = -10 * torch.rand(2, 16, generator=g, dtype=torch.float64), 0.1 * torch.randn(2, 16, generator=g, dtype=torch.float64)
+    start = torch.tensor([0.02, 0.05], dtype=torch.float64)
+
+    def cess(i, value):
+        w = torch.softmax(log_w[i], 0)
+        log_v = ratio[i] - start[i] * prev[i] + value * twist[i]
+        v = torch.exp(log_v - log_v.max())
+        return float(16 * (w * v).sum() ** 2 / (w * v * v).sum())
+
+    target = 0.5 * min(cess(0, 0.02), cess(1, 0.05))
+    lam = _tempering(log_w, twist, prev, ratio, start, 0.0, target)
+    for i in range(2):
+        value = float(lam[i])
+        assert float(start[i]) < value < 1 and cess(i, value) == pytest.approx(target, rel=1e-4)
+        assert cess(i, min(1.0, value * 1.01)) < target
+    # a floor above what the ESS allows wins; an ESS that allows everything gives 1; too little at the start keeps it
+    assert torch.equal(_tempering(log_w, twist, prev, ratio, start, 0.9, target), torch.tensor([0.9, 0.9], dtype=torch.float64))
+    assert torch.equal(_tempering(log_w, 0 * twist, 0 * prev, 0 * ratio, start, 0.0, 1.0), torch.ones(2, dtype=torch.float64))
+    assert torch.equal(_tempering(log_w, twist, prev, ratio, start, 0.0, 16.0), start)

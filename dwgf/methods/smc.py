@@ -81,6 +81,10 @@ class SMCConfig(Settings):
             Default 0 (none).
         move_size: a move's step ``delta = move_size * (1 - abar_t)`` (a share of the noise level's variance).
             Default 0.1.
+        tempering: adaptive tempering's threshold, a share of ``N``: each step's target takes the twist to a power
+            ``lambda`` in ``[0, 1]``, raised at each step as far as the conditional effective sample size of the step's
+            weights stays at or above ``tempering * N`` (and at least to ``(k + 1) / K`` at step ``k``, so that it is 1
+            at the last). Default 0: no tempering (``lambda = 1`` throughout).
     """
 
     num_steps: int = 200
@@ -89,12 +93,16 @@ class SMCConfig(Settings):
     weights: bool = True
     moves: int = 0
     move_size: float = 0.1
+    tempering: float = 0.0
 
     def check(self) -> None:
         positive(self, "num_steps")
         at_least_zero(self, "guidance", "moves")
         within(self, "ess_threshold", 0, 1)
         within(self, "move_size", 0, 1, open_low=True)
+        within(self, "tempering", 0, 1)
+        if self.tempering and not self.weights:
+            raise self.error("tempering", ": tempering sets the weights' exponent, and weights=False has none: set tempering to 0")
         if self.moves and not self.weights:
             raise self.error("moves", ": moves follow a resampling, and weights=False never resamples: set moves to 0")
 
@@ -105,10 +113,16 @@ class SMCConfig(Settings):
 @dataclass
 class SMCState(SamplerState):
     """A step of the SMC sampler: :class:`~dwgf.problem.SamplerState` plus each item's effective sample size
-    after the step's weighting (``ess``, ``(B,)``, in particles) and whether it was resampled (``resampled``)."""
+    after the step's weighting (``ess``, ``(B,)``, in particles), whether it was resampled (``resampled``), which of
+    the ``N`` first particles each particle descends from (``ancestors``, ``B x N``) and the twist's exponent
+    (``tempering``, ``(B,)``; 1 without tempering). Its ``report`` (for ``metrics.csv``): ``ancestors``, the number of
+    distinct ancestors of each item's particles, and ``min_ess``, the smallest effective sample size so far (at the
+    last iteration: of the whole run, the final weighting by the exact data term included)."""
 
     ess: Optional[torch.Tensor] = None
     resampled: Optional[torch.Tensor] = None
+    ancestors: Optional[torch.Tensor] = None
+    tempering: Optional[torch.Tensor] = None
 
 
 def smc(prior: LatentPrior, problem: Problem, draw: Optional[ItemDraws] = None, *,
@@ -138,28 +152,42 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
     log_w = torch.zeros(b, n, device=device, dtype=torch.float64)
     previous_twist = previous_ratio = None
     failed_at = torch.full((b,), -1, dtype=torch.long, device=device)
+    ancestors = torch.arange(n, device=device).view(1, n).expand(b, n).clone()
+    min_ess = torch.full((b,), float(n), dtype=torch.float64, device=device)
+    lam = previous_lam = torch.ones(b, dtype=torch.float64, device=device)  # the twist's exponent (tempering)
+    state = None
     try:
         for i, t in enumerate(ts):
             tt = t.repeat(b * n)
             abar = prior.abar(tt, z)
             twist, grad, eps, z0 = _twist(prior, problem, z, tt, abar, unet_dtype)
-            if config.weights:  # the incremental weight of the step that made z (the first: the initial twist)
+            if config.weights and config.tempering:  # the exponent raised as far as the conditional ESS allows
+                lam = _tempering(log_w, twist.double().view(b, n), None if previous_twist is None else previous_twist.view(b, n),
+                                 None if previous_ratio is None else previous_ratio.view(b, n), previous_lam,
+                                 (i + 1) / len(ts), config.tempering * n)
+                log_w = log_w + lam.view(b, 1) * twist.double().view(b, n)
+                if previous_twist is not None:
+                    log_w = log_w - previous_lam.view(b, 1) * previous_twist.view(b, n) + previous_ratio.view(b, n)
+            elif config.weights:  # the incremental weight of the step that made z (the first: the initial twist)
                 log_w = log_w + twist.double().view(b, n)
                 if previous_twist is not None:
                     log_w = log_w - previous_twist.view(b, n) + previous_ratio.view(b, n)
             u = torch.special.ndtr(draw((1,)).view(b)).double()  # one uniform per item per step, used or not
             ess = _ess(log_w)
+            min_ess = torch.minimum(min_ess, ess)
             resample = (ess < config.ess_threshold * n) if config.weights else torch.zeros(b, dtype=torch.bool, device=device)
             if bool(resample.any()):
                 index = _systematic(log_w, u, resample)
                 z, twist, grad, eps, z0 = (v.view(b, n, *v.shape[1:]).gather(1, _expand(index, v.view(b, n, *v.shape[1:])))
                                             .flatten(0, 1) for v in (z, twist, grad, eps, z0))
+                ancestors = ancestors.gather(1, index)
                 log_w = torch.where(resample.view(b, 1), torch.zeros_like(log_w), log_w)
             for _ in range(config.moves):  # resample-move: Langevin on the step's target, resampled items only
                 xi = draw((n, *shape)).flatten(0, 1)  # drawn at every step, used or not: an item's draws are its own
                 if bool(resample.any()):
                     z, twist, grad, eps, z0 = _move(prior, problem, (z, twist, grad, eps, z0), xi, tt, abar,
-                                                    resample.repeat_interleave(n), config.move_size, unet_dtype)
+                                                    resample.repeat_interleave(n), config.move_size, unet_dtype,
+                                                    lam.repeat_interleave(n) if config.tempering else None)
             # the proposal: the prior's ancestral step, drifted by the twist's gradient
             abar_prev = prior.abar(ts[i + 1].repeat(b * n), z) if i + 1 < len(ts) else torch.ones_like(abar)
             a, a_prev = abar.view(-1, *([1] * (z.dim() - 1))), abar_prev.view(-1, *([1] * (z.dim() - 1)))
@@ -170,23 +198,71 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
             with torch.no_grad():
                 z = (mean + drift + s * e).detach()
             previous_twist = twist.double()
+            previous_lam = lam
             previous_ratio = (-(config.guidance**2) * (s**2 * grad.square()).flatten(1).sum(1) / 2
                               - config.guidance * (s * e * grad).flatten(1).sum(1)).double()
             failed_at = first_failures(failed_at, z.view(b, n, -1), i)
             draw.next_iteration(more=i + 1 < len(ts))
-            if callback is not None:
-                callback(SMCState(z.view(b, n, *shape), tt.view(b, n)[:, 0], i, len(ts), ess=ess.float(), resampled=resample))
+            state = SMCState(z.view(b, n, *shape), tt.view(b, n)[:, 0], i, len(ts), ess=ess.float(), resampled=resample,
+                             ancestors=ancestors, tempering=lam.float(), report=_report(ancestors, min_ess) if config.weights else None)
+            if callback is not None and i + 1 < len(ts):  # the last step's state waits for the final weighting
+                callback(state)
         with torch.no_grad():
             x = prior.decode(z)
             if config.weights:  # the exact data term at z_0 replaces the last twist
                 exact = -problem.likelihood.loss(problem.operator, x, problem.y_n, problem.params_n).double()
-                log_w = log_w + exact.view(b, n) - previous_twist.view(b, n) + previous_ratio.view(b, n)
+                if config.tempering:
+                    log_w = log_w + exact.view(b, n) - previous_lam.view(b, 1) * previous_twist.view(b, n) + previous_ratio.view(b, n)
+                else:
+                    log_w = log_w + exact.view(b, n) - previous_twist.view(b, n) + previous_ratio.view(b, n)
+                min_ess = torch.minimum(min_ess, _ess(log_w))
                 u = torch.special.ndtr(draw((1,)).view(b)).double()
                 index = _systematic(log_w, u, torch.ones(b, dtype=torch.bool, device=device))
                 x = x.view(b, n, *x.shape[1:]).gather(1, _expand(index, x.view(b, n, *x.shape[1:])))
+                ancestors = ancestors.gather(1, index)
+                if state is not None:
+                    state.ancestors, state.report = ancestors, _report(ancestors, min_ess)
+        if callback is not None and state is not None:
+            callback(state)
     finally:
         draw.close()
     return x.reshape(b, n, *x.shape[-3:]), failed_at
+
+
+def _report(ancestors: torch.Tensor, min_ess: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``metrics.csv``'s figures of a resampling method: distinct ancestors per item and the smallest ESS."""
+    ordered = ancestors.sort(1).values
+    distinct = 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1)
+    return {"ancestors": distinct, "min_ess": min_ess.clone()}
+
+
+def _tempering(log_w: torch.Tensor, twist: torch.Tensor, previous_twist: Optional[torch.Tensor], previous_ratio: Optional[torch.Tensor],
+               previous_lam: torch.Tensor, floor: float, target: float) -> torch.Tensor:
+    """Each item's exponent ``lambda`` of this step's twist (``(B,)``): the largest in ``[max(previous, floor), 1]`` whose
+    conditional effective sample size ``N (sum W v)^2 / sum W v^2`` (``W``: the normalised weights so far, ``v``: the
+    step's incremental weights at that exponent; Zhou, Johansen and Aston 2016) is at least ``target``; the lowest
+    allowed when even that falls short. Bisection, 40 halvings."""
+    b, n = twist.shape
+    log_prev = torch.log_softmax(log_w, dim=1)
+    base = torch.zeros_like(twist) if previous_twist is None else previous_ratio - previous_lam.view(b, 1) * previous_twist
+
+    def cess(lam: torch.Tensor) -> torch.Tensor:
+        log_v = base + lam.view(b, 1) * twist
+        return n * torch.exp(2 * torch.logsumexp(log_prev + log_v, 1) - torch.logsumexp(log_prev + 2 * log_v, 1))
+
+    if previous_twist is None:
+        low = torch.full_like(previous_lam, min(1.0, floor))
+    else:
+        low = previous_lam.clamp(min=floor, max=1.0)
+    one = torch.ones_like(low)
+    ok_one = cess(one) >= target
+    ok_low = cess(low) >= target
+    lo, hi = low.clone(), one.clone()
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        good = cess(mid) >= target
+        lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
+    return torch.where(ok_one, one, torch.where(ok_low, lo, low))
 
 
 def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
@@ -204,15 +280,18 @@ def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tenso
 
 
 def _move(prior: LatentPrior, problem: Problem, state: tuple[torch.Tensor, ...], xi: torch.Tensor, t: torch.Tensor,
-          abar: torch.Tensor, rows: torch.Tensor, move_size: float, unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
-    """One unadjusted Langevin move of the particles in ``rows`` on the step's target ``p_t(z) ptilde_t(y | z)``:
+          abar: torch.Tensor, rows: torch.Tensor, move_size: float, unet_dtype: Optional[torch.dtype],
+          lam: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+    """One unadjusted Langevin move of the particles in ``rows`` on the step's target ``p_t(z) ptilde_t(y | z)``
+    (``ptilde^lambda`` with tempering, ``lam``: per row):
     ``z + delta (-eps_hat / sqrt(1 - abar) + grad log ptilde) + sqrt(2 delta) xi``, ``delta = move_size (1 - abar)``;
     then the twist, its gradient and the network's outputs at the moved particles. Other rows keep theirs."""
     z, twist, grad, eps, z0 = state
     a = abar.view(-1, *([1] * (z.dim() - 1)))
     delta = move_size * (1 - a)
+    force = grad if lam is None else lam.to(grad.dtype).view(-1, *([1] * (z.dim() - 1))) * grad
     with torch.no_grad():
-        moved = z + delta * grad - move_size * (1 - a).sqrt() * eps + (2 * delta).sqrt() * xi  # delta eps / sqrt(1 - a), no 0 / 0
+        moved = z + delta * force - move_size * (1 - a).sqrt() * eps + (2 * delta).sqrt() * xi  # delta eps / sqrt(1 - a), no 0 / 0
         moved = torch.where(rows.view(-1, *([1] * (z.dim() - 1))), moved, z).detach()
     new = _twist(prior, problem, moved, t, abar, unet_dtype)
     return (moved, *(torch.where(rows.view(-1, *([1] * (v.dim() - 1))), v_new, v) for v, v_new in zip((twist, grad, eps, z0), new)))

@@ -144,6 +144,13 @@ class ForwardOperator(ArgumentsRepr):
         """0/1 weights of the observed entries of ``A(x)``, broadcastable to it; ``None``: all."""
         return None
 
+    def unobserved(self, params: Params) -> Optional[torch.Tensor]:
+        """Where the measurement is silent: 0/1 weights (``B x 1 x H x W``, 1 where no entry of the measurement
+        observes the image's pixel on its own), for the coverage of the pixels a user is unsure of and
+        ``dwgf calibrate --region unobserved``. ``None`` (the default): every pixel, as for an operator that mixes
+        pixels (blur, downsampling) or measures them through a nonlinearity. Inpainting: its missing pixels."""
+        return None
+
     # -- measurements ------------------------------------------------------------------------------
     def simulate(self, x: torch.Tensor, params: Params, generator: torch.Generator) -> torch.Tensor:
         """A noisy measurement of one item (``x`` is ``1 x C x H x W``): its noise model around ``A(x)``

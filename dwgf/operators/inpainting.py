@@ -27,6 +27,9 @@ class _MaskOperator(ForwardOperator):
     def measured(self, params: Params) -> Optional[torch.Tensor]:
         return params["mask"]
 
+    def unobserved(self, params: Params) -> Optional[torch.Tensor]:
+        return 1 - params["mask"]
+
     def params_from_mask(self, mask: torch.Tensor) -> Params:
         return {"mask": (mask > 0.5).float()}
 
