@@ -126,7 +126,8 @@ def dps_solver(prior, guidance: float):
     return LatentDPS(prior, num_steps=STEPS, num_particles=4, guidance=guidance, eta=1.0)
 
 
-def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1, weights: bool = True):
+def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1, weights: bool = True,
+               tempering: float = 0.0):
     """The SMC sampler on the bed's own Gaussian likelihood, its twist annealed by ``anneal`` (also ``smc.py``'s)."""
     from dwgf.likelihoods import GaussianLikelihood
     from dwgf.methods import smc
@@ -135,6 +136,8 @@ def smc_solver(prior, n: int, guidance: float, anneal: float = 0.0, moves: int =
     settings = {"num_steps": STEPS, "guidance": guidance, "weights": weights}
     if moves:
         settings.update(moves=moves, move_size=move_size)
+    if tempering:
+        settings.update(tempering=tempering)
     return InverseSolver(prior, method=smc, settings=settings, num_particles=n, likelihood=GaussianLikelihood(anneal=anneal))
 
 

@@ -35,19 +35,25 @@ from benchmarks import posterior
 from benchmarks.posterior import STEPS, directions, evaluate, exact_samples, problem, samples_of, stats
 
 
-def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1):
-    solver = posterior.smc_solver(prior, n, guidance, anneal, moves, move_size, weights)
+def smc_solver(prior, n: int, guidance: float, weights: bool, ess: list, anneal: float = 0.0, moves: int = 0, move_size: float = 0.1,
+               tempering: float = 0.0):
+    solver = posterior.smc_solver(prior, n, guidance, anneal, moves, move_size, weights, tempering)
     solver.on_iteration = lambda state: ess.append(float(state.ess.mean()) / n)  # the share of N, before resampling
     return solver
 
 
-DEFAULTS = {"anneal": 0.0, "moves": 0, "move_size": 0.0}  # rows of runs before these columns existed
+DEFAULTS = {"anneal": 0.0, "moves": 0, "move_size": 0.0, "tempering": 0.0}  # rows of runs before these columns existed
 
 
-def variants(args) -> list[tuple[bool, int, float]]:
-    """(weights, moves, move_size) of each run of a cell: with and without the weights, then resample-move."""
-    plain = [(True, 0, 0.0), (False, 0, 0.0)] if 0 in args.moves else []
-    return plain + [(True, m, size) for m in args.moves if m for size in args.move_sizes]
+def variants(args) -> list[tuple[bool, int, float, float]]:
+    """(weights, moves, move_size, tempering) of each run of a cell: with and without the weights, then resample-move,
+    then each adaptive tempering threshold (with the weights, and with each resample-move)."""
+    plain = [(True, 0, 0.0, 0.0), (False, 0, 0.0, 0.0)] if 0 in args.moves else []
+    found = plain + [(True, m, size, 0.0) for m in args.moves if m for size in args.move_sizes]
+    for tempering in args.tempering:
+        if tempering:
+            found += [(True, m, size, tempering) for m in args.moves for size in (args.move_sizes if m else [0.0])]
+    return found
 
 
 def study(args, command: str) -> None:
@@ -63,16 +69,16 @@ def study(args, command: str) -> None:
             for anneal in args.anneal:
                 for n in args.ns:
                     for guidance in args.guidance:
-                        for weights, moves, size in variants(args):
+                        for weights, moves, size, tempering in variants(args):
                             results, ess, lowest = [], [], []
                             for i, (prob, ex) in enumerate(zip(probs, exact)):
                                 start = len(ess)
-                                s, seconds = samples_of(smc_solver(prob.prior, n, guidance, weights, ess, anneal, moves, size), prob,
+                                s, seconds = samples_of(smc_solver(prob.prior, n, guidance, weights, ess, anneal, moves, size, tempering), prob,
                                                        args.samples, 2 + i)
                                 results.append({**evaluate(s, prob, ex, dirs), "seconds": seconds})
                                 lowest.append(min(ess[start:], default=float("nan")))
                             row = {"d": d, "dy": dy, "n": n, "guidance": guidance, "weights": weights, "anneal": anneal,
-                                   "moves": moves, "move_size": size,
+                                   "moves": moves, "move_size": size, "tempering": tempering,
                                    "sw": stats([r["sw"] for r in results]), "coverage": stats([r["coverage"] for r in results]),
                                    "mean_error": stats([r["mean_error"] for r in results]), "seconds": stats([r["seconds"] for r in results]),
                                    "ess": f"{sum(ess) / len(ess):.3f}" if weights else "-",
@@ -80,11 +86,11 @@ def study(args, command: str) -> None:
                                    "date": str(datetime.date.today()), "command": command}
                             rows.append(row)
                             print("SMC", row, flush=True)
-    ident = ("d", "dy", "n", "guidance", "weights", "anneal", "moves", "move_size")
+    ident = ("d", "dy", "n", "guidance", "weights", "anneal", "moves", "move_size", "tempering")
     fresh = {tuple(r[k] for k in ident) for r in rows}
     kept = [{**DEFAULTS, **r} for r in earlier if tuple({**DEFAULTS, **r}[k] for k in ident) not in fresh]
     merged = sorted(kept + rows, key=lambda r: tuple(r[k] for k in ident[:2]) + (r["anneal"], r["n"], r["guidance"], not r["weights"],
-                                                                                    r["moves"], r["move_size"]))
+                                                                                    r["moves"], r["move_size"], r["tempering"]))
     data = {"command": command, "date": str(datetime.date.today()), "threads": torch.get_num_threads(), "problems": args.problems,
             "samples": args.samples, "steps": STEPS, "rows": merged}
     save_json(path, data)
@@ -102,13 +108,14 @@ def write_markdown(data: dict) -> None:
         "resampling (resample-move, `SMCConfig.moves`) of step `move_size (1 - abar_t)` (- : none). *anneal*: the twist's variance is",
         "`sigma_y^2 + anneal (1 - abar_t)` (0: the exact likelihood at the Tweedie estimate). *ESS*: the mean effective sample",
         "size before resampling, as a share of N (*min*: its lowest over the steps and problems). *floor*: a second set of",
-        "exact samples. No setting was tuned: every run is here.",
+        "exact samples. *tempering*: adaptive tempering's conditional-ESS threshold (`SMCConfig.tempering`; - : none).",
+        "No setting was tuned: every run is here.",
         "",
-        "| d | d_y | anneal | N | guidance | weights | moves | sliced W1 to exact | floor | mode coverage | mean error / sqrt(d) | ESS / N | min "
-        "| seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| d | d_y | anneal | N | guidance | weights | moves | tempering | sliced W1 to exact | floor | mode coverage | mean error / sqrt(d) "
+        "| ESS / N | min | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['d']} | {r['dy']} | {r.get('anneal', 0.0):g} | {r['n']} | {r['guidance']:g} | {'yes' if r['weights'] else 'no'} | "
-          f"{_moves(r)} | {r['sw']} | "
+          f"{_moves(r)} | {r.get('tempering') or '-'} | {r['sw']} | "
           f"{r['floor']} | {r['coverage']} | {r['mean_error']} | {r['ess']} | {r.get('min_ess', '-')} | {r['seconds']} |" for r in data["rows"]),
         "",
     ]
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--moves", nargs="+", type=int, default=[0], help="Langevin moves after each resampling (0: none, and the "
                         "variant without weights)")
     parser.add_argument("--move-sizes", nargs="+", type=float, default=[0.05])
+    parser.add_argument("--tempering", nargs="+", type=float, default=[0.0], help="adaptive tempering thresholds (0: none)")
     parser.add_argument("--problems", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args(argv)

@@ -298,10 +298,11 @@ def test_smc_study_keeps_earlier_rows_and_replaces_the_ones_it_repeats(tmp_path,
     monkeypatch.setattr(bs, "samples_of", lambda solver, prob, count, seed: (torch.zeros(count, 8, dtype=torch.float64), 0.5))
     monkeypatch.setattr(bs, "evaluate", lambda s, prob, ex, dirs: {"sw": 0.25, "coverage": 1.0, "mean_error": 0.0})
     built = []
-    monkeypatch.setattr(bs, "smc_solver", lambda prior, n, g, w, ess, anneal, moves, size: built.append((w, moves, size))
+    monkeypatch.setattr(bs, "smc_solver", lambda prior, n, g, w, ess, anneal, moves, size, tempering=0.0:
+                        built.append((w, moves, size) if not tempering else (w, moves, size, tempering))
                         or ess.extend([0.5, 0.25]) or None)
     args = argparse.Namespace(dims=[8], dys=[1], ns=[8], guidance=[1.0], anneal=[1.0], problems=2, samples=10, moves=[0],
-                              move_sizes=[0.05])
+                              move_sizes=[0.05], tempering=[0.0])
     bs.study(args, "python benchmarks/smc.py study --anneal 1")
     bs.study(args, "python benchmarks/smc.py study --anneal 1")  # a second run replaces its own rows
     rows = json.loads((tmp_path / "smc_study.json").read_text())["rows"]
@@ -309,11 +310,15 @@ def test_smc_study_keeps_earlier_rows_and_replaces_the_ones_it_repeats(tmp_path,
                                                                     (1.0, False, "0.250 ± 0.000")]
     assert rows[1]["min_ess"] == "0.250" and rows[2]["min_ess"] == "-"
     text = (tmp_path / "smc_study.md").read_text()
-    assert "| 8 | 1 | 0 | 8 | 1 | yes | - | 9.000 |" in text and "| 8 | 1 | 1 | 8 | 1 | yes | - | 0.250 ± 0.000 |" in text
+    assert "| 8 | 1 | 0 | 8 | 1 | yes | - | - | 9.000 |" in text and "| 8 | 1 | 1 | 8 | 1 | yes | - | - | 0.250 ± 0.000 |" in text
     built.clear()
     bs.study(argparse.Namespace(**{**vars(args), "moves": [2], "move_sizes": [0.05, 0.2]}), "python benchmarks/smc.py study --moves 2")
     assert sorted(set(built)) == [(True, 2, 0.05), (True, 2, 0.2)]
     rows = json.loads((tmp_path / "smc_study.json").read_text())["rows"]
     assert [(r["weights"], r["moves"], r["move_size"]) for r in rows] == [(True, 0, 0.0), (True, 0, 0.0), (True, 2, 0.05), (True, 2, 0.2),
                                                                           (False, 0, 0.0)]
-    assert "| 8 | 1 | 1 | 8 | 1 | yes | 2 x 0.2 | 0.250 ± 0.000 |" in (tmp_path / "smc_study.md").read_text()
+    assert "| 8 | 1 | 1 | 8 | 1 | yes | 2 x 0.2 | - | 0.250 ± 0.000 |" in (tmp_path / "smc_study.md").read_text()
+    built.clear()  # adaptive tempering: weighted rows of their own, beside the untempered ones
+    bs.study(argparse.Namespace(**{**vars(args), "tempering": [0.0, 0.5]}), "python benchmarks/smc.py study --tempering 0 0.5")
+    assert built.count((True, 0, 0.0, 0.5)) == 2 and built.count((False, 0, 0.0)) == 2
+    assert "| 8 | 1 | 1 | 8 | 1 | yes | - | 0.5 | 0.250 ± 0.000 |" in (tmp_path / "smc_study.md").read_text()
