@@ -3,6 +3,7 @@
     python benchmarks/coverage.py run [--only "box_inpaint DWGF" ...]    # calibrate + predict, cached outputs
     python benchmarks/coverage.py table                                   # benchmarks/results/coverage_mnist.md
     python benchmarks/coverage.py pictures                                # docs/results/reliability_<task>_<method>.png
+    python benchmarks/coverage.py tune [--tasks box_inpaint sr4]           # SMC's tempering threshold on tune10
 
 For each task and method (:data:`RUNS`, N = 8 particles): ``dwgf calibrate --region unobserved --level 0.9`` on the 50
 ``tune50`` digits (which also writes ``reliability.png``), then ``dwgf predict --model.calibration`` with that file on
@@ -172,6 +173,34 @@ def _own_strokes(label: str) -> float:
     return inside / total if total else float("nan")
 
 
+TEMPERING_GRID = (0.3, 0.5, 0.8)  # adaptive tempering's threshold, chosen on tune10 (``tune``)
+TUNE_JSON = RESULTS / "coverage_tempering_tune.json"
+
+
+def tune(tasks: list[str]) -> None:
+    """SMC with each adaptive-tempering threshold of :data:`TEMPERING_GRID` (and none) on the ``tune10`` digits: the
+    particle-mean PSNR, coverage90 of the unobserved pixels, spread and ancestors (``coverage_tempering_tune.json``)."""
+    from benchmarks.harness import run as predict
+
+    found = load_json(TUNE_JSON)
+    for task in tasks:
+        for threshold in (0.0, *TEMPERING_GRID):
+            label = f"{task} tempering={threshold:g}"
+            if label in found:
+                continue
+            settings = {**SMC_TEMPERED, "tempering": threshold}
+            configs, overrides = _smc(task, settings)
+            out = OUTPUTS / "coverage" / f"tune10__{task}__tempering_{threshold:g}"
+            result = predict(configs, "tune10", out, [*overrides, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+            rows = list(csv.DictReader(open(out / "metrics.csv")))
+            found[label] = {"psnr_mean": result["psnr_mean"], "spread": result["spread"], "crps": result["crps"],
+                            "coverage90_unobserved": float(np.mean([float(r["coverage90_unobserved"]) for r in rows])),
+                            "ancestors": float(np.mean([float(r["ancestors"]) for r in rows])),
+                            "seconds": result["seconds"], "date": str(datetime.date.today()), "threads": torch.get_num_threads()}
+            save_json(TUNE_JSON, found)
+            print(f"TUNE {label}: {found[label]}", flush=True)
+
+
 def table() -> None:
     results = load_json(RESULTS_JSON)
     lines = ["# Coverage where the measurement is silent (MNIST, N = 8, level 0.9)", "",
@@ -220,9 +249,12 @@ def pictures() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "table", "pictures", "evaluate"])
+    parser.add_argument("command", choices=["run", "table", "pictures", "evaluate", "tune"])
     parser.add_argument("--only", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--tasks", nargs="+", default=["box_inpaint", "sr4"])
     args = parser.parse_args()
+    if args.command == "tune":
+        return tune(args.tasks)
     if args.command == "run":
         for label in args.only:
             run(label)

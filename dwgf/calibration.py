@@ -636,7 +636,8 @@ def command(argv: list[str], predict: Callable[[list[str]], None]) -> None:  # n
                              scales=fields["scales"])
         from dwgf.reliability import reliability_png
 
-        picture = reliability_png(images, result, options)
+        picture = reliability_png(reliability_table(images, options),
+                                  f"{result.method} on {len(images)} calibration images; after: {result.describe()}, two-fold cross-fit")
         lock = OutputLock(output)
         lock.acquire()
         try:
@@ -686,6 +687,48 @@ def _share_covered(images: Sequence[ImageScores], calibration: Calibration, grou
             q = pixel_scales(calibration.fields, img.mean, img.std, img.unobserved)
             hits.append(float((img.score[sel] <= q[sel]).double().mean()) >= calibration.level - 1e-12)
     return sum(hits) / max(1, len(hits))
+
+
+def _calibrated(images: Sequence[ImageScores], fields: dict[str, Any]) -> list[float]:
+    """Mean over images of (coverage every pixel, unobserved, width every pixel, unobserved) at ``fields``'s scales."""
+    sums, counts = [0.0] * 4, [0] * 4
+    for img in images:
+        q = pixel_scales(fields, img.mean, img.std, img.unobserved)
+        inside = (img.score <= q).double()
+        lo, hi = _bounds(img.mean, img.std, q)
+        width = (hi - lo).clamp_min(0)
+        region = _in_group("unobserved", img.unobserved)
+        figures = [float(inside.mean()), float(inside[region].mean()) if bool(region.any()) else math.nan, float(width.mean()),
+                   float(width[region].mean()) if bool(region.any()) else math.nan]
+        for k, v in enumerate(figures):
+            if v == v:
+                sums[k] += v
+                counts[k] += 1
+    return [s / c if c else math.nan for s, c in zip(sums, counts)]
+
+
+def reliability_table(images: Sequence[ImageScores], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """``reliability.png``'s figures (:mod:`dwgf.reliability`): per level of :data:`RELIABILITY_LEVELS`, ``coverage`` and
+    ``width`` of four curves: before calibration (the particles' own central interval) on every pixel and on the
+    unobserved ones, then after (the mode of ``options`` calibrated at that level on the even-numbered images and
+    measured on the odd ones, and the other way round, averaged: out of sample); NaN where not measured (a level for
+    which half the images are too few)."""
+    rows = []
+    halves = (images[0::2], images[1::2])
+    for i, level in enumerate(RELIABILITY_LEVELS):
+        own = [img.own[i] for img in images if img.own is not None]
+        before = torch.stack(own).nanmean(0).tolist() if own else [math.nan] * 4
+        after = [math.nan] * 4
+        need = images_required({**options, "level": level})
+        if min(len(h) for h in halves) >= need:
+            folds = []
+            for train, test in (halves, halves[::-1]):
+                fields = calibrate(train, level, options["mode"], options["region"], options.get("delta"), options.get("strata"),
+                                   options.get("bins", 4))
+                folds.append(_calibrated(test, fields))
+            after = [(a * len(halves[1]) + b * len(halves[0])) / len(images) for a, b in zip(*folds)]
+        rows.append({"level": level, "coverage": [before[0], before[1], after[0], after[1]], "width": [before[2], before[3], after[2], after[3]]})
+    return rows
 
 
 def read_images(output: Path) -> list[ImageScores]:

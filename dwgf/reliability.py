@@ -1,78 +1,32 @@
 """``reliability.png``: how the intervals' coverage follows the level, before and after calibration.
 
-``dwgf calibrate`` draws it from its own images (:class:`~dwgf.calibration.ImageScores`). Left: the empirical coverage
+``dwgf calibrate`` draws it from its own images (:func:`dwgf.calibration.reliability_table`). Left: the empirical coverage
 against the nominal level at :data:`~dwgf.calibration.RELIABILITY_LEVELS` (0.5 to 0.99), on every pixel and on the
 unobserved ones; *before*: the particles' own central interval at that level (their quantiles, as ``coverage90``), *after*:
 the calibrated interval of the run's mode at that level, measured out of sample by two-fold cross-fitting (calibrated on
 the even-numbered images, measured on the odd ones, and the other way round, averaged; a level for which half the images
 are too few is left out). A well calibrated method lies on the diagonal. Right: the intervals' mean width at each level.
-:func:`reliability_table` gives the figures the picture draws.
+This module only draws (PIL); :func:`dwgf.calibration.reliability_table` computes the figures.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+import io
+from typing import Sequence
 
-import torch
-
-from dwgf.calibration import (RELIABILITY_LEVELS, Calibration, ImageScores, _bounds, _in_group, calibrate, images_required,
-                              pixel_scales)
 
 CURVES = ("before, every pixel", "before, unobserved", "after, every pixel", "after, unobserved")
 COLORS = ((150, 180, 230), (240, 170, 120), (30, 80, 200), (200, 40, 30))
 
 
-def _calibrated(images: Sequence[ImageScores], fields: dict[str, Any]) -> list[float]:
-    """Mean over images of (coverage every pixel, unobserved, width every pixel, unobserved) at ``fields``'s scales."""
-    sums, counts = [0.0] * 4, [0] * 4
-    for img in images:
-        q = pixel_scales(fields, img.mean, img.std, img.unobserved)
-        inside = (img.score <= q).double()
-        lo, hi = _bounds(img.mean, img.std, q)
-        width = (hi - lo).clamp_min(0)
-        region = _in_group("unobserved", img.unobserved)
-        figures = [float(inside.mean()), float(inside[region].mean()) if bool(region.any()) else math.nan, float(width.mean()),
-                   float(width[region].mean()) if bool(region.any()) else math.nan]
-        for k, v in enumerate(figures):
-            if v == v:
-                sums[k] += v
-                counts[k] += 1
-    return [s / c if c else math.nan for s, c in zip(sums, counts)]
-
-
-def reliability_table(images: Sequence[ImageScores], options: dict[str, Any]) -> list[dict[str, float]]:
-    """Per level: ``coverage`` and ``width`` of each curve (:data:`CURVES`), NaN where not measured."""
-    rows = []
-    halves = (images[0::2], images[1::2])
-    for i, level in enumerate(RELIABILITY_LEVELS):
-        own = [img.own[i] for img in images if img.own is not None]
-        before = torch.stack(own).nanmean(0).tolist() if own else [math.nan] * 4
-        after = [math.nan] * 4
-        need = images_required({**options, "level": level})
-        if min(len(h) for h in halves) >= need:
-            folds = []
-            for train, test in (halves, halves[::-1]):
-                fields = calibrate(train, level, options["mode"], options["region"], options.get("delta"), options.get("strata"),
-                                   options.get("bins", 4))
-                folds.append(_calibrated(test, fields))
-            after = [(a * len(halves[1]) + b * len(halves[0])) / len(images) for a, b in zip(*folds)]
-        rows.append({"level": level, "coverage": [before[0], before[1], after[0], after[1]], "width": [before[2], before[3], after[2], after[3]]})
-    return rows
-
-
-def reliability_png(images: Sequence[ImageScores], calibration: Calibration, options: dict[str, Any]) -> bytes:
-    """The picture's PNG bytes (see the module docstring)."""
+def reliability_png(rows: Sequence[dict], title: str) -> bytes:
+    """The picture's PNG bytes from :func:`dwgf.calibration.reliability_table`'s rows (see the module docstring)."""
     from PIL import Image, ImageDraw
 
-    from dwgf.rendering import image_bytes
-
-    rows = reliability_table(images, options)
     panel, margin, top = 300, 46, 36
     sheet = Image.new("RGB", (2 * (panel + margin) + 50, panel + top + 96), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((6, 4), f"{calibration.method} on {len(images)} calibration images; after: {calibration.describe()}, "
-                      f"two-fold cross-fit", fill="black")
+    draw.text((6, 4), title, fill="black")
     levels = [r["level"] for r in rows]
     widths = [w for r in rows for w in r["width"] if w == w]
     wmax = max(widths + [1e-3]) * 1.05
@@ -106,4 +60,6 @@ def reliability_png(images: Sequence[ImageScores], calibration: Calibration, opt
         x, y = margin + (c % 2) * 260, top + panel + 44 + (c // 2) * 16
         draw.rectangle([x, y + 2, x + 14, y + 10], fill=COLORS[c])
         draw.text((x + 20, y), name, fill="black")
-    return image_bytes(sheet)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
