@@ -173,24 +173,26 @@ def _own_strokes(label: str) -> float:
     return inside / total if total else float("nan")
 
 
-TEMPERING_GRID = (0.3, 0.5, 0.8)  # adaptive tempering's threshold, chosen on tune10 (``tune``)
+# SMC variants tried on tune10 (``tune``): adaptive tempering's threshold, and DWGF's data force as the drift
+TUNE_GRID = {"tempering=0": {"tempering": 0.0}, "tempering=0.3": {"tempering": 0.3}, "tempering=0.5": {"tempering": 0.5},
+             "tempering=0.8": {"tempering": 0.8}, "tempering=0.5,drift=tweedie": {"tempering": 0.5, "drift": "tweedie"},
+             "drift=tweedie": {"tempering": 0.0, "drift": "tweedie"}}
 TUNE_JSON = RESULTS / "coverage_tempering_tune.json"
 
 
 def tune(tasks: list[str]) -> None:
-    """SMC with each adaptive-tempering threshold of :data:`TEMPERING_GRID` (and none) on the ``tune10`` digits: the
-    particle-mean PSNR, coverage90 of the unobserved pixels, spread and ancestors (``coverage_tempering_tune.json``)."""
+    """SMC (its task config) with each variant of :data:`TUNE_GRID` on the ``tune10`` digits: the particle-mean PSNR,
+    CRPS, coverage90 of the unobserved pixels, spread and distinct ancestors (``coverage_tempering_tune.json``)."""
     from benchmarks.harness import run as predict
 
     found = load_json(TUNE_JSON)
     for task in tasks:
-        for threshold in (0.0, *TEMPERING_GRID):
-            label = f"{task} tempering={threshold:g}"
+        for name, variant in TUNE_GRID.items():
+            label = f"{task} {name}"
             if label in found:
                 continue
-            settings = {**SMC_TEMPERED, "tempering": threshold}
-            configs, overrides = _smc(task, settings)
-            out = OUTPUTS / "coverage" / f"tune10__{task}__tempering_{threshold:g}"
+            configs, overrides = _smc(task, {**SMC_TEMPERED, **variant})
+            out = OUTPUTS / "coverage" / f"tune10__{task}__{name.replace('=', '_').replace(',', '__')}"
             result = predict(configs, "tune10", out, [*overrides, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
             rows = list(csv.DictReader(open(out / "metrics.csv")))
             found[label] = {"psnr_mean": result["psnr_mean"], "spread": result["spread"], "crps": result["crps"],

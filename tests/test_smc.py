@@ -245,3 +245,15 @@ def test_tempering_raises_the_exponent_as_far_as_the_conditional_ess_allows():
     assert torch.equal(_tempering(log_w, twist, prev, ratio, start, 0.9, target), torch.tensor([0.9, 0.9], dtype=torch.float64))
     assert torch.equal(_tempering(log_w, 0 * twist, 0 * prev, 0 * ratio, start, 0.0, 1.0), torch.ones(2, dtype=torch.float64))
     assert torch.equal(_tempering(log_w, twist, prev, ratio, start, 0.0, 16.0), start)
+
+
+def test_the_tweedie_drift_keeps_the_two_mode_posterior_with_no_network_backward():
+    """drift="tweedie" (DWGF's data force at the Tweedie estimate, no backward through the network): the weights are
+    exact for any drift, so the posterior's mean, variance and mode weight stay within Monte Carlo error (4 runs)."""
+    prior, a, y = _two_modes()
+    post = prior.posterior(a, y, 1.0)
+    runs = [_run(prior, a, y, 1.0, seed=seed, num_steps=100, drift="tweedie")[:, 0] for seed in range(4)]
+    est = torch.stack([torch.stack([s.mean(), s.var(), (s > 0).double().mean()]) for s in runs])
+    exact = torch.stack([post.mean()[0], post.covariance()[0, 0], post.weights[1]])
+    assert ((est.mean(0) - exact).abs() <= 4 * est.std(0) / math.sqrt(len(est)) + 0.03).all(), (est.mean(0), exact)
+    assert not torch.equal(runs[0], _run(prior, a, y, 1.0, seed=0, num_steps=100)[:, 0])

@@ -53,7 +53,7 @@ ancestors: see ``docs/results/sampling.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
@@ -85,6 +85,11 @@ class SMCConfig(Settings):
             ``lambda`` in ``[0, 1]``, raised at each step as far as the conditional effective sample size of the step's
             weights stays at or above ``tempering * N`` (and at least to ``(k + 1) / K`` at step ``k``, so that it is 1
             at the last). Default 0: no tempering (``lambda = 1`` throughout).
+        drift: the proposal's drift. ``"twist"`` (default): the twist's gradient in ``z``, through the network and the
+            decoder (TDS's). ``"tweedie"``: DWGF's data force, the gradient of the twist's data term in the clean latent at
+            the Tweedie estimate ``z0_hat`` (through the decoder alone, as the flow takes it), over ``sqrt(abar_t)`` (the
+            network's Jacobian ``dz0_hat / dz`` replaced by its value for a standard normal latent); no network backward,
+            so a step costs one network forward. The weights are exact for either drift.
     """
 
     num_steps: int = 200
@@ -94,6 +99,7 @@ class SMCConfig(Settings):
     moves: int = 0
     move_size: float = 0.1
     tempering: float = 0.0
+    drift: Literal["twist", "tweedie"] = "twist"
 
     def check(self) -> None:
         positive(self, "num_steps")
@@ -160,7 +166,7 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
         for i, t in enumerate(ts):
             tt = t.repeat(b * n)
             abar = prior.abar(tt, z)
-            twist, grad, eps, z0 = _twist(prior, problem, z, tt, abar, unet_dtype)
+            twist, grad, eps, z0 = _twist(prior, problem, z, tt, abar, unet_dtype, config.drift)
             if config.weights and config.tempering:  # the exponent raised as far as the conditional ESS allows
                 lam = _tempering(log_w, twist.double().view(b, n), None if previous_twist is None else previous_twist.view(b, n),
                                  None if previous_ratio is None else previous_ratio.view(b, n), previous_lam,
@@ -187,7 +193,7 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
                 if bool(resample.any()):
                     z, twist, grad, eps, z0 = _move(prior, problem, (z, twist, grad, eps, z0), xi, tt, abar,
                                                     resample.repeat_interleave(n), config.move_size, unet_dtype,
-                                                    lam.repeat_interleave(n) if config.tempering else None)
+                                                    lam.repeat_interleave(n) if config.tempering else None, config.drift)
             # the proposal: the prior's ancestral step, drifted by the twist's gradient
             abar_prev = prior.abar(ts[i + 1].repeat(b * n), z) if i + 1 < len(ts) else torch.ones_like(abar)
             a, a_prev = abar.view(-1, *([1] * (z.dim() - 1))), abar_prev.view(-1, *([1] * (z.dim() - 1)))
@@ -266,9 +272,19 @@ def _tempering(log_w: torch.Tensor, twist: torch.Tensor, previous_twist: Optiona
 
 
 def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
-           unet_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
+           unet_dtype: Optional[torch.dtype], drift: str = "twist") -> tuple[torch.Tensor, ...]:
     """``(log ptilde, its gradient in z, eps_hat, z0_hat)`` at particles ``z`` (``B*N`` rows): one network
-    forward and backward, one decoder forward and backward."""
+    forward and backward, one decoder forward and backward. ``drift="tweedie"``: the gradient is the data term's in
+    ``z0_hat`` over ``sqrt(abar)`` (:class:`SMCConfig`'s ``drift``): no network backward."""
+    if drift == "tweedie":
+        with torch.no_grad(), unet_precision(z.device.type, unet_dtype):
+            eps, z0 = prior.predict(z.detach(), t, problem.prompt_n)
+        with torch.enable_grad():
+            leaf = z0.detach().float().requires_grad_(True)
+            twist = -problem.likelihood.loss(problem.operator, prior.flow_decode(leaf), problem.y_n, problem.params_n, abar)
+            (grad,) = torch.autograd.grad(twist.sum(), leaf)
+        scale = abar.to(grad.dtype).clamp_min(1e-12).rsqrt().view(-1, *([1] * (grad.dim() - 1)))
+        return twist.detach(), (grad * scale).detach(), eps.detach().to(z.dtype), leaf.detach()
     with torch.enable_grad():
         leaf = z.detach().requires_grad_(True)
         with unet_precision(z.device.type, unet_dtype):
@@ -281,7 +297,7 @@ def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tenso
 
 def _move(prior: LatentPrior, problem: Problem, state: tuple[torch.Tensor, ...], xi: torch.Tensor, t: torch.Tensor,
           abar: torch.Tensor, rows: torch.Tensor, move_size: float, unet_dtype: Optional[torch.dtype],
-          lam: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+          lam: Optional[torch.Tensor] = None, drift: str = "twist") -> tuple[torch.Tensor, ...]:
     """One unadjusted Langevin move of the particles in ``rows`` on the step's target ``p_t(z) ptilde_t(y | z)``
     (``ptilde^lambda`` with tempering, ``lam``: per row):
     ``z + delta (-eps_hat / sqrt(1 - abar) + grad log ptilde) + sqrt(2 delta) xi``, ``delta = move_size (1 - abar)``;
@@ -293,7 +309,7 @@ def _move(prior: LatentPrior, problem: Problem, state: tuple[torch.Tensor, ...],
     with torch.no_grad():
         moved = z + delta * force - move_size * (1 - a).sqrt() * eps + (2 * delta).sqrt() * xi  # delta eps / sqrt(1 - a), no 0 / 0
         moved = torch.where(rows.view(-1, *([1] * (z.dim() - 1))), moved, z).detach()
-    new = _twist(prior, problem, moved, t, abar, unet_dtype)
+    new = _twist(prior, problem, moved, t, abar, unet_dtype, drift)
     return (moved, *(torch.where(rows.view(-1, *([1] * (v.dim() - 1))), v_new, v) for v, v_new in zip((twist, grad, eps, z0), new)))
 
 
