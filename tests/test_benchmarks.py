@@ -322,3 +322,25 @@ def test_smc_study_keeps_earlier_rows_and_replaces_the_ones_it_repeats(tmp_path,
     bs.study(argparse.Namespace(**{**vars(args), "tempering": [0.0, 0.5]}), "python benchmarks/smc.py study --tempering 0 0.5")
     assert built.count((True, 0, 0.0, 0.5)) == 2 and built.count((False, 0, 0.0)) == 2
     assert "| 8 | 1 | 1 | 8 | 1 | yes | - | 0.5 | 0.250 ± 0.000 |" in (tmp_path / "smc_study.md").read_text()
+
+
+@pytest.mark.parametrize("label", ["box_inpaint PSLD", "sr4 SMC tempered", "box_inpaint SMC tempered + moves", "tune"])
+def test_every_coverage_run_is_a_valid_predict_config(label, capsys):
+    """benchmarks/coverage.py's runs (and its SMC tuning grid) parse into the settings they name."""
+    import yaml
+
+    from benchmarks import coverage
+    from dwgf.cli import main
+
+    cases = ([coverage._args(label)] if label != "tune" else
+             [[a for c in coverage._smc("box_inpaint", {**coverage.SMC_TEMPERED, **v})[0] for a in ("--config", str(c))]
+              + coverage._smc("box_inpaint", {**coverage.SMC_TEMPERED, **v})[1] for v in coverage.TUNE_GRID.values()])
+    for args in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(["predict", *args, "--print_config"])
+        assert stop.value.code in (0, None)
+        init = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+        if "SMC" in label or label == "tune":
+            assert init["method"] == "dwgf.methods.smc.smc" and init["settings"]["num_steps"] == 200
+        else:
+            assert init["num_particles"] == 8
