@@ -212,7 +212,24 @@ def table() -> None:
              "about (box inpainting: the 12x12 box; SR x4 and deblurring: every pixel); coverage of them per digit: mean, "
              "10th percentile, minimum; *>= 0.9*: the share of digits with at least 0.9 of them covered; *width*: the "
              "intervals' mean width on them ([0, 1] units); *strokes*: coverage of the pixels with truth > 0.1 inside the "
-             "unobserved region (pooled over digits); *pooled*: coverage of every pixel (mean over digits).", ""]
+             "unobserved region (pooled over digits); *pooled*: coverage of every pixel (mean over digits).", "",
+             "The acceptance figures of each run (the sections below give every mode): *region*: `--region unobserved`'s "
+             "coverage of the unobserved pixels and its width there, beside the pooled mode's width on them; *per image*: "
+             "the share of digits with at least 0.9 of their unobserved pixels covered under `--per-image 0.1`; *strata*: "
+             "`--strata mean`'s coverage of the strokes in the unobserved region, and its mean width there over "
+             "`--region unobserved`'s.", "",
+             "<!-- --8<-- [start:summary] -->",
+             "| run | region: coverage | region: width | pooled mode: width | per image: >= 0.9 | strata: strokes | strata: width ratio "
+             "| particles: cov90 | PSNR |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, entry in results.items():
+        f = entry["figures"]
+        region, pooled, per, strata = (f[k] for k in ("--region unobserved", "pooled (every pixel)", "--region unobserved --per-image 0.1",
+                                                     "--region unobserved --strata mean"))
+        lines.append(f"| {label} | {region['coverage']:.3f} | {region['width']:.3f} | {pooled['width']:.3f} | {per['share_09']:.0%} | "
+                     f"{strata['strokes']:.3f} | {strata['width'] / region['width']:.2f} | "
+                     f"{f['particles (own 90% interval)']['coverage']:.3f} | {f['check']['psnr_mean']:.2f} |")
+    lines += ["<!-- --8<-- [end:summary] -->", ""]
     for label, entry in results.items():
         f = entry["figures"]
         check = f["check"]

@@ -19,8 +19,22 @@ image may be covered far less), of every pixel or region (e.g. the masked box), 
 images, the operator, its noise or the method's settings; with few calibration images the guarantee holds
 but the intervals are wide (``n`` must be at least ``1 / (1 - level) - 1``).
 
+**Modes** (:func:`calibrate`; ``dwgf calibrate --region unobserved``, ``--strata mean|std``, ``--per-image DELTA``).
+The pooled guarantee is carried by the pixels that were never in doubt (in box inpainting most pixels are measured).
+``--region unobserved`` chooses a scale on the pixels the measurement is silent about alone
+(:meth:`~dwgf.operators.ForwardOperator.unobserved`; group-conditional split conformal: the same guarantee, for the
+share of an image's *unobserved* pixels; the observed ones get their own scale). ``--strata`` gives each stratum of
+the region's pixels, binned by the particles' mean or std (known at prediction time), its own scale: the guarantee
+holds per stratum, for images with pixels in it; a stratum that too few calibration images reach gets the whole
+range. ``--per-image DELTA``: with probability at least ``1 - DELTA`` a new image has at least ``level`` of its
+region's pixels covered (split conformal on each image's required scale, :func:`required_scale`, the marginal bound
+``P(r_new <= r_(k)) >= k / (n + 1)`` for ``k = ceil((n + 1)(1 - DELTA))``; not conditional on the calibration set).
+**What none of them gives**: coverage under any change of the images, the operator, its noise or the method's
+settings; a guarantee about pixels chosen by their truth (e.g. the digit's strokes).
+
 Particles are read as the 8-bit images dwgf writes, at calibration and at prediction alike, so the two
-compute the same scores.
+compute the same scores; the bounds written (``lower.png``, ``upper.png``) are rounded inwards to 8-bit levels
+(:func:`interval_levels`), so that a truth on those levels is inside them exactly when its score is at most the scale.
 
 **How many images.** The scale meets the miss rate ``((n + 1) (1 - level) - 1) / n``, below ``1 - level`` for few
 images, so few images give wide intervals (at the fewest, the largest score: an interval that holds every pixel of
