@@ -87,25 +87,31 @@ def _args(label: str) -> list[str]:
             "--trainer.enable_progress_bar", "false"]
 
 
+UNCALIBRATED = ("SMC tempered",)  # variants measured before calibration only (their particles' own intervals): no tune run
+
+
 def run(label: str) -> None:
-    """dwgf calibrate on tune50 (``--region unobserved``), then dwgf predict with its file on report50."""
+    """dwgf calibrate on tune50 (``--region unobserved``), then dwgf predict with its file on report50 (for the
+    :data:`UNCALIBRATED` variants, dwgf predict on report50 alone)."""
     import time
 
     from dwgf.cli import main as dwgf_main
 
     cal, rep = _folder(label, "tune50"), _folder(label, "report50")
     start = time.perf_counter()
-    dwgf_main(["calibrate", *_args(label), "--data.images", str(digits_folder("tune50")), "--output", str(cal), "--overwrite", "true",
-               "--level", str(LEVEL), "--region", "unobserved"])
+    calibrated = not RUNS[label][1].startswith(UNCALIBRATED)
+    if calibrated:
+        dwgf_main(["calibrate", *_args(label), "--data.images", str(digits_folder("tune50")), "--output", str(cal), "--overwrite", "true",
+                   "--level", str(LEVEL), "--region", "unobserved"])
     middle = time.perf_counter()
     dwgf_main(["predict", *_args(label), "--data.images", str(digits_folder("report50")), "--output", str(rep), "--overwrite", "true",
-               "--model.calibration", str(cal / "calibration.json")])
+               *(["--model.calibration", str(cal / "calibration.json")] if calibrated else [])])
     done = time.perf_counter()
     results = load_json(RESULTS_JSON)
     results[label] = {"date": str(datetime.date.today()), "prior": prior_id(), "threads": torch.get_num_threads(),
                       "seconds_calibrate": middle - start, "seconds_report": done - middle, "figures": evaluate(label)}
     save_json(RESULTS_JSON, results)
-    print(f"RUN {label}: {json.dumps(results[label]['figures']['--region unobserved'])}", flush=True)
+    print(f"RUN {label}: {json.dumps(results[label]['figures'].get('--region unobserved', results[label]['figures']['check']))}", flush=True)
 
 
 def _p10(values: list[float]) -> float:
@@ -116,7 +122,8 @@ def evaluate(label: str) -> dict:
     """Every mode's figures on the report digits (module docstring), and the particles' own, from the cached outputs."""
     from dwgf.calibration import RELIABILITY_LEVELS, _bounds, calibrate, pixel_scales, read_images
 
-    tune, report = read_images(_folder(label, "tune50")), read_images(_folder(label, "report50"))
+    report = read_images(_folder(label, "report50"))
+    tune = read_images(_folder(label, "tune50")) if (_folder(label, "tune50") / "metrics.csv").is_file() else None
     rows = list(csv.DictReader(open(_folder(label, "report50") / "metrics.csv")))
     figures: dict[str, dict] = {}
     index = list(RELIABILITY_LEVELS).index(0.9)
@@ -125,7 +132,7 @@ def evaluate(label: str) -> dict:
                                               "share_09": float(np.mean([c >= 0.9 for c in own])),
                                               "width": float(np.mean([float(img.own[index, 3]) for img in report])),
                                               "strokes": _own_strokes(label), "pooled": float(np.mean([float(img.own[index, 0]) for img in report]))}
-    for mode, options in MODES.items():
+    for mode, options in MODES.items() if tune is not None else ():
         fields = calibrate(tune, LEVEL, options["mode"], options["region"], options.get("delta"), options.get("strata"), options.get("bins", 4))
         cover, widths, strokes_in, strokes_n, pooled = [], [], 0.0, 0.0, []
         for img in report:
@@ -143,8 +150,8 @@ def evaluate(label: str) -> dict:
                          "share_09": float(np.mean([c >= 0.9 - 1e-12 for c in cover])), "width": float(np.mean(widths)),
                          "strokes": strokes_in / strokes_n if strokes_n else float("nan"), "pooled": float(np.mean(pooled)),
                          "scales": fields["scales"]}
-    csv_cov = [float(r["calibrated_coverage_unobserved"]) for r in rows]
-    figures["check"] = {"metrics_csv_unobserved_coverage": float(np.mean(csv_cov)),
+    csv_cov = [float(r["calibrated_coverage_unobserved"]) for r in rows if r["calibrated_coverage_unobserved"]]
+    figures["check"] = {"metrics_csv_unobserved_coverage": float(np.mean(csv_cov)) if csv_cov else None,
                         "psnr_mean": float(np.mean([float(r["psnr_mean"]) for r in rows])),
                         "coverage90_unobserved": float(np.mean([float(r["coverage90_unobserved"]) for r in rows])),
                         "spread": float(np.mean([float(r["spread"]) for r in rows])),
@@ -224,6 +231,10 @@ def table() -> None:
              "|---|---|---|---|---|---|---|---|---|"]
     for label, entry in results.items():
         f = entry["figures"]
+        if "--region unobserved" not in f:
+            own = f["particles (own 90% interval)"]
+            lines.append(f"| {label} (not calibrated) | | | | | | | {own['coverage']:.3f} | {f['check']['psnr_mean']:.2f} |")
+            continue
         region, pooled, per, strata = (f[k] for k in ("--region unobserved", "pooled (every pixel)", "--region unobserved --per-image 0.1",
                                                      "--region unobserved --strata mean"))
         lines.append(f"| {label} | {region['coverage']:.3f} | {region['width']:.3f} | {pooled['width']:.3f} | {per['share_09']:.0%} | "
@@ -239,10 +250,12 @@ def table() -> None:
                      f"{check['collapsed']} of {check['digits']} digits on at most 2 ancestors")
         lines += [f"## {label}", "",
                   f"{entry['date']}, {entry['threads']} threads; particle-mean PSNR {check['psnr_mean']:.2f} dB, spread "
-                  f"{check['spread']:.4f}{extra}. metrics.csv's calibrated_coverage_unobserved (the `--region unobserved` file "
-                  f"the predict run used): {check['metrics_csv_unobserved_coverage']:.4f}, this script's evaluation of it: "
-                  f"{f['--region unobserved']['coverage']:.4f}. Calibrate {entry['seconds_calibrate']:.0f} s, report "
-                  f"{entry['seconds_report']:.0f} s.", "",
+                  f"{check['spread']:.4f}{extra}. " + (
+                      f"metrics.csv's calibrated_coverage_unobserved (the `--region unobserved` file the predict run used): "
+                      f"{check['metrics_csv_unobserved_coverage']:.4f}, this script's evaluation of it: "
+                      f"{f['--region unobserved']['coverage']:.4f}. Calibrate {entry['seconds_calibrate']:.0f} s, report "
+                      f"{entry['seconds_report']:.0f} s." if "--region unobserved" in f else
+                      f"Not calibrated (its particles' own intervals only); report {entry['seconds_report']:.0f} s."), "",
                   "| mode | unobserved coverage | p10 | min | >= 0.9 | width | strokes | pooled |", "|---|---|---|---|---|---|---|---|"]
         for mode, m in f.items():
             if mode == "check":

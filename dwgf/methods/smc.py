@@ -41,13 +41,14 @@ to 20% above the exact one (plain SMC on the same seeds: 10% below to 5% above).
 **Adaptive tempering** (``tempering > 0``; Del Moral, Doucet and Jasra 2006, with the conditional ESS of Zhou,
 Johansen and Aston 2016). Step ``k``'s target is ``p_t(z) ptilde_t(y | z)^lambda_k``: each item's exponent is raised
 from the previous one as far as the conditional effective sample size of the step's incremental weights stays at or
-above ``tempering * N`` (bisection), and at least to ``(k + 1) / K``, so that it is 1 at the last step and the final
-weight by the exact data term is the untempered one. The weights are those of the tempered targets; the proposal keeps
-the full drift; moves (if any) follow the tempered target. The particles are then flatter-weighted early, when the
+above ``tempering * N`` (bisection), and at least to ``((k + 1) / K) ** tempering_power``, so that it is 1 at the last step and the final
+weight by the exact data term is the untempered one. The weights are those of the tempered targets; the proposal takes as
+its drift the tempered twist's gradient (``lambda`` times the twist's), so that the proposal matches the target;
+moves (if any) follow the tempered target. The particles are then flatter-weighted early, when the
 twist is least accurate, and the resamplings that collapse them come later, or not at all.
 
 **Drift** (``drift``): TDS's gradient of the twist through the network (``"twist"``), or DWGF's data force at the
-Tweedie estimate over ``sqrt(abar_t)`` (``"tweedie"``: no network backward). Any drift leaves the weights exact.
+Tweedie estimate times ``sqrt(abar_t)`` (``"tweedie"``: no network backward). Any drift leaves the weights exact.
 
 **Diagnostics.** Each state carries the particles' ``ancestors`` (which first particle each descends from) and a
 ``report`` for ``metrics.csv``: the number of distinct ancestors of each item's final particles and the smallest
@@ -99,12 +100,15 @@ class SMCConfig(Settings):
             Default 0.1.
         tempering: adaptive tempering's threshold, a share of ``N``: each step's target takes the twist to a power
             ``lambda`` in ``[0, 1]``, raised at each step as far as the conditional effective sample size of the step's
-            weights stays at or above ``tempering * N`` (and at least to ``(k + 1) / K`` at step ``k``, so that it is 1
-            at the last). Default 0: no tempering (``lambda = 1`` throughout).
+            weights stays at or above ``tempering * N`` (and at least to ``((k + 1) / K) ** tempering_power`` at step
+            ``k``, so that it is 1 at the last). Default 0: no tempering (``lambda = 1`` throughout).
+        tempering_power: the power of that floor: 1 (default) raises it linearly; a larger power leaves the early
+            steps flatter and puts more of the likelihood's weight on the last ones.
         drift: the proposal's drift. ``"twist"`` (default): the twist's gradient in ``z``, through the network and the
             decoder (TDS's). ``"tweedie"``: DWGF's data force, the gradient of the twist's data term in the clean latent at
-            the Tweedie estimate ``z0_hat`` (through the decoder alone, as the flow takes it), over ``sqrt(abar_t)`` (the
-            network's Jacobian ``dz0_hat / dz`` replaced by its value for a standard normal latent); no network backward,
+            the Tweedie estimate ``z0_hat`` (through the decoder alone, as the flow takes it), times ``sqrt(abar_t)`` (the
+            network's Jacobian ``dz0_hat / dz`` replaced by its value for a standard normal latent, whose Tweedie estimate
+            is ``sqrt(abar_t) z``); no network backward,
             so a step costs one network forward. The weights are exact for either drift.
     """
 
@@ -115,6 +119,7 @@ class SMCConfig(Settings):
     moves: int = 0
     move_size: float = 0.1
     tempering: float = 0.0
+    tempering_power: float = 1.0
     drift: Literal["twist", "tweedie"] = "twist"
 
     def check(self) -> None:
@@ -123,6 +128,7 @@ class SMCConfig(Settings):
         within(self, "ess_threshold", 0, 1)
         within(self, "move_size", 0, 1, open_low=True)
         within(self, "tempering", 0, 1)
+        within(self, "tempering_power", 0, 100, open_low=True)
         if self.tempering and not self.weights:
             raise self.error("tempering", ": tempering sets the weights' exponent, and weights=False has none: set tempering to 0")
         if self.moves and not self.weights:
@@ -186,7 +192,7 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
             if config.weights and config.tempering:  # the exponent raised as far as the conditional ESS allows
                 lam = _tempering(log_w, twist.double().view(b, n), None if previous_twist is None else previous_twist.view(b, n),
                                  None if previous_ratio is None else previous_ratio.view(b, n), previous_lam,
-                                 (i + 1) / len(ts), config.tempering * n)
+                                 ((i + 1) / len(ts)) ** config.tempering_power, config.tempering * n)
                 log_w = log_w + lam.view(b, 1) * twist.double().view(b, n)
                 if previous_twist is not None:
                     log_w = log_w - previous_lam.view(b, 1) * previous_twist.view(b, n) + previous_ratio.view(b, n)
@@ -216,6 +222,8 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
             s = torch.where(a < 1, (1 - a_prev) / (1 - a) * (1 - a / a_prev), 0.0).clamp_min(0).sqrt()
             mean = a_prev.sqrt() * z0 + (1 - a_prev - s**2).clamp_min(0).sqrt() * eps
             e = draw((n, *shape)).flatten(0, 1)
+            if config.tempering:  # the tempered target's drift: lambda times the twist's gradient
+                grad = lam.to(grad.dtype).repeat_interleave(n).view(-1, *([1] * (grad.dim() - 1))) * grad
             drift = config.guidance * s**2 * grad
             with torch.no_grad():
                 z = (mean + drift + s * e).detach()
@@ -291,7 +299,7 @@ def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tenso
            unet_dtype: Optional[torch.dtype], drift: str = "twist") -> tuple[torch.Tensor, ...]:
     """``(log ptilde, its gradient in z, eps_hat, z0_hat)`` at particles ``z`` (``B*N`` rows): one network
     forward and backward, one decoder forward and backward. ``drift="tweedie"``: the gradient is the data term's in
-    ``z0_hat`` over ``sqrt(abar)`` (:class:`SMCConfig`'s ``drift``): no network backward."""
+    ``z0_hat`` times ``sqrt(abar)`` (:class:`SMCConfig`'s ``drift``): no network backward."""
     if drift == "tweedie":
         with torch.no_grad(), unet_precision(z.device.type, unet_dtype):
             eps, z0 = prior.predict(z.detach(), t, problem.prompt_n)
@@ -299,7 +307,7 @@ def _twist(prior: LatentPrior, problem: Problem, z: torch.Tensor, t: torch.Tenso
             leaf = z0.detach().float().requires_grad_(True)
             twist = -problem.likelihood.loss(problem.operator, prior.flow_decode(leaf), problem.y_n, problem.params_n, abar)
             (grad,) = torch.autograd.grad(twist.sum(), leaf)
-        scale = abar.to(grad.dtype).clamp_min(1e-12).rsqrt().view(-1, *([1] * (grad.dim() - 1)))
+        scale = abar.to(grad.dtype).sqrt().view(-1, *([1] * (grad.dim() - 1)))
         return twist.detach(), (grad * scale).detach(), eps.detach().to(z.dtype), leaf.detach()
     with torch.enable_grad():
         leaf = z.detach().requires_grad_(True)
