@@ -64,6 +64,8 @@ RUNS = {
     "sr4 SMC tempered": ("sr4", "SMC tempered", lambda: _smc("sr4", SMC_TEMPERED)),
     "box_inpaint SMC tempered + moves": ("box_inpaint", "SMC tempered + moves",
                                          lambda: _smc("box_inpaint", {**SMC_TEMPERED, "moves": 2, "move_size": 0.05})),
+    "box_inpaint SMC tempered + tweedie drift": ("box_inpaint", "SMC tempered + tweedie drift",
+                                                 lambda: _smc("box_inpaint", {**SMC_TEMPERED, "drift": "tweedie"})),
 }
 
 # mode label -> dwgf calibrate's options (the predict run uses the first)
