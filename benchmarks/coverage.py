@@ -5,9 +5,10 @@
     python benchmarks/coverage.py pictures                                # docs/results/reliability_<task>_<method>.png
     python benchmarks/coverage.py tune [--tasks box_inpaint sr4]           # SMC's tempering threshold on tune10
 
-For each task and method (:data:`RUNS`, N = 8 particles): ``dwgf calibrate --region unobserved --level 0.9`` on the 50
-``tune50`` digits (which also writes ``reliability.png``), then ``dwgf predict --model.calibration`` with that file on
-the 50 ``report50`` digits (5 per class, none of them seen in any tuning). Every other mode (:data:`MODES`) is then
+For each task and method (:data:`RUNS`, N = 8 particles): ``dwgf calibrate --region unobserved --level 0.9`` on the
+run's calibration digits (:data:`SPLITS`: ``tune50`` or ``tune20``; it also writes ``reliability.png``), then ``dwgf
+predict --model.calibration`` with that file on its report digits (``report50``: 5 per class, or ``report20``: 2 per
+class; none of them seen in any tuning). Every other mode (:data:`MODES`) is then
 calibrated on the same tune digits' outputs with :func:`dwgf.calibration.calibrate` (what ``dwgf calibrate`` runs) and
 evaluated on the report digits' particle PNGs with :func:`dwgf.calibration.pixel_scales`, the scales ``dwgf predict``
 applies: the figures are those ``--model.calibration`` would write for each mode, with no rerun of the method. The
@@ -79,8 +80,20 @@ MODES = {
 }
 
 
+# the digits of each run: (calibration, report); DWGF on box inpainting on 50 + 50, the others on 20 + 20 (2 per class;
+# the CPU time of this session allowed no more)
+SPLITS = {"box_inpaint DWGF": ("tune50", "report50")}
+DEFAULT_SPLITS = ("tune20", "report20")
+
+
+def splits(label: str) -> tuple[str, str]:
+    return SPLITS.get(label, DEFAULT_SPLITS)
+
+
 def _folder(label: str, split: str) -> Path:
-    return OUTPUTS / "coverage" / f"{label.replace(' ', '_').replace('+', 'and')}__{split}"
+    """The run's output folder for its calibration (``"tune"``) or report (``"report"``) digits."""
+    name = splits(label)[0 if split == "tune" else 1]
+    return OUTPUTS / "coverage" / f"{label.replace(' ', '_').replace('+', 'and')}__{name}"
 
 
 def _args(label: str) -> list[str]:
@@ -93,20 +106,20 @@ UNCALIBRATED = ("SMC tempered",)  # variants measured before calibration only (t
 
 
 def run(label: str) -> None:
-    """dwgf calibrate on tune50 (``--region unobserved``), then dwgf predict with its file on report50 (for the
-    :data:`UNCALIBRATED` variants, dwgf predict on report50 alone)."""
+    """dwgf calibrate on the run's calibration digits (``--region unobserved``), then dwgf predict with its file on its
+    report digits (for the :data:`UNCALIBRATED` variants, dwgf predict on the report digits alone)."""
     import time
 
     from dwgf.cli import main as dwgf_main
 
-    cal, rep = _folder(label, "tune50"), _folder(label, "report50")
+    cal, rep = _folder(label, "tune"), _folder(label, "report")
     start = time.perf_counter()
     calibrated = not RUNS[label][1].startswith(UNCALIBRATED)
     if calibrated:
-        dwgf_main(["calibrate", *_args(label), "--data.images", str(digits_folder("tune50")), "--output", str(cal), "--overwrite", "true",
+        dwgf_main(["calibrate", *_args(label), "--data.images", str(digits_folder(splits(label)[0])), "--output", str(cal), "--overwrite", "true",
                    "--level", str(LEVEL), "--region", "unobserved"])
     middle = time.perf_counter()
-    dwgf_main(["predict", *_args(label), "--data.images", str(digits_folder("report50")), "--output", str(rep), "--overwrite", "true",
+    dwgf_main(["predict", *_args(label), "--data.images", str(digits_folder(splits(label)[1])), "--output", str(rep), "--overwrite", "true",
                *(["--model.calibration", str(cal / "calibration.json")] if calibrated else [])])
     done = time.perf_counter()
     results = load_json(RESULTS_JSON)
@@ -124,9 +137,9 @@ def evaluate(label: str) -> dict:
     """Every mode's figures on the report digits (module docstring), and the particles' own, from the cached outputs."""
     from dwgf.calibration import RELIABILITY_LEVELS, _bounds, calibrate, pixel_scales, read_images
 
-    report = read_images(_folder(label, "report50"))
-    tune = read_images(_folder(label, "tune50")) if (_folder(label, "tune50") / "metrics.csv").is_file() else None
-    rows = list(csv.DictReader(open(_folder(label, "report50") / "metrics.csv")))
+    report = read_images(_folder(label, "report"))
+    tune = read_images(_folder(label, "tune")) if (_folder(label, "tune") / "metrics.csv").is_file() else None
+    rows = list(csv.DictReader(open(_folder(label, "report") / "metrics.csv")))
     figures: dict[str, dict] = {}
     index = list(RELIABILITY_LEVELS).index(0.9)
     own = [float(img.own[index, 1]) for img in report]
@@ -169,7 +182,7 @@ def _own_strokes(label: str) -> float:
     from dwgf.calibration import _read_unit
 
     inside, total = 0.0, 0.0
-    folder = _folder(label, "report50")
+    folder = _folder(label, "report")
     for row in csv.DictReader(open(folder / "metrics.csv")):
         item = folder / row["name"]
         p = torch.stack([_read_unit(f) for f in sorted(item.glob("particle_*.png"))])
@@ -216,8 +229,8 @@ def table() -> None:
     results = load_json(RESULTS_JSON)
     lines = ["# Coverage where the measurement is silent (MNIST, N = 8, level 0.9)", "",
              "Produced by `python benchmarks/coverage.py run` and `python benchmarks/coverage.py table` "
-             "(`benchmarks/coverage.py`'s docstring says how). Calibrated on the 50 `tune50` digits, measured on the 50 "
-             "`report50` digits (5 per class; no tuning has seen them). *unobserved*: the pixels the measurement is silent "
+             "(`benchmarks/coverage.py`'s docstring says how). Each section says its digits: calibrated on `tune50` (5 per class) "
+             "or `tune20` (2 per class), measured on `report50` or `report20` (no tuning has seen them). *unobserved*: the pixels the measurement is silent "
              "about (box inpainting: the 12x12 box; SR x4 and deblurring: every pixel); coverage of them per digit: mean, "
              "10th percentile, minimum; *>= 0.9*: the share of digits with at least 0.9 of them covered; *width*: the "
              "intervals' mean width on them ([0, 1] units); *strokes*: coverage of the pixels with truth > 0.1 inside the "
@@ -251,6 +264,7 @@ def table() -> None:
             extra = (f"; distinct ancestors {check['ancestors']:.2f} of 8 (mean), smallest ESS {check['min_ess']:.2f} (mean), "
                      f"{check['collapsed']} of {check['digits']} digits on at most 2 ancestors")
         lines += [f"## {label}", "",
+                  f"Calibrated on `{splits(label)[0]}`, measured on `{splits(label)[1]}`. "
                   f"{entry['date']}, {entry['threads']} threads; particle-mean PSNR {check['psnr_mean']:.2f} dB, spread "
                   f"{check['spread']:.4f}{extra}. " + (
                       f"metrics.csv's calibrated_coverage_unobserved (the `--region unobserved` file the predict run used): "
@@ -273,7 +287,7 @@ def pictures() -> None:
     import shutil
 
     for label in RUNS:
-        src = _folder(label, "tune50") / "reliability.png"
+        src = _folder(label, "tune") / "reliability.png"
         if src.is_file():
             task, method = RUNS[label][0], RUNS[label][1]
             dst = ROOT / "docs/results" / f"reliability_{task}_{method.replace(' ', '_').replace('+', 'and')}.png"
