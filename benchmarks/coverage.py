@@ -230,7 +230,8 @@ def table() -> None:
     lines = ["# Coverage where the measurement is silent (MNIST, N = 8, level 0.9)", "",
              "Produced by `python benchmarks/coverage.py run` and `python benchmarks/coverage.py table` "
              "(`benchmarks/coverage.py`'s docstring says how). Each section says its digits: calibrated on `tune50` (5 per class) "
-             "or `tune20` (2 per class), measured on `report50` or `report20` (no tuning has seen them). *unobserved*: the pixels the measurement is silent "
+             "or `tune20` (2 per class), measured on `report50` or `report20` (no tuning has seen them). *unobserved*: "
+             "the pixels the measurement is silent "
              "about (box inpainting: the 12x12 box; SR x4 and deblurring: every pixel); coverage of them per digit: mean, "
              "10th percentile, minimum; *>= 0.9*: the share of digits with at least 0.9 of them covered; *width*: the "
              "intervals' mean width on them ([0, 1] units); *strokes*: coverage of the pixels with truth > 0.1 inside the "
