@@ -36,7 +36,7 @@ UNCERTAINTY = ("spread", "crps", "coverage90")
 # split name -> (which held-out digits, digits per class); "examples" is the 8 digits of examples/mnist
 SPLITS = {
     "tune": ("tune", 25), "report": ("report", 25), "tune10": ("tune", 1), "tune20": ("tune", 2), "tune50": ("tune", 5),
-    "tune100": ("tune", 10), "report100": ("report", 10), "report50": ("report", 5), "report20": ("report", 2),
+    "tune100": ("tune", 10), "report100": ("report", 10), "report50": ("report", 5), "report20": ("report", 2), "report10": ("report", 1),
 }
 
 
