@@ -279,7 +279,7 @@ def own_intervals(particles01: torch.Tensor, truth01: torch.Tensor, unobserved: 
         nan = float("nan")
         rows.append([float(inside.mean()), float((inside * region).sum()) / count if count else nan, float(width.mean()),
                      float((width * region).sum()) / count if count else nan])
-    return torch.tensor(rows, dtype=torch.float64)
+    return torch.tensor(rows, dtype=torch.float64)  # on the CPU: a small table of figures, read as numbers
 
 
 def _groups(region: str) -> tuple[str, ...]:
@@ -301,7 +301,7 @@ def strata_edges(values: torch.Tensor, bins: int) -> list[float]:
     if values.numel() == 0 or bins < 2:
         return []
     qs = torch.quantile(values.double()[:: max(1, values.numel() // 2_000_000)],
-                        torch.arange(1, bins, dtype=torch.float64) / bins).tolist()
+                        torch.arange(1, bins, dtype=torch.float64, device=values.device) / bins).tolist()
     return sorted(set(qs))
 
 
@@ -352,8 +352,8 @@ def calibrate(images: Sequence[ImageScores], level: float, mode: str = "pooled",
         cells: list[list[torch.Tensor]]
         if mode == "strata" and guarded:
             value = [_stratum_value(strata or "mean", img.mean, img.std)[_in_group(group, img.unobserved)] for img in members]
-            edges[group] = strata_edges(torch.cat(value) if value else torch.zeros(0), bins)
-            cuts = torch.tensor(edges[group], dtype=torch.float64)
+            edges[group] = strata_edges(torch.cat(value) if value else torch.zeros(0, dtype=torch.float64), bins)  # CPU when empty
+            cuts = torch.tensor(edges[group], dtype=torch.float64, device=value[0].device if value else None)
             which = [torch.bucketize(v.double(), cuts) for v in value]
             chosen = [img.score[_in_group(group, img.unobserved)] for img in members]
             cells = [[s[w == j] for s, w in zip(chosen, which) if bool((w == j).any())] for j in range(len(edges[group]) + 1)]

@@ -60,7 +60,7 @@ class PredictionWriter(BasePredictionWriter):
     ``--model.calibration``, and :class:`dwgf.methods.SMCState` for the last two, empty for a method that does not
     resample) is assembled from the items' ``metrics.json`` at the end of every run (a resumed one too), on the first
     process; metrics are empty in measurement-only mode. ``summary.csv`` (``column,items,mean,p10,min``) gives each
-    numeric column's mean, 10th percentile (linear between order statistics) and minimum over the items. Items whose
+    numeric column's (but ``seconds``) mean, 10th percentile (linear between order statistics) and minimum over the items. Items whose
     particles descend from at most two ancestors are counted in one warning line at the end of the run.
     The ``*_unobserved`` columns are on the pixels the measurement is silent about
     (:meth:`dwgf.operators.ForwardOperator.unobserved`: inpainting's missing pixels, every pixel for the other
@@ -268,7 +268,7 @@ class PredictionWriter(BasePredictionWriter):
         return records
 
     def write_summary_csv(self, records: Sequence[dict[str, Any]]) -> None:
-        """``summary.csv``: each numeric column of ``metrics.csv`` over the items that have it: their number, mean, 10th
+        """``summary.csv``: each numeric column of ``metrics.csv`` but ``seconds`` over the items that have it: their number, mean, 10th
         percentile and minimum (the values as ``metrics.csv`` rounds them); removed when no column has a value."""
         import numpy as np
 
@@ -277,6 +277,8 @@ class PredictionWriter(BasePredictionWriter):
         writer.writerow(SUMMARY_HEADER)
         rows = 0
         for column in METRICS_HEADER[1:]:
+            if column == "seconds":  # timings differ from run to run: summary.csv holds what a rerun reproduces
+                continue
             values = np.array([float(f"{r[column]:.6g}") for r in records if r.get(column) is not None], dtype=np.float64)
             if values.size:
                 writer.writerow([column, values.size, *(f"{v:.6g}" for v in (values.mean(), np.percentile(values, 10), values.min()))])

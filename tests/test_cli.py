@@ -31,6 +31,8 @@ def check_outputs(out: Path, names, particles, with_truth=True):
     for name in names:
         files = {p.name for p in (out / name).iterdir()}
         expected = {f"particle_{k}.png" for k in range(particles)} | ITEM_FILES | {".dwgf-item.json"}
+        if "Inpainting" in (out / "config.yaml").read_text():  # an operator with unobserved pixels shows them
+            expected |= {"unobserved.png"}
         if not with_truth:
             expected -= {"ground_truth.png"}
         assert files == expected, (name, files)
@@ -38,7 +40,8 @@ def check_outputs(out: Path, names, particles, with_truth=True):
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["name", "psnr", "ssim", "psnr_mean", "ssim_mean", "seconds", "spread", "crps", "coverage90", "calibrated_width",
-                       "calibrated_coverage"]
+                       "calibrated_coverage", "coverage90_unobserved", "calibrated_width_unobserved", "calibrated_coverage_unobserved",
+                       "ancestors", "min_ess"]
     assert [r[0] for r in rows[1:]] == list(names)
     for r in rows[1:]:
         assert float(r[5]) > 0
@@ -47,7 +50,12 @@ def check_outputs(out: Path, names, particles, with_truth=True):
             assert 0 <= float(r[8]) <= 1 and float(r[6]) >= 0 and float(r[7]) >= 0
         else:
             assert r[1:5] + r[6:9] == ["", "", "", "", "", "", ""]
-        assert r[9:] == ["", ""]  # no --model.calibration: the calibrated interval's columns are empty
+        assert r[9:11] == ["", ""] and r[12:14] == ["", ""]  # no --model.calibration: the calibrated columns are empty
+        assert r[14:] == ["", ""]  # DWGF does not resample: no ancestors, no min_ess
+        if with_truth:  # the particles' coverage of the unobserved pixels (every pixel unless the operator has a region)
+            assert 0 <= float(r[11]) <= 1 and ("Inpainting" in (out / "config.yaml").read_text() or r[11] == r[8])
+        else:
+            assert r[11] == ""
     assert (out / "config.yaml").is_file()
     sheet = Image.open(out / "summary.png")
     item = Image.open(out / names[0] / "summary.png")

@@ -105,4 +105,4 @@ def test_the_coverage_figures_are_coverage_mnist_md():
     """README's box-inpainting figures of --region unobserved and --per-image 0.1: DWGF's row of the summary table."""
     row = next(r for r in tables(RESULTS / "coverage_mnist.md") if r.get("run") == "box_inpaint DWGF")
     assert f"{100 * number(row['region: coverage']):.1f}% of the box's pixels covered" in README
-    assert f"({row['per image: >= 0.9']} of the digits have at least 0.9 of\ntheir box covered)" in README
+    assert f"({row['per image: >= 0.9']} of the digits\nhave at least 0.9 of their box covered)" in README

@@ -37,4 +37,4 @@ def test_spread_and_coverage_of_a_hand_computed_case():
 def test_one_particle_has_no_spread_and_covers_nothing_it_misses():
     p = torch.full((1, 1, 2, 2), 0.5)
     m = uncertainty_metrics(p, torch.zeros(1, 2, 2))
-    assert m == {"spread": 0.0, "crps": pytest.approx(0.5), "coverage90": 0.0}
+    assert m == {"spread": 0.0, "crps": pytest.approx(0.5), "coverage90": 0.0, "coverage90_unobserved": 0.0}

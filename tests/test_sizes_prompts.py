@@ -65,7 +65,7 @@ def test_each_family_config_end_to_end_at_the_inputs_own_size(layouts, odd_image
     for name in names:
         own = png_size(images / f"{name}.png")
         files = {p.name for p in (out / name).iterdir()}
-        assert files == PER_ITEM | {"particle_0.png", "particle_1.png"}, files
+        assert files == PER_ITEM | {"particle_0.png", "particle_1.png"} | ({"unobserved.png"} if task == "box_inpaint" else set()), files
         for f in ["particle_0.png", "particle_1.png", "mean.png", "std.png", "ground_truth.png"]:
             assert png_size(out / name / f) == own, (name, f)
         want = own if task == "box_inpaint" else (own[0] // 8, own[1] // 8)
