@@ -143,9 +143,9 @@ class SMCState(SamplerState):
     """A step of the SMC sampler: :class:`~dwgf.problem.SamplerState` plus each item's effective sample size
     after the step's weighting (``ess``, ``(B,)``, in particles), whether it was resampled (``resampled``), which of
     the ``N`` first particles each particle descends from (``ancestors``, ``B x N``) and the twist's exponent
-    (``tempering``, ``(B,)``; 1 without tempering). Its ``report`` (for ``metrics.csv``): ``ancestors``, the number of
-    distinct ancestors of each item's particles, and ``min_ess``, the smallest effective sample size so far (at the
-    last iteration: of the whole run, the final weighting by the exact data term included)."""
+    (``tempering``, ``(B,)``; 1 without tempering). Its ``report`` (for ``metrics.csv``, on the last iteration's state only):
+    ``ancestors``, the number of distinct ancestors of each item's final particles, and ``min_ess``, the smallest
+    effective sample size of the run, the final weighting by the exact data term included."""
 
     ess: Optional[torch.Tensor] = None
     resampled: Optional[torch.Tensor] = None
@@ -234,7 +234,7 @@ def _smc(prior: LatentPrior, problem: Problem, draw: ItemDraws, callback: Option
             failed_at = first_failures(failed_at, z.view(b, n, -1), i)
             draw.next_iteration(more=i + 1 < len(ts))
             state = SMCState(z.view(b, n, *shape), tt.view(b, n)[:, 0], i, len(ts), ess=ess.float(), resampled=resample,
-                             ancestors=ancestors, tempering=lam.float(), report=_report(ancestors, min_ess) if config.weights else None)
+                             ancestors=ancestors, tempering=lam.float())  # the report: once, after the final weighting
             if callback is not None and i + 1 < len(ts):  # the last step's state waits for the final weighting
                 callback(state)
         with torch.no_grad():
