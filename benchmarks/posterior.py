@@ -147,6 +147,29 @@ def psld_solver(prior, guidance: float, gluing: float):
     return PSLD(prior, num_steps=STEPS, num_particles=4, guidance=guidance, gluing=gluing, eta=1.0)
 
 
+def resample_solver(prior, guidance: float, gamma: float):
+    """ReSample (dwgf.methods.resample) at the bed's budget: 150 DDIM steps are ~200 network calls with its look-ahead;
+    its AdamW capped at 50 (latent) and 200 (pixel) iterations, as in benchmarks/quality.py."""
+    from dwgf.methods.resample import resample
+    from dwgf.solver import InverseSolver
+
+    settings = {"num_steps": 150, "guidance": guidance, "gamma": gamma, "latent_iters": 50, "pixel_iters": 200}
+    return InverseSolver(prior, method=resample, settings=settings, num_particles=4)
+
+
+def daps_solver(prior, tau: float, lr: float):
+    """Latent DAPS (dwgf.methods.latent_daps) at the bed's budget: 100 annealing levels of two ODE steps, the authors' 15
+    Hamiltonian Monte Carlo steps per level; ``tau`` is its data term's scale, ``lr`` its MCMC step. The bed's decoder is
+    the identity and its data spread over +-8, so it runs as the authors' pixel-space DAPS does: the annealing starts at
+    sigma 100 (their pixel configs; 10 is their latent one, which starts the chain inside the prior's spread here) and
+    the data gradient is not clamped (they clamp it for a latent model only)."""
+    from dwgf.methods.latent_daps import latent_daps
+    from dwgf.solver import InverseSolver
+
+    settings = {"num_steps": STEPS // 2, "ode_steps": 2, "tau": tau, "lr": lr, "clip": None, "sigma_max": 100.0}
+    return InverseSolver(prior, method=latent_daps, settings=settings, num_particles=4)
+
+
 # method -> {label: build(prior) -> solver}
 GRIDS: dict[str, dict[str, Callable]] = {
     # DWGF's grid includes the paper's step (Adam lr 1.0, KL weight 0.15 ~ 0.1 here)
@@ -165,7 +188,9 @@ GRIDS: dict[str, dict[str, Callable]] = {
     "SMC + moves": {f"N={n},g=1,anneal={a},size={size}": (lambda p, n=n, a=a, size=size: smc_solver(p, n, 1.0, a, 2, size))
                     for a in (1.0, 10.0) for n in (8, 64) for size in (0.05, 0.2)},
 }
-METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC", "SMC + moves"]
+GRIDS["ReSample"] = {f"zeta={g},gamma={c}": (lambda p, g=g, c=c: resample_solver(p, g, c)) for g in (0.1, 0.5) for c in (4.0, 40.0)}
+GRIDS["Latent DAPS"] = {f"tau={t},lr={lr}": (lambda p, t=t, lr=lr: daps_solver(p, t, lr)) for t in (0.05, 0.3) for lr in (0.03, 0.1)}
+METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC", "SMC + moves", "ReSample", "Latent DAPS"]
 
 
 def build(method: str, label: str, prior):

@@ -3,6 +3,8 @@
     python benchmarks/quality.py tune  [--methods ...] [--tasks ...]   # grids on held-out *tune* digits
     python benchmarks/quality.py run   [--methods ...] [--tasks ...]   # winners on 100 *report* digits
     python benchmarks/quality.py sweep [--tasks ...] [--series K N]    # DWGF: iterations and particles
+    python benchmarks/quality.py budget [--methods ...] [--tasks ...] [--budgets 50 200 1000] [--budget-split report100]
+                                                                        # every method at three budgets: the charts
     python benchmarks/quality.py table                                  # rewrite the Markdown from the cache
     python benchmarks/quality.py overlays                               # configs/methods/<task>/<method>.yaml
     python benchmarks/quality.py check [--methods ...] [--tasks ...]    # the winners on examples/mnist (8 digits)
@@ -14,6 +16,16 @@ Budget: 200 network (UNet) evaluations per particle for every method that uses t
 RED-diff: 200 flow iterations; Latent DPS and PSLD: 200 DDIM steps; decoder inversion: 200 Adam
 iterations and no network call) and 4 particles per digit (RED-diff: 1, by definition). Latent DPS
 and PSLD also back-propagate through the network at every step; the seconds column shows that cost.
+
+ReSample, Latent DAPS and FlowDPS (``dwgf.methods.resample``, ``.latent_daps``, ``.flow_dps``, run by the generic
+solver) get the same 200 network calls per particle: ReSample 150 DDIM steps (one call each, and five more at each of
+its hard-data-consistency steps; it also back-propagates through the network at every step), Latent DAPS 100
+annealing levels of two ODE steps, FlowDPS 200 flow steps. Their inner loops, which call the decoder and not the
+network, are capped so that a run fits the CPU: ReSample's AdamW at 50 latent and 200 pixel iterations (the authors:
+500 and 2000), Latent DAPS at 5 Hamiltonian Monte Carlo steps per level (the authors: 15 to 35); FlowDPS runs the
+authors' 3 gradient steps. The seconds column shows what the decoder work costs. ``budget`` runs every method's tuned
+setting at about 50, 200 and 1000 network calls per particle (:func:`budget_args`) and draws one chart per task,
+``docs/img/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls.
 
 ``tune`` runs each method's grid (below) on ``--tune-split`` (default ``tune20``: 2 digits per class
 of the held-out tune digits), records the winner by particle-mean PSNR per (method, task) in
@@ -96,7 +108,42 @@ METHODS: dict[str, tuple] = {
         {f"zeta={g},gamma={c}": ["--model.guidance", str(g), "--model.gluing", str(c)] for g in (0.03, 0.1, 0.3, 1.0) for c in (0.1, 1.0)},
     ),
     "decoder inversion": (ROOT / "configs/methods/inversion.yaml", [], {f"lr={lr}": ["--model.step_size.lr", str(lr)] for lr in (0.1, 0.3, 1.0)}),
+    # the latent solvers run by the generic solver (their steps through --model.settings, see budget_args); their optimisation and
+    # MCMC inner loops are capped for the comparison: ReSample's AdamW at 50 (latent) and 200 (pixel) iterations, not 500 and 2000,
+    # Latent DAPS at 5 Hamiltonian Monte Carlo steps per level, not 15
+    "ReSample": (ROOT / "configs/methods/resample.yaml", ["--model.settings.latent_iters", "50", "--model.settings.pixel_iters", "200"],
+                 {f"guidance={g}": ["--model.settings.guidance", str(g)] for g in (0.1, 0.5)}),
+    "Latent DAPS": (ROOT / "configs/methods/latent_daps.yaml", ["--model.settings.mc_steps", "5"],
+                    {f"lr={lr}": ["--model.settings.lr", str(lr)] for lr in (9.02e-6, 3e-5, 1e-4)}),
+    "FlowDPS": (ROOT / "configs/methods/flow_dps.yaml", [], {f"step={c}": ["--model.settings.step_size", str(c)] for c in (0.3, 1.0, 3.0)}),
 }
+# the methods run by dwgf.solver.InverseSolver: their steps are settings (--model.settings.num_steps), not --model.num_steps
+GENERIC = ("ReSample", "Latent DAPS", "FlowDPS")
+# network (UNet) calls per particle of the budget chart's three points; 200 is the comparison's budget (STEPS)
+BUDGETS = (50, 200, 1000)
+
+
+def resample_calls(steps: int, every: int = 10, lookahead: int = 5) -> int:
+    """ReSample's network calls per particle for ``steps`` DDIM steps: one per step, and ``lookahead`` more (fewer near
+    the end) at each hard-data-consistency step (:func:`dwgf.methods.resample.consistency_steps`)."""
+    from dwgf.methods.resample import consistency_steps
+
+    return steps + sum(min(lookahead, steps - 1 - i) for i in consistency_steps(steps, every))
+
+
+def budget_args(method: str, calls: int) -> tuple[list[str], int]:
+    """The options that give ``method`` about ``calls`` network calls per particle, and the exact number they give:
+    DDIM steps, flow iterations or Adam iterations for the others (decoder inversion calls none: it is given the
+    iterations); ReSample the DDIM steps whose calls, look-ahead included, come nearest; Latent DAPS ``calls / 2``
+    annealing levels of two ODE steps; FlowDPS ``calls`` steps."""
+    if method == "ReSample":
+        steps = min(range(1, calls + 1), key=lambda k: abs(resample_calls(k) - calls))
+        return ["--model.settings.num_steps", str(steps)], resample_calls(steps)
+    if method == "Latent DAPS":
+        return ["--model.settings.num_steps", str(calls // 2), "--model.settings.ode_steps", "2"], 2 * (calls // 2)
+    if method == "FlowDPS":
+        return ["--model.settings.num_steps", str(calls)], calls
+    return ["--model.num_steps", str(calls)], 0 if method == "decoder inversion" else calls
 
 
 def applies(method: str, task: str) -> bool:
@@ -114,10 +161,10 @@ def grid(method: str, task: str) -> dict[str, list[str]]:
 NO_LOGS = ["--trainer.logger", "false"]
 
 
-def method_args(method: str, task: str, extra: list[str]) -> list[str]:
+def method_args(method: str, task: str, extra: list[str], calls: int = STEPS) -> list[str]:
     overlay, fixed, _ = METHODS[method]
     args = ["--config", str(overlay)] if overlay else []
-    return [*args, "--model.num_steps", str(STEPS), *fixed, *extra, *NO_LOGS]
+    return [*args, *budget_args(method, calls)[0], *fixed, *extra, *NO_LOGS]
 
 
 def cached_run(key: RunKey, args: list[str], need: tuple[str, ...] = ()) -> dict:
@@ -182,6 +229,77 @@ def sweep(tasks: list[str], series: list[str]) -> None:
                 args = ["--model.num_steps", str(steps), "--model.num_particles", str(n), *base, *NO_LOGS]
                 cached_run(RunKey("sweep", "report100", "DWGF", task, label, f"{name}={value}"), args)
                 write_tables()
+
+
+def budget(methods: list[str], tasks: list[str], split: str, budgets: list[int]) -> None:
+    """Each method (its tuned setting) at ``budgets`` network calls per particle on ``split``; on ``report100`` the
+    200-call point is the comparison's run (``run``). The rows and the charts are rewritten after every run."""
+    for task in tasks:
+        for method in filter(lambda m: applies(m, task) and m != "decoder inversion", methods):
+            label = winner(method, task)
+            for calls in budgets:
+                if calls == STEPS and split == "report100":
+                    continue
+                args = method_args(method, task, grid(method, task)[label], calls)
+                cached_run(RunKey("budget", split, method, task, label, f"calls={calls}"), args, need=UNCERTAINTY)
+                write_tables()
+                write_budget_charts()
+
+
+def budget_rows(cache: dict[RunKey, dict]) -> list[tuple[RunKey, int, dict]]:
+    """The budget chart's points: ``(key, exact network calls per particle, result)``, the comparison's runs as the
+    200-call points of ``report100``, ordered by task, method and calls."""
+    rows = []
+    for key, v in cache.items():
+        if key.kind == "budget":
+            rows.append((key, budget_args(key.method, int(key.knob.split("=")[1]))[1], v))
+    tasks = {k.task for k, _, _ in rows}
+    for key, v in cache.items():
+        if key.kind == "run" and key.task in tasks and key.method != "decoder inversion" and key.label == winner(key.method, key.task):
+            rows.append((key, budget_args(key.method, STEPS)[1], v))
+    return sorted(rows, key=lambda r: (TASKS.index(r[0].task), list(METHODS).index(r[0].method), r[1]))
+
+
+def budget_command(key: RunKey) -> str:
+    if key.kind == "run":
+        return f"quality.py run --methods '{key.method}' --tasks {key.task}"
+    return f"quality.py budget --methods '{key.method}' --tasks {key.task} --budgets {key.knob.split('=')[1]}" + (
+        f" --budget-split {key.split}" if key.split != "report100" else "")
+
+
+def write_budget_charts() -> None:
+    """``docs/img/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls per
+    particle, one line per method (its points on one split of digits)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = budget_rows(dict(CACHE.items()))
+    for task in sorted({k.task for k, _, _ in rows}, key=TASKS.index):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for method in METHODS:
+            for split in sorted({k.split for k, _, _ in rows if (k.task, k.method) == (task, method)}):
+                points = sorted((calls, v) for k, calls, v in rows if (k.task, k.method, k.split) == (task, method, split))
+                if not points:
+                    continue
+                name = method if split == "report100" else f"{method} ({split})"
+                psnr = [v["psnr_mean"] for _, v in points]
+                style = "o--" if method in GENERIC else "o-"
+                axes[0].plot([v["seconds"] for _, v in points], psnr, style, label=name)
+                axes[1].plot([c for c, _ in points], psnr, style, label=name)
+        axes[0].set_xlabel("seconds per image (2-core CPU, batches of 50)")
+        axes[1].set_xlabel("network calls per particle")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_ylabel("particle-mean PSNR (dB)")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"MNIST {task}: quality against compute (report digits; tuned settings)")
+        fig.tight_layout()
+        out = ROOT / "docs" / "img" / f"budget_{task}.png"
+        fig.savefig(out, dpi=90)
+        plt.close(fig)
 
 
 def sweep_rows(cache: dict[RunKey, dict]) -> list[tuple[tuple[str, str, int, int], dict]]:
@@ -285,6 +403,19 @@ def write_tables() -> None:
         for (task, label, steps, n), v in sweeps:
             lines.append(f"| {task} | {label} | {steps} | {n} | {v['psnr_mean']:.2f} | {v['ssim_mean']:.3f} | {v['psnr']:.2f} | "
                          f"{v['seconds']:.2f} | {v.get('threads', '-')} | {v['date']} |")
+    budgets = budget_rows(cache)
+    if budgets:
+        lines += ["", "## Quality against compute: every method at three budgets", "",
+                  "Each method's tuned setting at about 50, 200 and 1000 network calls per particle (Latent DPS, PSLD and ReSample",
+                  "also back-propagate through the network at every step; decoder inversion calls none and is left out). The charts",
+                  "are `docs/img/budget_<task>.png`; each row's command is in its last column (`python benchmarks/...`).", "",
+                  "| task | method | setting | digits | network calls | mean PSNR | mean SSIM | particle PSNR | CRPS | cov90 | s/image | date "
+                  "| command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, calls, v in budgets:
+            unc = " | ".join(f"{v[k]:.4f}" if k in v else "-" for k in ("crps", "coverage90"))
+            lines.append(f"| {key.task} | {key.method} | {key.label} | {key.split} | {calls} | {v['psnr_mean']:.2f} | {v['ssim_mean']:.3f} | "
+                         f"{v['psnr']:.2f} | {unc} | {v['seconds']:.2f} | {v['date']} | `{budget_command(key)}` |")
     tunes = {k: v for k, v in cache.items() if k.kind == "tune" and k.method in METHODS}
     if tunes:
         lines += ["", "## Tuning grids (particle-mean PSNR on the tune digits; winner in bold)", "",
@@ -354,7 +485,8 @@ def report_configs(tasks: list[str], inversion: list[str]) -> None:
         path.write_text("\n".join(header + [rows[t] for t in TASKS if t in rows]) + "\n")  # after every task: nothing lost
 
 
-OVERLAY_NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion"}
+OVERLAY_NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion",
+                 "ReSample": "resample", "Latent DAPS": "latent_daps", "FlowDPS": "flow_dps"}
 
 
 def _set(tree: dict, dotted: str, value) -> None:
@@ -372,7 +504,7 @@ def tuned_overlay(method: str, task: str) -> dict:
 
     overlay, fixed, _ = METHODS[method]
     model = yaml.safe_load(Path(overlay).read_text())["model"] if overlay else {}
-    overrides = ["--model.num_steps", str(STEPS), *fixed, *grid(method, task)[winner(method, task)]]
+    overrides = [*budget_args(method, STEPS)[0], *fixed, *grid(method, task)[winner(method, task)]]
     for key, value in zip(overrides[::2], overrides[1::2]):
         assert key.startswith("--model."), key
         _set(model, key[len("--model."):], yaml.safe_load(value))
@@ -403,7 +535,10 @@ def write_overlays(methods: list[str], tasks: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["tune", "run", "sweep", "table", "overlays", "check", "tune-configs", "configs"])
+    parser.add_argument("mode", choices=["tune", "run", "sweep", "budget", "table", "overlays", "check", "tune-configs", "configs"])
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS), help="budget: network calls per particle")
+    parser.add_argument("--budget-split", default="report100", choices=["report100", "report50", "report20", "report10"],
+                        help="budget: the digits (default report100, where the 200-call point is run's)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
                         help=f"default: {' '.join(DEFAULT_TASKS)} (configs, tune-configs: every task)")
@@ -429,6 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         evaluate(args.methods, tasks)
     elif args.mode == "sweep":
         sweep(tasks, args.series)
+    elif args.mode == "budget":
+        budget(args.methods, tasks, args.budget_split, args.budgets)
     elif args.mode == "check":
         check(args.methods, tasks)
         return

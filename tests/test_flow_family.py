@@ -360,3 +360,24 @@ def test_text_encoders_are_loaded_one_at_a_time_and_released(folders, monkeypatc
     gc.collect()
     assert len(alive) == 2 * len(prior.conditioner.encoding.components) and max(most) == 0
     assert all(ref() is None for ref in alive)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux-dev"])
+@pytest.mark.parametrize("method", ["flow_dps", "latent_daps", "resample"])
+def test_the_latent_solvers_run_on_both_families(folders, tmp_path, name, method):
+    """ReSample, Latent DAPS and FlowDPS over the SD3 / FLUX box-inpainting configs resolve offline and run (a tiny layout)."""
+    import csv
+
+    from dwgf.cli import main
+    from tests.test_latent_solvers import FAST
+
+    images = make_images(tmp_path / "images", count=1, sizes=((32, 48),))
+    family = "sd3" if name == "sd3" else "flux"
+    out = tmp_path / "out"
+    main([str(a) for a in ["predict", "--config", ROOT / f"configs/{family}/box_inpaint.yaml", "--config", ROOT / f"configs/methods/{method}.yaml",
+                           "--model.prior.pretrained", folders[name], "--model.num_particles", 2, "--data.fit", "keep", "--data.images", images,
+                           "--output", out, "--trainer.logger", "false", "--trainer.accelerator", "cpu", *FAST[method]]])
+    assert sorted(p.name for p in (out / "img0").glob("particle_*.png")) == ["particle_0.png", "particle_1.png"]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 1 and float(rows[0]["psnr_mean"]) == float(rows[0]["psnr_mean"])
+    assert f"method: dwgf.methods.{method}.{method}" in (out / "config.yaml").read_text()

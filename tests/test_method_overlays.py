@@ -10,7 +10,10 @@ from dwgf.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNED = json.loads((ROOT / "benchmarks/results/quality_tuned.json").read_text())
-NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion"}
+NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dps", "PSLD": "psld", "decoder inversion": "inversion",
+         "ReSample": "resample", "Latent DAPS": "latent_daps", "FlowDPS": "flow_dps"}
+# the generic solver's methods: their tuned setting and their steps (200 network calls per particle) are settings
+GENERIC = {"ReSample": ("guidance", "guidance", 150), "Latent DAPS": ("lr", "lr", 100), "FlowDPS": ("step", "step_size", 200)}
 CASES = [(method, task) for method, tasks in TUNED.items() for task in tasks]
 
 
@@ -20,6 +23,9 @@ def setting(method: str, init: dict) -> dict[str, float]:
         (kl,) = init["regularizers"]  # the benchmark runs the KL term alone
         assert kl["class_path"] == "KLPrior" and kl["init_args"]["weighting"] == "DWGFWeighting"
         return {"w": kl["init_args"]["weight"]}
+    if method in GENERIC:
+        label, name, _ = GENERIC[method]
+        return {label: init["settings"][name]}
     if method == "Latent DPS":
         return {"zeta": init["guidance"]}
     if method == "PSLD":
@@ -33,7 +39,10 @@ def test_each_overlay_holds_the_tuned_winner(method, task):
     winner = {k: float(v) for k, v in (part.split("=") for part in TUNED[method][task]["winner"].split(","))}
     init = overlay["model"]["init_args"]
     assert setting(method, init) == winner
-    assert init["num_steps"] == 200  # the comparison's budget
+    if method in GENERIC:  # the comparison's budget, 200 network calls per particle
+        assert init["settings"]["num_steps"] == GENERIC[method][2] and init["method"].startswith("dwgf.methods.")
+    else:
+        assert init["num_steps"] == 200  # the comparison's budget
     assert init["num_particles"] == (1 if method == "RED-diff-latent" else 4)
 
 

@@ -367,6 +367,9 @@ BATCH_CASES = {  # method -> (its solver for a prior, the prior fixture, the pro
     "dwgf-sampler": (_sampler, "gaussian_mixture", _sampler_problem),
     "latent_map": (lambda p: _latent_map(num_steps=3)(p), "ldm_prior", _box),
     "smc-moves": (lambda p: _generic(method_functions()["smc"], num_steps=4, moves=2)(p), "ldm_prior", _box),
+    # ReSample with hard data consistency at every step of its last two thirds (pixel and latent), each item stopping on its own
+    "resample": (lambda p: _generic(method_functions()["resample"], num_steps=6, every=1, pixel_iters=20, latent_iters=20,
+                                    tolerance=0.05)(p), "ldm_prior", _box),
 }
 
 

@@ -21,7 +21,17 @@ from dwgf.settings import Settings
 
 from tests.runs import ROOT
 
-METHODS = {name: fn for name in methods.__all__ if callable(fn := getattr(methods, name)) and hasattr(fn, "settings_class")}
+def _methods() -> dict:
+    """Every method function of ``dwgf/methods/`` that names a settings class: those exported by ``dwgf.methods`` and
+    those found in its modules (:func:`tests.test_methods.method_functions`), so a new module is covered as it comes."""
+    from tests.test_methods import method_functions
+
+    found = {name: fn for name in methods.__all__ if callable(fn := getattr(methods, name)) and hasattr(fn, "settings_class")}
+    found.update({name: fn for name, fn in method_functions().items() if hasattr(fn, "settings_class")})
+    return found
+
+
+METHODS = _methods()
 
 
 def _wrong_type(hint) -> object:
@@ -49,14 +59,14 @@ CASES += [(method, f.name, bad) for method, fn in METHODS.items() for f in field
 
 
 def test_every_method_with_settings_is_covered():
-    assert set(METHODS) == {"dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion", "smc"}
+    assert set(METHODS) == {"dwgf", "latent_dps", "psld", "red_diff", "decoder_inversion", "smc", "resample", "latent_daps", "flow_dps"}
     assert len([c for c in CASES if c[2] != "abc"]) >= 12  # the ranges: num_steps, guidance, eta, ess_threshold, ...
 
 
 def _config(tmp_path, ldm_path, method: str) -> str:
     config = {"model": {"class_path": "dwgf.solver.InverseSolver", "init_args": {
         "prior": {"class_path": "UnconditionalLatentPrior", "init_args": {"pretrained": str(ldm_path)}},
-        "method": f"dwgf.methods.{method}", "num_particles": 2, "settings": {"num_steps": 2}}},
+        "method": f"{METHODS[method].__module__}.{method}", "num_particles": 2, "settings": {"num_steps": 2}}},
         "data": {"class_path": "MeasurementDataModule", "init_args": {"operator": {"class_path": "BoxInpainting"}}}}
     path = tmp_path / f"{method}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -256,3 +256,19 @@ def test_each_distinct_prompt_is_encoded_once_per_run(layouts, tmp_path, monkeyp
         "--model.num_steps", 2, "--model.num_particles", 1, "--model.prior.guidance_scale", 2, "--data.images", folder,
         "--output", tmp_path / "o", "--trainer.logger", "false")
     assert encoded == ["load", ("",), ("",), "load", ("a cat", "a dog")]
+
+
+@pytest.mark.parametrize("method", ["flow_dps", "latent_daps", "resample"])
+def test_the_latent_solvers_run_over_the_sd21_config(layouts, tmp_path, method):
+    """configs/sd21_768/box_inpaint.yaml with each latent solver's overlay resolves offline and runs on the tiny v-prediction layout."""
+    from tests.test_latent_solvers import FAST
+
+    images = tmp_path / "images"
+    make_images(images, count=1, sizes=((32, 48),))
+    out = tmp_path / "out"
+    run("predict", "--config", ROOT / "configs/sd21_768/box_inpaint.yaml", "--config", ROOT / f"configs/methods/{method}.yaml",
+        "--model.prior.pretrained", layouts["sd21_768"], "--model.num_particles", 2, "--data.fit", "keep", "--data.images", images,
+        "--output", out, "--trainer.logger", "false", *FAST[method])
+    assert {p.name for p in (out / "img0").glob("particle_*.png")} == {"particle_0.png", "particle_1.png"}
+    record = json.loads((out / "img0" / "metrics.json").read_text())
+    assert record["psnr_mean"] == record["psnr_mean"]
