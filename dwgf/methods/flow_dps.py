@@ -86,6 +86,7 @@ class FlowDPSConfig(Settings):
 def flow_times(num_steps: int, num_train_timesteps: int, time_shift: float = 1.0) -> torch.Tensor:
     """The steps' training times (descending, on the CPU): ``round(u' T)``, at most ``T - 1``, for ``K`` values ``u`` evenly
     spaced from 1 to ``1 / T`` (diffusers' flow-matching grid) shifted by ``time_shift`` (``u' = a u / (1 + (a - 1) u)``)."""
+    # on the CPU: a schedule of integer training times, read as indices into the prior's tables
     u = torch.linspace(1, 1 / num_train_timesteps, num_steps, dtype=torch.float64)
     shifted = time_shift * u / (1 + (time_shift - 1) * u)
     return (shifted * num_train_timesteps).round().long().clamp(0, num_train_timesteps - 1)
