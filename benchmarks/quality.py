@@ -25,7 +25,7 @@ network, are capped so that a run fits the CPU: ReSample's AdamW at 50 latent an
 500 and 2000), Latent DAPS at 5 Hamiltonian Monte Carlo steps per level (the authors: 15 to 35); FlowDPS runs the
 authors' 3 gradient steps. The seconds column shows what the decoder work costs. ``budget`` runs every method's tuned
 setting at about 50, 200 and 1000 network calls per particle (:func:`budget_args`) and draws one chart per task,
-``docs/img/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls.
+``docs/results/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls.
 
 ``tune`` runs each method's grid (below) on ``--tune-split`` (default ``tune20``: 2 digits per class
 of the held-out tune digits), records the winner by particle-mean PSNR per (method, task) in
@@ -268,7 +268,7 @@ def budget_command(key: RunKey) -> str:
 
 
 def write_budget_charts() -> None:
-    """``docs/img/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls per
+    """``docs/results/budget_<task>.png``: particle-mean PSNR against seconds per image and against network calls per
     particle, one line per method (its points on one split of digits)."""
     import matplotlib
 
@@ -297,7 +297,7 @@ def write_budget_charts() -> None:
         axes[1].legend(fontsize=7)
         fig.suptitle(f"MNIST {task}: quality against compute (report digits; tuned settings)")
         fig.tight_layout()
-        out = ROOT / "docs" / "img" / f"budget_{task}.png"
+        out = ROOT / "docs" / "results" / f"budget_{task}.png"
         fig.savefig(out, dpi=90)
         plt.close(fig)
 
@@ -408,7 +408,7 @@ def write_tables() -> None:
         lines += ["", "## Quality against compute: every method at three budgets", "",
                   "Each method's tuned setting at about 50, 200 and 1000 network calls per particle (Latent DPS, PSLD and ReSample",
                   "also back-propagate through the network at every step; decoder inversion calls none and is left out). The charts",
-                  "are `docs/img/budget_<task>.png`; each row's command is in its last column (`python benchmarks/...`).", "",
+                  "are `docs/results/budget_<task>.png`; each row's command is in its last column (`python benchmarks/...`).", "",
                   "| task | method | setting | digits | network calls | mean PSNR | mean SSIM | particle PSNR | CRPS | cov90 | s/image | date "
                   "| command |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -490,11 +490,15 @@ OVERLAY_NAMES = {"DWGF": "dwgf", "RED-diff-latent": "reddiff", "Latent DPS": "dp
 
 
 def _set(tree: dict, dotted: str, value) -> None:
-    """Sets ``--model.a.b`` in a config's ``model`` tree as jsonargparse reads it (through ``init_args``)."""
+    """Sets ``--model.a.b`` in a config's ``model`` tree as jsonargparse reads it: through ``init_args`` of a class
+    (a node with ``class_path``, or one not yet written), straight into a plain mapping (the generic solver's
+    ``settings``)."""
     node = tree.setdefault("init_args", {})
     *parents, leaf = dotted.split(".")
     for key in parents:
-        node = node.setdefault(key, {}).setdefault("init_args", {})
+        node = node.setdefault(key, {})
+        if "class_path" in node or not node:
+            node = node.setdefault("init_args", {})
     node[leaf] = value
 
 

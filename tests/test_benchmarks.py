@@ -93,6 +93,14 @@ def test_diverse_choice_follows_the_issues_order():
     assert choose({"c": results["c"], "d": {"psnr_mean": 24.5, "crps": 0.5}}, plain) == "d"
 
 
+def test_the_bed_never_chooses_a_setting_that_diverged():
+    from benchmarks.posterior import best
+
+    assert best({"a": 2.0, "b": float("nan"), "c": 1.5}) == "c"
+    assert best({"b": float("nan"), "a": 9.0}) == "a"
+    assert best({"b": float("nan")}) == "b"
+
+
 def test_the_bed_reads_plain_dwgf_settings_from_posterior_json():
     from benchmarks.diverse import plain_settings
 

@@ -41,6 +41,7 @@ def test_each_overlay_holds_the_tuned_winner(method, task):
     assert setting(method, init) == winner
     if method in GENERIC:  # the comparison's budget, 200 network calls per particle
         assert init["settings"]["num_steps"] == GENERIC[method][2] and init["method"].startswith("dwgf.methods.")
+        assert "init_args" not in init["settings"]  # a plain mapping of the method's settings, not a class
     else:
         assert init["num_steps"] == 200  # the comparison's budget
     assert init["num_particles"] == (1 if method == "RED-diff-latent" else 4)
@@ -55,6 +56,18 @@ def test_layered_config_resolves_to_the_tuned_guidance(capsys):
     assert model["class_path"] == "dwgf.baselines.LatentDPS"
     assert model["init_args"]["guidance"] == float(TUNED["Latent DPS"]["box_inpaint"]["winner"].split("=")[1])
     assert model["init_args"]["prior"]["init_args"]["pretrained"] == "dwgf:mnist-ldm"  # the task's prior stays
+
+
+def test_a_generic_solvers_overlay_resolves_to_its_tuned_settings(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--config", str(ROOT / "configs/mnist/box_inpaint.yaml"),
+              "--config", str(ROOT / "configs/methods/box_inpaint/resample.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    init = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init["method"] == "dwgf.methods.resample.resample"
+    assert init["settings"]["guidance"] == float(TUNED["ReSample"]["box_inpaint"]["winner"].split("=")[1])
+    assert init["settings"]["num_steps"] == 150 and init["settings"]["latent_iters"] == 50
+    assert init["prior"]["init_args"]["pretrained"] == "dwgf:mnist-ldm"
 
 
 @pytest.mark.parametrize("variant", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs/mnist").glob("*_*.yaml")
