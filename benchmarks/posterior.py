@@ -189,8 +189,10 @@ GRIDS: dict[str, dict[str, Callable]] = {
                     for a in (1.0, 10.0) for n in (8, 64) for size in (0.05, 0.2)},
 }
 GRIDS["ReSample"] = {f"zeta={g},gamma={c}": (lambda p, g=g, c=c: resample_solver(p, g, c)) for g in (0.1, 0.5) for c in (4.0, 40.0)}
-# tau 0.05 is the best setting where it holds and diverges at lr 0.03 on most cells: lr 0.01 is its stable step
-GRIDS["Latent DAPS"] = {f"tau={t},lr={lr}": (lambda p, t=t, lr=lr: daps_solver(p, t, lr)) for t in (0.05, 0.3) for lr in (0.01, 0.03, 0.1)}
+# tau 0.05 was the best setting where it held but diverged at lr 0.03 in most cells and at lr 0.1 in all (a first grid
+# of tau {0.05, 0.3} x lr {0.03, 0.1}): it is tried at lr 0.01 and 0.03, tau 0.3 at 0.03 and 0.1
+GRIDS["Latent DAPS"] = {f"tau={t},lr={lr}": (lambda p, t=t, lr=lr: daps_solver(p, t, lr))
+                        for t, lrs in ((0.05, (0.01, 0.03)), (0.3, (0.03, 0.1))) for lr in lrs}
 METHODS = ["DWGF", "DWGF N=1", "RED-diff-latent", "Latent DPS", "PSLD", "decoder inversion", "SMC", "SMC + moves", "ReSample", "Latent DAPS"]
 
 

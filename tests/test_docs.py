@@ -178,3 +178,18 @@ def test_the_docs_build_fails_on_a_planted_warning(tmp_path):
     planted = _build_docs(path)
     assert planted.returncode != 0
     assert "no-such-page.md" in planted.stderr and "WARNING" in planted.stderr
+
+
+def test_included_line_ranges_end_where_a_section_ends():
+    """A ``--8<-- "file:a:b"`` include starts and stops at a paragraph's edge (a blank line or a heading), never inside
+    a table: a results file that gains rows moves its sections, and a stale range would cut a table or show another one."""
+    ranges = []
+    for page in DOCS.rglob("*.md"):
+        for path, start, end in re.findall(r'--8<-- "([^":]+):(\d+):(\d+)"', page.read_text(encoding="utf-8")):
+            lines = [*(ROOT / path).read_text(encoding="utf-8").splitlines(), ""]
+            first, last = int(start), int(end)
+            ranges.append(path)
+            assert first == 1 or not lines[first - 2].strip(), f"{page.name}: {path}:{start}:{end} starts inside a paragraph"
+            edge = not lines[last - 1].strip() or not lines[last].strip() or lines[last].startswith("#")
+            assert edge, f"{page.name}: {path}:{start}:{end} stops before {lines[last][:60]!r}"
+    assert ranges, "no ranged include found: the check above would pass vacuously"
