@@ -68,6 +68,7 @@ from benchmarks.harness import cached_run as harness_cached_run
 
 CACHE = RunCache(RESULTS / "quality_runs.json")
 TUNED = RESULTS / "quality_tuned.json"
+CHARTS = ROOT / "docs" / "results"  # budget_<task>.png, beside the other result figures of the site
 DEFAULT_TASKS = ["box_inpaint", "random_inpaint", "sr4", "gaussian_deblur"]
 STEPS = 200
 PARTICLES = 4
@@ -299,7 +300,7 @@ def write_budget_charts() -> None:
         axes[1].legend(fontsize=7)
         fig.suptitle(f"MNIST {task}: quality against compute (report digits; tuned settings)")
         fig.tight_layout()
-        out = ROOT / "docs" / "results" / f"budget_{task}.png"
+        out = CHARTS / f"budget_{task}.png"
         fig.savefig(out, dpi=90)
         plt.close(fig)
 

@@ -52,8 +52,10 @@ def test_the_comparison_table_is_rebuilt_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "RESULTS", tmp_path)
     monkeypatch.setattr(quality, "CACHE", RunCache(tmp_path / "quality_runs.json"))
     monkeypatch.setattr("benchmarks.harness.OUTPUTS", tmp_path / "no-outputs")
+    monkeypatch.setattr(quality, "CHARTS", tmp_path)  # never the committed figures
     quality.main(["table"])
     assert (tmp_path / "quality.md").read_text() == (ROOT / "benchmarks/results/quality.md").read_text()
+    assert (tmp_path / "budget_box_inpaint.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the budget chart, drawn too
 
 
 @pytest.mark.parametrize("table", sorted(p.name for p in (ROOT / "benchmarks/results").glob("*.md")))
