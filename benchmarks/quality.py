@@ -115,7 +115,7 @@ METHODS: dict[str, tuple] = {
     "ReSample": (ROOT / "configs/methods/resample.yaml", ["--model.settings.latent_iters", "50", "--model.settings.pixel_iters", "200"],
                  {f"guidance={g}": ["--model.settings.guidance", str(g)] for g in (0.1, 0.5, 2.0)}),
     "Latent DAPS": (ROOT / "configs/methods/latent_daps.yaml", ["--model.settings.mc_steps", "5"],
-                    {f"lr={lr}": ["--model.settings.lr", str(lr)] for lr in (3e-6, 9.02e-6, 3e-5, 1e-4)}),
+                    {f"lr={lr}": ["--model.settings.lr", str(lr)] for lr in (3e-6, 9.02e-6, 3e-5, 1e-4, 3e-4)}),
     "FlowDPS": (ROOT / "configs/methods/flow_dps.yaml", [], {f"step={c}": ["--model.settings.step_size", str(c)] for c in (0.3, 1.0, 3.0, 10.0)}),
 }
 # the methods run by dwgf.solver.InverseSolver: their steps are settings (--model.settings.num_steps), not --model.num_steps
