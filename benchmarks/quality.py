@@ -97,12 +97,15 @@ def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ..
     return {f"w={w}": kl(w) for w in chosen}
 
 
-# the tasks where a latent solver's tuning winner sat at the top of its grid: the grid gets one point more there
-WIDER_TASKS = ("sr4",)
+# where a latent solver's tuning winner sat on an edge of its grid: the points added there, {(method, task): points}
+WIDER: dict[tuple[str, str], tuple[float, ...]] = {
+    ("Latent DAPS", "sr4"): (1e-3,), ("FlowDPS", "sr4"): (30.0,), ("ReSample", "random_inpaint"): (0.02,), ("ReSample", "gaussian_deblur"): (0.02,),
+}
 
 
-def wider(task: str | None, point: float) -> tuple[float, ...]:
-    return (point,) if task in WIDER_TASKS else ()
+def wider(method: str, task: str | None, points: tuple[float, ...]) -> tuple[float, ...]:
+    """``points``, and the ones :data:`WIDER` adds for ``method`` on ``task``, in increasing order."""
+    return tuple(sorted(points + WIDER.get((method, task), ())))
 
 
 # method -> (overlay config or None, fixed overrides, {grid label: overrides} or a function of the task giving it)
@@ -121,11 +124,12 @@ METHODS: dict[str, tuple] = {
     # MCMC inner loops are capped for the comparison: ReSample's AdamW at 50 (latent) and 200 (pixel) iterations, not 500 and 2000,
     # Latent DAPS at 5 Hamiltonian Monte Carlo steps per level, not 15
     "ReSample": (ROOT / "configs/methods/resample.yaml", ["--model.settings.latent_iters", "50", "--model.settings.pixel_iters", "200"],
-                 {f"guidance={g}": ["--model.settings.guidance", str(g)] for g in (0.1, 0.5, 2.0)}),
+                 lambda task: {f"guidance={g}": ["--model.settings.guidance", str(g)] for g in wider("ReSample", task, (0.1, 0.5, 2.0))}),
     "Latent DAPS": (ROOT / "configs/methods/latent_daps.yaml", ["--model.settings.mc_steps", "5"],
-                    lambda task: {f"lr={lr}": ["--model.settings.lr", str(lr)] for lr in (3e-6, 9.02e-6, 3e-5, 1e-4, 3e-4) + wider(task, 1e-3)}),
+                    lambda task: {f"lr={lr}": ["--model.settings.lr", str(lr)]
+                                  for lr in wider("Latent DAPS", task, (3e-6, 9.02e-6, 3e-5, 1e-4, 3e-4))}),
     "FlowDPS": (ROOT / "configs/methods/flow_dps.yaml", [],
-                lambda task: {f"step={c}": ["--model.settings.step_size", str(c)] for c in (0.3, 1.0, 3.0, 10.0) + wider(task, 30.0)}),
+                lambda task: {f"step={c}": ["--model.settings.step_size", str(c)] for c in wider("FlowDPS", task, (0.3, 1.0, 3.0, 10.0))}),
 }
 # the methods run by dwgf.solver.InverseSolver: their steps are settings (--model.settings.num_steps), not --model.num_steps
 GENERIC = ("ReSample", "Latent DAPS", "FlowDPS")
