@@ -100,6 +100,7 @@ def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ..
 # where a latent solver's tuning winner sat on an edge of its grid: the points added there, {(method, task): points}
 WIDER: dict[tuple[str, str], tuple[float, ...]] = {
     ("Latent DAPS", "sr4"): (1e-3,), ("FlowDPS", "sr4"): (30.0,), ("ReSample", "random_inpaint"): (0.02,), ("ReSample", "gaussian_deblur"): (0.02,),
+    ("FlowDPS", "gaussian_deblur"): (30.0,),
 }
 
 
@@ -531,8 +532,21 @@ def tuned_overlay(method: str, task: str) -> dict:
     overrides = [*budget_args(method, STEPS)[0], *fixed, *grid(method, task)[winner(method, task)]]
     for key, value in zip(overrides[::2], overrides[1::2]):
         assert key.startswith("--model."), key
-        _set(model, key[len("--model."):], yaml.safe_load(value))
+        _set(model, key[len("--model."):], _scalar(value))
     return {"model": model}
+
+
+def _scalar(text: str):
+    """A command-line value as the config should hold it: a number where ``text`` is one (YAML 1.1, which PyYAML reads,
+    takes ``3e-05`` for a string: it wants a dot), else what YAML makes of it."""
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def write_overlays(methods: list[str], tasks: list[str]) -> None:

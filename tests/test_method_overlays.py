@@ -79,3 +79,13 @@ def test_a_method_variant_of_a_task_measures_the_same_thing_as_the_task(variant)
     task = variant.rsplit("_", 1)[0]
     own, base = (yaml.safe_load((folder / name).read_text()) for name in (variant, f"{task}.yaml"))
     assert own["data"] == base["data"], f"{variant}: its data section differs from {task}.yaml's"
+
+
+def test_an_overlays_numbers_read_back_as_numbers_in_any_yaml_reader():
+    """PyYAML (YAML 1.1) reads a plain ``3e-05`` as a string; the overlay writer must write numbers it reads as numbers."""
+    from benchmarks.quality import _scalar
+
+    for text, value in [("3e-05", 3e-05), ("0.0003", 3e-4), ("4", 4), ("10.0", 10.0)]:
+        written = yaml.safe_dump({"lr": _scalar(text)})
+        assert yaml.safe_load(written)["lr"] == value and type(yaml.safe_load(written)["lr"]) is type(value), written
+    assert _scalar("true") is True and _scalar("hmc") == "hmc" and _scalar("[1, 2]") == [1, 2]
