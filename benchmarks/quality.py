@@ -100,7 +100,8 @@ def kl_grid(task: str | None, weights: tuple[float, ...], small: tuple[float, ..
 # where a latent solver's tuning winner sat on an edge of its grid: the points added there, {(method, task): points}
 WIDER: dict[tuple[str, str], tuple[float, ...]] = {
     ("Latent DAPS", "sr4"): (1e-3,), ("FlowDPS", "sr4"): (30.0,), ("ReSample", "random_inpaint"): (0.02,), ("ReSample", "gaussian_deblur"): (0.02,),
-    ("FlowDPS", "gaussian_deblur"): (30.0,),
+    ("FlowDPS", "gaussian_deblur"): (30.0,), ("FlowDPS", "jpeg"): (30.0,),
+    ("FlowDPS", "phase_retrieval"): (30.0,),
 }
 
 
