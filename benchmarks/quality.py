@@ -629,4 +629,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dwgf.errors import DWGFError
+
+    try:
+        main()
+    except DWGFError as err:  # a missing extra, a bad split: one line, not a traceback
+        raise SystemExit(f"quality.py: error: {err}") from None
