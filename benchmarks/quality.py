@@ -629,9 +629,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from dwgf.errors import DWGFError
-
-    try:
-        main()
-    except DWGFError as err:  # a missing extra, a bad split: one line, not a traceback
-        raise SystemExit(f"quality.py: error: {err}") from None
+    main()
